@@ -1,0 +1,92 @@
+"""Selective-scan kernels and their PyTorch references. Imports no model code.
+
+Installed as ``mamba_audio.kernels``. Models call only the two dispatch
+functions below; each picks the fastest implementation available for the
+tensors it is given and falls back to the PyTorch reference elsewhere.
+
+Backends of ``selective_scan``:
+    "reference"  sequential float32 oracle (slow; tests)
+    "chunked"    chunked PyTorch scan, O(sqrt(L)) Python steps (CPU training)
+    "auto"       the fastest backend available for the inputs' device
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .selective_scan import (
+    default_chunk_size,
+    selective_scan_chunked,
+    selective_scan_ref,
+    selective_state_update_ref,
+)
+
+_SCAN_BACKENDS: dict[str, Callable] = {
+    "reference": selective_scan_ref,
+    "chunked": selective_scan_chunked,
+}
+_STEP_BACKENDS: dict[str, Callable] = {
+    "reference": selective_state_update_ref,
+}
+
+
+def scan_backends() -> list[str]:
+    """Names accepted by ``selective_scan(..., backend=...)``."""
+    return ["auto", *_SCAN_BACKENDS]
+
+
+# Preference per device type for backend="auto"; names not registered are skipped.
+_AUTO_ORDER = {"cuda": ("triton", "chunked"), "cpu": ("chunked", "reference")}
+
+
+def _resolve(backend: str, table: dict[str, Callable], tensor: torch.Tensor) -> Callable:
+    if backend == "auto":
+        for name in _AUTO_ORDER.get(tensor.device.type, _AUTO_ORDER["cpu"]):
+            if name in table:
+                return table[name]
+    if backend not in table:
+        raise ValueError(f"unknown backend {backend!r}; available: {['auto', *table]}")
+    return table[backend]
+
+
+def selective_scan(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus: bool = False,
+    initial_state=None,
+    return_final_state: bool = False,
+    backend: str = "auto",
+):
+    """Selective scan ``y = scan(u; delta, A, B, C) + D u``, gated by silu(z).
+
+    See ``selective_scan.naive`` for shapes and semantics. Returns y (B, D, L) in
+    u.dtype, plus the final state (B, D, N) when ``return_final_state``.
+    """
+    fn = _resolve(backend, _SCAN_BACKENDS, u)
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state)
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus: bool = False,
+                           backend: str = "auto"):
+    """One recurrent step for a batch of streams; updates ``state`` (B, D, N) in place, returns y (B, D)."""
+    fn = _resolve(backend, _STEP_BACKENDS, x)
+    return fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+__all__ = [
+    "default_chunk_size",
+    "scan_backends",
+    "selective_scan",
+    "selective_scan_chunked",
+    "selective_scan_ref",
+    "selective_state_update",
+    "selective_state_update_ref",
+]
