@@ -40,7 +40,8 @@ def _time_major_chunks(x: Tensor, length: int, T: int) -> Tensor:
         return x.reshape(1, b, d, 1, n)
     n_chunks = -(-length // T)
     x = F.pad(x, (0, 0, 0, n_chunks * T - length))
-    return x.reshape(b, d, n_chunks, T, n).permute(3, 0, 1, 2, 4)
+    # contiguous, so the products built from these come out time-major too
+    return x.reshape(b, d, n_chunks, T, n).permute(3, 0, 1, 2, 4).contiguous()
 
 
 def selective_scan_chunked(
