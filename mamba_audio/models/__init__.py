@@ -1,0 +1,40 @@
+"""Models: configs, the Mamba mixer, residual blocks, the SaShiMi backbone, LM and classifier."""
+
+from .blocks import BidirectionalBlock, GatedMLP, ResidualBlock, RMSNorm
+from .classifier import SaShiMiClassifier
+from .config import (
+    BACKBONE_PRESETS,
+    BackboneConfig,
+    ClassifierConfig,
+    LMConfig,
+    MixerConfig,
+    backbone_preset,
+)
+from .lm import SaShiMiLM
+from .mixer import MambaMixer, MixerState
+from .pretrained import CheckpointError, load_pretrained
+from .sampling import sample_logits
+from .sashimi import DownPool, SaShiMi, UpPool
+
+__all__ = [
+    "BACKBONE_PRESETS",
+    "BackboneConfig",
+    "BidirectionalBlock",
+    "CheckpointError",
+    "ClassifierConfig",
+    "DownPool",
+    "GatedMLP",
+    "LMConfig",
+    "MambaMixer",
+    "MixerConfig",
+    "MixerState",
+    "RMSNorm",
+    "ResidualBlock",
+    "SaShiMi",
+    "SaShiMiClassifier",
+    "SaShiMiLM",
+    "UpPool",
+    "backbone_preset",
+    "load_pretrained",
+    "sample_logits",
+]

@@ -1,0 +1,94 @@
+"""Residual blocks: pre-norm mixer (and optional gated MLP), causal or bidirectional."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import BackboneConfig, MixerConfig
+from .mixer import MambaMixer, MixerState
+
+Tensor = torch.Tensor
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+def make_norm(kind: str, dim: int) -> nn.Module:
+    return RMSNorm(dim) if kind == "rmsnorm" else nn.LayerNorm(dim)
+
+
+class GatedMLP(nn.Module):
+    """SwiGLU feed-forward: (B, ..., H) -> (B, ..., H), hidden width expand * H."""
+
+    def __init__(self, dim: int, expand: int):
+        super().__init__()
+        self.fc_in = nn.Linear(dim, 2 * expand * dim)
+        self.fc_out = nn.Linear(expand * dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        value, gate = self.fc_in(x).chunk(2, dim=-1)
+        return self.fc_out(value * F.silu(gate))
+
+
+@dataclass
+class BlockState:
+    mixer: MixerState
+
+
+class ResidualBlock(nn.Module):
+    """x + mixer(norm(x)), then x + mlp(norm(x)) when the config asks for an MLP. Causal."""
+
+    def __init__(self, dim: int, mixer: MixerConfig, backbone: BackboneConfig):
+        super().__init__()
+        self.norm = make_norm(backbone.norm, dim)
+        self.mixer = MambaMixer(dim, mixer)
+        self.dropout = nn.Dropout(backbone.dropout)
+        self.mlp = GatedMLP(dim, backbone.mlp_expand) if backbone.mlp_expand > 0 else None
+        self.mlp_norm = make_norm(backbone.norm, dim) if self.mlp is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, L, H) -> (B, L, H)."""
+        x = x + self.dropout(self.mixer(self.norm(x)))
+        if self.mlp is not None:
+            x = x + self.dropout(self.mlp(self.mlp_norm(x)))
+        return x
+
+    def allocate_inference_cache(self, batch_size: int, device=None, dtype=None) -> BlockState:
+        return BlockState(self.mixer.allocate_inference_cache(batch_size, device, dtype))
+
+    def step(self, x: Tensor, state: BlockState) -> Tensor:
+        """x (B, H) -> (B, H) for one position; updates ``state`` in place."""
+        x = x + self.mixer.step(self.norm(x), state.mixer)
+        if self.mlp is not None:
+            x = x + self.mlp(self.mlp_norm(x))
+        return x
+
+
+class BidirectionalBlock(ResidualBlock):
+    """x + mixer(norm(x)) + flip(mixer_bwd(flip(norm(x)))): sees the whole sequence, so it has no step."""
+
+    def __init__(self, dim: int, mixer: MixerConfig, backbone: BackboneConfig):
+        super().__init__(dim, mixer, backbone)
+        self.mixer_bwd = MambaMixer(dim, mixer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.norm(x)
+        x = x + self.dropout(self.mixer(h) + self.mixer_bwd(h.flip(1)).flip(1))
+        if self.mlp is not None:
+            x = x + self.dropout(self.mlp(self.mlp_norm(x)))
+        return x
+
+    def step(self, x: Tensor, state: BlockState) -> Tensor:
+        raise RuntimeError("a bidirectional block needs the whole sequence; it cannot be stepped")

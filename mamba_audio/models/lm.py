@@ -1,0 +1,127 @@
+"""Autoregressive model over audio tokens: embedding -> SaShiMi backbone -> norm -> head."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mamba_audio.tokenizers import build_tokenizer
+
+from .blocks import make_norm
+from .config import LMConfig
+from .pretrained import PretrainedMixin
+from .sampling import sample_logits
+from .sashimi import SaShiMi
+
+Tensor = torch.Tensor
+
+
+class SaShiMiLM(PretrainedMixin, nn.Module):
+    """p(x_t | x_<t, class) over mu-law (or linear) samples.
+
+    The input at position t is the token at t - 1 (a silence token at t = 0),
+    so ``forward(shift(tokens))[:, t]`` predicts ``tokens[:, t]``.
+    """
+
+    model_type = "sashimi_lm"
+    config_class = LMConfig
+
+    def __init__(self, config: LMConfig):
+        super().__init__()
+        self.config = config
+        self.tokenizer = build_tokenizer(config.tokenizer)
+        dim, vocab = config.backbone.d_model, self.tokenizer.vocab_size
+        self.embedding = nn.Embedding(vocab, dim)
+        self.class_embedding = nn.Embedding(config.num_classes, dim) if config.num_classes > 0 else None
+        self.backbone = SaShiMi(config.backbone)
+        self.norm = make_norm(config.backbone.norm, dim)
+        self.head = nn.Linear(dim, vocab)
+
+    def _check_labels(self, labels: Tensor | None, batch: int) -> None:
+        if self.class_embedding is None:
+            if labels is not None:
+                raise ValueError("this model is unconditional; it takes no class labels")
+            return
+        if labels is None:
+            raise ValueError(f"this model is class-conditional ({self.config.num_classes} classes): pass labels")
+        if labels.shape != (batch,) or labels.min() < 0 or labels.max() >= self.config.num_classes:
+            raise ValueError(f"labels must be (B,)=({batch},) in [0, {self.config.num_classes}), got {labels.tolist()}")
+
+    def _embed(self, tokens: Tensor, labels: Tensor | None) -> Tensor:
+        x = self.embedding(tokens)
+        if self.class_embedding is not None:
+            cls = self.class_embedding(labels)
+            x = x + (cls[:, None] if x.dim() == 3 else cls)
+        return x
+
+    def shift(self, tokens: Tensor) -> Tensor:
+        """Model inputs for targets ``tokens`` (B, L): the silence token, then tokens[:, :-1]."""
+        start = torch.full_like(tokens[:, :1], self.tokenizer.silence_token)
+        return torch.cat([start, tokens[:, :-1]], dim=1)
+
+    def forward(self, inputs: Tensor, labels: Tensor | None = None) -> Tensor:
+        """inputs (B, L) token ids -> logits (B, L, V)."""
+        self._check_labels(labels, inputs.shape[0])
+        return self.head(self.norm(self.backbone(self._embed(inputs, labels))))
+
+    def nll_bits(self, tokens: Tensor, labels: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """Mean negative log-likelihood of ``tokens`` (B, L) in bits per sample (over ``mask`` if given)."""
+        logits = self(self.shift(tokens), labels)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten(), reduction="none").view_as(tokens)
+        if mask is not None:
+            nll = nll[mask]
+        return nll.mean() / math.log(2)
+
+    # -- streaming ------------------------------------------------------------------------------
+    def allocate_inference_cache(self, batch_size: int, device=None, dtype=None):
+        return self.backbone.allocate_inference_cache(batch_size, device, dtype)
+
+    def step(self, token: Tensor, state, labels: Tensor | None = None) -> Tensor:
+        """token (B,) -> logits (B, V) for the next token; updates ``state`` in place."""
+        return self.head(self.norm(self.backbone.step(self._embed(token, labels), state)))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        num_samples: int,
+        batch_size: int = 1,
+        prompt: Tensor | None = None,
+        labels: Tensor | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Sample ``num_samples`` new tokens after an optional ``prompt`` (B, P); returns (B, num_samples).
+
+        The prompt is consumed by stepping, so the state after it equals the
+        state the parallel forward would reach.
+        """
+        from tqdm.auto import tqdm
+
+        device = self.head.weight.device
+        if prompt is not None:
+            if prompt.dim() != 2:
+                raise ValueError(f"prompt must be (batch, length) tokens, got shape {tuple(prompt.shape)}")
+            batch_size = prompt.shape[0]
+            prompt = prompt.to(device)
+        if labels is not None:
+            labels = torch.as_tensor(labels, device=device).reshape(-1).expand(batch_size)
+        self._check_labels(labels, batch_size)
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed if seed is not None else torch.seed())
+        state = self.allocate_inference_cache(batch_size, device)
+        token = torch.full((batch_size,), self.tokenizer.silence_token, dtype=torch.long, device=device)
+        for t in range(0 if prompt is None else prompt.shape[1]):
+            self.step(token, state, labels)
+            token = prompt[:, t]
+        out = torch.empty(batch_size, num_samples, dtype=torch.long, device=device)
+        for t in tqdm(range(num_samples), desc="generating", unit="sample", disable=not progress):
+            logits = self.step(token, state, labels)
+            token = sample_logits(logits, temperature, top_k, top_p, generator)
+            out[:, t] = token
+        return out

@@ -1,0 +1,133 @@
+"""The Mamba mixer: in-projection, causal depthwise conv, SSM scan, gating, out-projection.
+
+One class serves both SSM kinds of ``MixerConfig``: the selective "mamba" (S6)
+computes delta, B and C from the input; the time-invariant "s4d" learns them
+as parameters. Both run on the same scan kernel and the same step update.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mamba_audio.kernels import selective_scan, selective_state_update
+
+from .config import MixerConfig
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class MixerState:
+    """Streaming state of one mixer for a batch of streams."""
+
+    conv: Tensor  # (B, E, d_conv): the last d_conv inputs of the depthwise conv
+    ssm: Tensor  # (B, E, N) float32, or complex64 for complex A
+
+
+def _inverse_softplus(x: Tensor) -> Tensor:
+    return x + torch.log(-torch.expm1(-x))
+
+
+class MambaMixer(nn.Module):
+    """Mamba mixer over (B, L, H) sequences, with ``step`` for one position of a batch of streams."""
+
+    def __init__(self, d_model: int, config: MixerConfig):
+        super().__init__()
+        self.config = config
+        self.d_model = d_model
+        self.d_inner = E = config.expand * d_model
+        self.d_state = N = config.d_state
+        self.selective = config.kind == "mamba"
+        self.is_complex = config.complex
+        self.dt_rank = math.ceil(d_model / 16) if config.dt_rank == "auto" else int(config.dt_rank)
+
+        self.in_proj = nn.Linear(d_model, 2 * E, bias=config.bias)
+        self.conv1d = nn.Conv1d(E, E, config.d_conv, groups=E, padding=config.d_conv - 1, bias=config.conv_bias)
+        self.out_proj = nn.Linear(E, d_model, bias=config.bias)
+
+        # delta = softplus(. + dt_bias), initialised log-uniformly in [dt_min, dt_max]
+        dt = torch.exp(torch.rand(E) * (math.log(config.dt_max) - math.log(config.dt_min)) + math.log(config.dt_min))
+        self.dt_bias = nn.Parameter(_inverse_softplus(dt.clamp_min(1e-4)))
+        parts = 2 if self.is_complex else 1  # complex B and C are stored as (real, imag) pairs
+        if self.selective:
+            self.x_proj = nn.Linear(E, self.dt_rank + 2 * parts * N, bias=False)
+            self.dt_proj = nn.Linear(self.dt_rank, E, bias=False)
+            nn.init.uniform_(self.dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
+        else:
+            self.B = nn.Parameter(torch.randn(E, N, parts) * N**-0.5 if self.is_complex else torch.ones(E, N))
+            self.C = nn.Parameter(torch.randn(E, N, parts) * N**-0.5 if self.is_complex else torch.randn(E, N) * N**-0.5)
+
+        if self.is_complex:  # S4D-Lin: A_n = -1/2 + i pi n
+            self.A_log = nn.Parameter(torch.full((E, N), math.log(0.5)))
+            self.A_imag = nn.Parameter(math.pi * torch.arange(N, dtype=torch.float32).repeat(E, 1))
+        else:  # S4D-Real: A_n = -(n + 1)
+            self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1))
+        self.D = nn.Parameter(torch.ones(E))
+
+    # -- parameters of the SSM ------------------------------------------------------------------
+    def A(self) -> Tensor:
+        """(E, N) real or complex, with negative real part."""
+        real = -torch.exp(self.A_log.float())
+        return torch.complex(real, self.A_imag.float()) if self.is_complex else real
+
+    def _as_state_values(self, x: Tensor) -> Tensor:
+        """Trailing (real, imag) pairs to complex; real values unchanged."""
+        return torch.view_as_complex(x.float().contiguous()) if self.is_complex else x
+
+    def _delta_B_C(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """From conv output x (B, E, L): delta (B, E, L) before bias, B and C (B, N, L) or (E, N)."""
+        if not self.selective:
+            return torch.zeros_like(x), self._as_state_values(self.B), self._as_state_values(self.C)
+        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, R + 2 parts N)
+        n_bc = (x_dbl.shape[-1] - self.dt_rank) // 2
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, n_bc, n_bc], dim=-1)
+        delta = self.dt_proj(dt).transpose(1, 2)
+        if self.is_complex:
+            B = torch.view_as_complex(B.float().unflatten(-1, (-1, 2)).contiguous())
+            C = torch.view_as_complex(C.float().unflatten(-1, (-1, 2)).contiguous())
+        return delta, B.transpose(1, 2), C.transpose(1, 2)
+
+    # -- parallel forward -----------------------------------------------------------------------
+    def forward(self, hidden: Tensor) -> Tensor:
+        """hidden (B, L, H) -> (B, L, H), causal."""
+        length = hidden.shape[1]
+        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (B, E, L) each
+        x = F.silu(self.conv1d(x)[..., :length])
+        delta, B, C = self._delta_B_C(x)
+        y = selective_scan(x, delta, self.A(), B, C, self.D.float(), z, self.dt_bias.float(), delta_softplus=True)
+        return self.out_proj(y.transpose(1, 2))
+
+    # -- streaming ------------------------------------------------------------------------------
+    def allocate_inference_cache(self, batch_size: int, device=None, dtype=None) -> MixerState:
+        device = device or self.in_proj.weight.device
+        dtype = dtype or self.in_proj.weight.dtype
+        state_dtype = torch.complex64 if self.is_complex else torch.float32
+        return MixerState(
+            conv=torch.zeros(batch_size, self.d_inner, self.config.d_conv, device=device, dtype=dtype),
+            ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=state_dtype),
+        )
+
+    def step(self, hidden: Tensor, state: MixerState) -> Tensor:
+        """One position: hidden (B, H) -> (B, H); updates ``state`` in place."""
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, E) each
+        state.conv.copy_(torch.roll(state.conv, shifts=-1, dims=-1))
+        state.conv[:, :, -1] = x
+        x = (state.conv * self.conv1d.weight[:, 0, :]).sum(-1)
+        if self.conv1d.bias is not None:
+            x = x + self.conv1d.bias
+        x = F.silu(x)
+        delta, B, C = self._delta_B_C(x[..., None])
+        if self.selective:  # (B, N, 1) -> (B, N)
+            B, C, delta = B[..., 0], C[..., 0], delta[..., 0]
+        else:  # per-channel B, C are the grouped case with one group per channel
+            B = B.expand(x.shape[0], *B.shape)
+            C = C.expand(x.shape[0], *C.shape)
+            delta = delta[..., 0]
+        y = selective_state_update(state.ssm, x, delta, self.A(), B, C, self.D.float(), z,
+                                   self.dt_bias.float(), dt_softplus=True)
+        return self.out_proj(y)

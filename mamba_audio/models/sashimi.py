@@ -1,0 +1,162 @@
+"""The SaShiMi U-Net (Goel et al., 2022) built from Mamba blocks, as in the Mamba paper's SC09 models.
+
+A stage runs blocks at one rate. Every stage but the innermost then pools
+(reshape p consecutive steps into one, project H*p -> H*expand), hands the
+result to the next stage, up-pools its output back (project, reshape) and adds
+it to the stage's own activations before a second set of blocks:
+
+    x -> blocks -> + -> blocks -> out
+           |       ^
+           v       |
+        DownPool  UpPool(shifted by one pooled step when causal)
+           |       ^
+           +-> inner stage
+
+In the causal model the up-pooled output for pooled step k comes from the
+inner stage's output at k - 1, so position t never sees samples after t.
+Stepping runs every stage at its own rate: the outer stage every sample, the
+next every p-th sample, with the pooling buffers part of the streaming state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .blocks import BidirectionalBlock, BlockState, ResidualBlock
+from .config import BackboneConfig
+
+Tensor = torch.Tensor
+
+
+class DownPool(nn.Module):
+    """(B, L, H) -> (B, ceil(L / p), H_out): p steps side by side, then a linear map. Pads the end with zeros."""
+
+    def __init__(self, d_in: int, d_out: int, pool: int):
+        super().__init__()
+        self.pool = pool
+        self.linear = nn.Linear(d_in * pool, d_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, length, dim = x.shape
+        x = F.pad(x, (0, 0, 0, (-length) % self.pool))
+        return self.linear(x.reshape(batch, -1, self.pool * dim))
+
+
+class UpPool(nn.Module):
+    """(B, L', H_in) -> (B, L' p, H_out): a linear map to p steps. Causal: shifted right by one pooled step."""
+
+    def __init__(self, d_in: int, d_out: int, pool: int, causal: bool):
+        super().__init__()
+        self.pool = pool
+        self.causal = causal
+        self.linear = nn.Linear(d_in, d_out * pool)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.causal:  # output group k is made from inner step k - 1; group 0 from zeros
+            x = F.pad(x[:, :-1], (0, 0, 1, 0))
+        batch, steps, _ = x.shape
+        return self.linear(x).reshape(batch, steps * self.pool, -1)
+
+    def expand_step(self, x: Tensor) -> Tensor:
+        """Inner output (B, H_in) -> the next p outer steps (B, p, H_out)."""
+        return self.linear(x).reshape(x.shape[0], self.pool, -1)
+
+
+@dataclass
+class StageState:
+    """Streaming state of one stage (and, through ``inner``, of every stage inside it)."""
+
+    down: list[BlockState]
+    up: list[BlockState]
+    inner: "StageState | None" = None
+    pool_in: Tensor | None = None  # (B, p, H): this group's outer activations, waiting to be pooled
+    pool_out: Tensor | None = None  # (B, p, H): up-pooled inner output for this group's positions
+    position: int = 0  # steps taken at this stage's rate
+
+
+class Stage(nn.Module):
+    """Blocks at one rate around an optional pooled inner stage. ``level`` 0 is the outermost."""
+
+    def __init__(self, config: BackboneConfig, level: int, dim: int):
+        super().__init__()
+        block = BidirectionalBlock if config.bidirectional else ResidualBlock
+        mixer = config.mixer_for_stage(level)
+        self.down_blocks = nn.ModuleList(block(dim, mixer, config) for _ in range(config.n_layers))
+        self.is_center = level == len(config.pool)
+        if self.is_center:
+            return
+        pool, inner_dim = config.pool[level], dim * config.expand
+        self.pool = pool
+        self.down_pool = DownPool(dim, inner_dim, pool)
+        self.inner = Stage(config, level + 1, inner_dim)
+        self.up_pool = UpPool(inner_dim, dim, pool, causal=not config.bidirectional)
+        self.up_blocks = nn.ModuleList(block(dim, mixer, config) for _ in range(config.n_layers))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, L, H) -> (B, L, H); any L."""
+        for block in self.down_blocks:
+            x = block(x)
+        if self.is_center:
+            return x
+        inner = self.up_pool(self.inner(self.down_pool(x)))
+        x = x + inner[:, : x.shape[1]]
+        for block in self.up_blocks:
+            x = block(x)
+        return x
+
+    def allocate_inference_cache(self, batch_size: int, device=None, dtype=None) -> StageState:
+        state = StageState(
+            down=[b.allocate_inference_cache(batch_size, device, dtype) for b in self.down_blocks],
+            up=[],
+        )
+        if not self.is_center:
+            weight = self.down_pool.linear.weight
+            state.up = [b.allocate_inference_cache(batch_size, device, dtype) for b in self.up_blocks]
+            state.inner = self.inner.allocate_inference_cache(batch_size, device, dtype)
+            state.pool_in = weight.new_zeros(batch_size, self.pool, self.down_pool.linear.in_features // self.pool)
+            # before the inner stage has produced anything, the up-pool sees zeros (as in forward)
+            state.pool_out = self.up_pool.expand_step(weight.new_zeros(batch_size, self.up_pool.linear.in_features))
+        return state
+
+    def step(self, x: Tensor, state: StageState) -> Tensor:
+        """One step at this stage's rate: x (B, H) -> (B, H); updates ``state`` in place."""
+        for block, block_state in zip(self.down_blocks, state.down):
+            x = block.step(x, block_state)
+        if self.is_center:
+            return x
+        slot = state.position % self.pool
+        from_inner = state.pool_out[:, slot]
+        state.pool_in[:, slot] = x
+        if slot == self.pool - 1:  # a full group: one inner step, whose output serves the next group
+            pooled = self.down_pool.linear(state.pool_in.flatten(1))
+            state.pool_out = self.up_pool.expand_step(self.inner.step(pooled, state.inner))
+        state.position += 1
+        x = x + from_inner
+        for block, block_state in zip(self.up_blocks, state.up):
+            x = block.step(x, block_state)
+        return x
+
+
+class SaShiMi(nn.Module):
+    """Multi-scale backbone: (B, L, H) -> (B, L, H). Causal unless ``config.bidirectional``."""
+
+    def __init__(self, config: BackboneConfig):
+        super().__init__()
+        self.config = config
+        self.stage = Stage(config, level=0, dim=config.d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.stage(x)
+
+    def allocate_inference_cache(self, batch_size: int, device=None, dtype=None) -> StageState:
+        if self.config.bidirectional:
+            raise RuntimeError("a bidirectional backbone cannot be stepped")
+        return self.stage.allocate_inference_cache(batch_size, device, dtype)
+
+    def step(self, x: Tensor, state: StageState) -> Tensor:
+        """x (B, H) for one sample -> (B, H)."""
+        return self.stage.step(x, state)
