@@ -7,11 +7,14 @@ tensors it is given and falls back to the PyTorch reference elsewhere.
 Backends of ``selective_scan``:
     "reference"  sequential float32 oracle (slow; tests)
     "chunked"    chunked PyTorch scan, O(sqrt(L)) Python steps (CPU training)
+    "triton"     Triton kernels, forward and backward (CUDA training); registered
+                 when triton is installed, imported on first use
     "auto"       the fastest backend available for the inputs' device
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Callable
 
 import torch
@@ -27,6 +30,21 @@ _SCAN_BACKENDS: dict[str, Callable] = {
     "reference": selective_scan_ref,
     "chunked": selective_scan_chunked,
 }
+
+
+def _selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                           initial_state=None, return_final_state=False):
+    """The Triton scan, imported lazily (so TRITON_INTERPRET can still be set first); the chunked
+    scan where the Triton kernels do not apply (complex A, time-invariant B or C)."""
+    from .selective_scan.triton_scan import selective_scan_triton, supports
+
+    fn = selective_scan_triton if supports(A, B, C) else selective_scan_chunked
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state)
+
+
+if importlib.util.find_spec("triton") is not None:
+    _SCAN_BACKENDS["triton"] = _selective_scan_triton
+
 _STEP_BACKENDS: dict[str, Callable] = {
     "reference": selective_state_update_ref,
 }

@@ -1,0 +1,591 @@
+"""Triton selective scan for training: forward and backward, parallel over the sequence.
+
+Same function as ``selective_scan_ref`` (real A): mamba_ssm's ``selective_scan_fn``
+plus an initial state in and the final state out, with gradients for both.
+
+Shapes (B batch, D channels, L length, N state size, G groups, K chunks of T steps):
+
+    u, delta, z        (B, D, L)       float32 / bfloat16 / float16, any strides
+    A                  (D, N)          float32 real
+    B, C               (B, N, L) or (B, G, N, L)
+    D, delta_bias      (D,)
+    initial_state      (B, D, N)
+
+Per channel d and state n the recurrence is h_t = a_t h_{t-1} + x_t with
+a_t = exp(delta_t A_n) and x_t = delta_t u_t B_t. The sequence is cut into K chunks:
+
+forward
+  1. ``_chunk_summary_kernel``: each chunk's decay over the chunk and its end state
+     from a zero start (a weighted sum, no scan);
+  2. ``_carry_kernel``: the state entering every chunk (a scan over chunks);
+  3. ``_scan_fwd_kernel``: each chunk scanned from its entering state, contracted
+     with C, plus D u, gated by silu(z).
+  With one chunk, step 3 alone runs and writes the final state.
+
+backward (the adjoint g_t = dL/dh_t runs backwards: g_t = dy_t C_t + a_{t+1} g_{t+1})
+  1. ``_chunk_summary_kernel`` (reverse): each chunk's adjoint at its start from a zero end;
+  2. ``_carry_kernel`` (reverse): the adjoint entering every chunk from the right;
+  3. ``_scan_bwd_kernel``: per chunk, recompute h (from the entering states saved
+     by the forward, B x (K+1) x D x N floats) and g, and form every gradient.
+
+Only the inputs and the per-chunk states are kept for backward: nothing of size
+B*D*L*N. Sums over channels (dB, dC) happen inside one program; sums over batch
+and chunks (dA, dD, d delta_bias) go through per-program partial buffers summed
+in a fixed order, so results are deterministic run to run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .naive import check_scan_inputs
+
+Tensor = torch.Tensor
+
+LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@triton.jit
+def _softplus(x):
+    """log(1 + exp(x)) as torch computes it (threshold 20), accurate for very negative x."""
+    e = tl.exp(-tl.abs(x))
+    w = 1.0 + e
+    log1p_e = tl.where(w == 1.0, e, tl.log(w) * e / (w - 1.0))
+    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + log1p_e)
+
+
+@triton.jit
+def _linear_combine(a_prev, b_prev, a_next, b_next):
+    """Compose h -> a_prev h + b_prev, then h -> a_next h + b_next."""
+    return a_prev * a_next, a_next * b_prev + b_next
+
+
+@triton.jit
+def _adjoint_combine(f_late, q_late, v_late, f_early, q_early, v_early):
+    """Combine two segments of the reverse recurrence g_t = v_t + a_{t+1} g_{t+1}.
+
+    A segment [i..j] is summarised by f = a_i, q = prod_{r=i+1..j} a_r and
+    v = sum_s prod_{r=i+1..s} a_r v_s. Used with ``reverse=True``, where Triton
+    passes the segment later in time first.
+    """
+    bridge = q_early * f_late
+    return f_early, bridge * q_late, v_early + bridge * v_late
+
+
+@triton.jit
+def _load_delta(dt_ptr, s_dt_b, s_dt_d, s_dt_l, bias_ptr, b, d, t, mask2, d_mask,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """delta tile (BD, T) after bias and softplus, zero outside the sequence; also the raw pre-softplus value."""
+    raw = tl.load(dt_ptr + b * s_dt_b + d[:, None] * s_dt_d + t[None, :] * s_dt_l, mask=mask2, other=0.0)
+    raw = raw.to(tl.float32)
+    if HAS_BIAS:
+        raw += tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)[:, None]
+    dt = raw
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    dt = tl.where(mask2, dt, 0.0)
+    return dt, raw
+
+
+@triton.jit
+def _channel_range(pid_s, n_per_group, n_split, DS):
+    """Group and channel range [d_lo, d_hi) of split ``pid_s``; splits never cross a group."""
+    g = pid_s // n_split
+    d_lo = g * n_per_group + (pid_s % n_split) * DS
+    d_hi = tl.minimum(d_lo + DS, (g + 1) * n_per_group)
+    return g, d_lo, d_hi
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _chunk_summary_kernel(
+    u_ptr, dt_ptr, A_ptr, X_ptr, z_ptr, dout_ptr, bias_ptr,
+    decay_ptr, local_ptr,
+    L, n_state, n_per_group, n_split, DS, n_chunks, dim,
+    s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
+    s_X_b, s_X_g, s_X_n, s_X_l, s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
+    REVERSE: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+):
+    """Per chunk k and channel: the decay over the chunk, exp(A sum_t delta_t), and
+
+    forward (X = B):  the end state from a zero start, sum_t exp(A sum_{s>t} delta_s) delta_t u_t B_t;
+    reverse (X = C):  the adjoint at the start from a zero end, sum_t exp(A sum_{s<=t} delta_s) dy_t C_t,
+    with dy = dout * silu(z). Both go to (B, K, D, N) float32 buffers.
+    """
+    pid_k = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    g, d_lo, d_hi = _channel_range(tl.program_id(2), n_per_group, n_split, DS)
+    t = pid_k * T + tl.arange(0, T)
+    t_mask = t < L
+    n = tl.arange(0, NP)
+    n_mask = n < n_state
+    X = tl.load(X_ptr + pid_b * s_X_b + g * s_X_g + n[:, None] * s_X_n + t[None, :] * s_X_l,
+                mask=n_mask[:, None] & t_mask[None, :], other=0.0).to(tl.float32)
+    out_base = (pid_b * n_chunks + pid_k) * dim * n_state
+    for d0 in range(d_lo, d_hi, BD):
+        d = d0 + tl.arange(0, BD)
+        d_mask = d < d_hi
+        m2 = d_mask[:, None] & t_mask[None, :]
+        dt, _ = _load_delta(dt_ptr, s_dt_b, s_dt_d, s_dt_l, bias_ptr, pid_b, d, t, m2, d_mask, HAS_BIAS, SOFTPLUS)
+        A2 = tl.load(A_ptr + d[:, None] * s_A_d + n[None, :] * s_A_n,
+                     mask=d_mask[:, None] & n_mask[None, :], other=0.0) * LOG2E
+        if REVERSE:
+            dy = tl.load(dout_ptr + pid_b * s_o_b + d[:, None] * s_o_d + t[None, :] * s_o_l,
+                         mask=m2, other=0.0).to(tl.float32)
+            if HAS_Z:
+                z = tl.load(z_ptr + pid_b * s_z_b + d[:, None] * s_z_d + t[None, :] * s_z_l,
+                            mask=m2, other=0.0).to(tl.float32)
+                dy = dy * z * tl.sigmoid(z)
+            weight_time = tl.cumsum(dt, axis=1)  # decay from the chunk start through t
+            coef = dy
+        else:
+            u = tl.load(u_ptr + pid_b * s_u_b + d[:, None] * s_u_d + t[None, :] * s_u_l,
+                        mask=m2, other=0.0).to(tl.float32)
+            weight_time = tl.cumsum(dt, axis=1, reverse=True) - dt  # decay after t to the chunk end
+            coef = dt * u
+        w = tl.exp2(A2[:, :, None] * weight_time[:, None, :])
+        local = tl.sum(w * coef[:, None, :] * X[None, :, :], axis=2)
+        decay = tl.exp2(A2 * tl.sum(dt, axis=1)[:, None])
+        offs = out_base + d[:, None] * n_state + n[None, :]
+        m_dn = d_mask[:, None] & n_mask[None, :]
+        tl.store(decay_ptr + offs, decay, mask=m_dn)
+        tl.store(local_ptr + offs, local, mask=m_dn)
+
+
+@triton.jit
+def _carry_kernel(decay_ptr, local_ptr, states_ptr, n_chunks, rows,
+                  REVERSE: tl.constexpr, ROWS: tl.constexpr, CB: tl.constexpr):
+    """Carry states across chunks: s_{k+1} = decay_k s_k + local_k (forward) or
+    r_k = decay_k r_{k+1} + local_k (reverse), for every (d, n) row of one batch.
+
+    decay/local: (B, K, rows); states: (B, K+1, rows) with states[:, 0] (forward) or
+    states[:, K] (reverse) given; the other K entries are written.
+    """
+    pid_r = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    r = pid_r * ROWS + tl.arange(0, ROWS)
+    r_mask = r < rows
+    col = tl.arange(0, CB)
+    sum_base = pid_b * n_chunks * rows
+    st_base = pid_b * (n_chunks + 1) * rows
+    if REVERSE:
+        carry = tl.load(states_ptr + st_base + n_chunks * rows + r, mask=r_mask, other=0.0)
+    else:
+        carry = tl.load(states_ptr + st_base + r, mask=r_mask, other=0.0)
+    for kb in range(0, n_chunks, CB):
+        j = kb + col
+        if REVERSE:
+            k = n_chunks - 1 - j
+        else:
+            k = j
+        m = r_mask[:, None] & (j < n_chunks)[None, :]
+        offs = sum_base + k[None, :] * rows + r[:, None]
+        dec = tl.load(decay_ptr + offs, mask=m, other=1.0)
+        loc = tl.load(local_ptr + offs, mask=m, other=0.0)
+        loc = tl.where(col[None, :] == 0, loc + dec * carry[:, None], loc)
+        _, s = tl.associative_scan((dec, loc), axis=1, combine_fn=_linear_combine)
+        if REVERSE:
+            out_k = k
+        else:
+            out_k = k + 1
+        tl.store(states_ptr + st_base + out_k[None, :] * rows + r[:, None], s, mask=m)
+        carry = tl.sum(tl.where(col[None, :] == CB - 1, s, 0.0), axis=1)
+
+
+@triton.jit
+def _scan_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, y_ptr,
+    L, n_state, n_per_group, n_split, DS, n_chunks, dim,
+    s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
+    s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
+    s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    WRITE_END: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+):
+    """y for chunk k of batch b, channels of one split: scan from states[b, k], contract with C.
+
+    states is (B, K+1, D, N) float32; with WRITE_END the state after the chunk goes to states[b, k+1].
+    """
+    pid_k = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    g, d_lo, d_hi = _channel_range(tl.program_id(2), n_per_group, n_split, DS)
+    t_loc = tl.arange(0, T)
+    t = pid_k * T + t_loc
+    t_mask = t < L
+    n = tl.arange(0, NP)
+    n_mask = n < n_state
+    m_nt = n_mask[:, None] & t_mask[None, :]
+    Bt = tl.load(B_ptr + pid_b * s_B_b + g * s_B_g + n[:, None] * s_B_n + t[None, :] * s_B_l,
+                 mask=m_nt, other=0.0).to(tl.float32)
+    Ct = tl.load(C_ptr + pid_b * s_C_b + g * s_C_g + n[:, None] * s_C_n + t[None, :] * s_C_l,
+                 mask=m_nt, other=0.0).to(tl.float32)
+    first = (t_loc == 0)[None, None, :]
+    st_base = (pid_b * (n_chunks + 1) + pid_k) * dim * n_state
+    for d0 in range(d_lo, d_hi, BD):
+        d = d0 + tl.arange(0, BD)
+        d_mask = d < d_hi
+        m2 = d_mask[:, None] & t_mask[None, :]
+        m_dn = d_mask[:, None] & n_mask[None, :]
+        dt, _ = _load_delta(dt_ptr, s_dt_b, s_dt_d, s_dt_l, bias_ptr, pid_b, d, t, m2, d_mask, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + pid_b * s_u_b + d[:, None] * s_u_d + t[None, :] * s_u_l,
+                    mask=m2, other=0.0).to(tl.float32)
+        A2 = tl.load(A_ptr + d[:, None] * s_A_d + n[None, :] * s_A_n, mask=m_dn, other=0.0) * LOG2E
+        h0 = tl.load(states_ptr + st_base + d[:, None] * n_state + n[None, :], mask=m_dn, other=0.0)
+        a = tl.exp2(A2[:, :, None] * dt[:, None, :])
+        x = (dt * u)[:, None, :] * Bt[None, :, :]
+        x = tl.where(first, x + a * h0[:, :, None], x)
+        _, h = tl.associative_scan((a, x), axis=2, combine_fn=_linear_combine)
+        y = tl.sum(h * Ct[None, :, :], axis=1)
+        if HAS_D:
+            y += u * tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)[:, None]
+        if HAS_Z:
+            z = tl.load(z_ptr + pid_b * s_z_b + d[:, None] * s_z_d + t[None, :] * s_z_l,
+                        mask=m2, other=0.0).to(tl.float32)
+            y = y * z * tl.sigmoid(z)
+        tl.store(y_ptr + pid_b * s_y_b + d[:, None] * s_y_d + t[None, :] * s_y_l,
+                 y.to(y_ptr.dtype.element_ty), mask=m2)
+        if WRITE_END:
+            h_end = tl.sum(tl.where((t_loc == T - 1)[None, None, :], h, 0.0), axis=2)
+            tl.store(states_ptr + st_base + dim * n_state + d[:, None] * n_state + n[None, :], h_end, mask=m_dn)
+
+
+@triton.jit
+def _scan_bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, adj_ptr, dout_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+    L, n_state, n_per_group, n_split, DS, n_chunks, dim, n_groups,
+    s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
+    s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
+    s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+):
+    """All gradients of chunk k, batch b, the channels of one split.
+
+    states[b, k] is h entering the chunk, adj[b, k+1] the adjoint of h leaving it.
+    du, d delta, dz: (B, D, L) contiguous, input dtypes. dB, dC partials:
+    (n_split, B, G, N, L) float32. dA partials (B, K, D, N); dD, d delta_bias (B, K, D).
+    The first chunk also writes the gradient of the initial state, a_0 g_0, to dh0 (B, D, N).
+    """
+    pid_k = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    pid_s = tl.program_id(2)
+    g, d_lo, d_hi = _channel_range(pid_s, n_per_group, n_split, DS)
+    t_loc = tl.arange(0, T)
+    t = pid_k * T + t_loc
+    t_mask = t < L
+    n = tl.arange(0, NP)
+    n_mask = n < n_state
+    m_nt = n_mask[:, None] & t_mask[None, :]
+    Bt = tl.load(B_ptr + pid_b * s_B_b + g * s_B_g + n[:, None] * s_B_n + t[None, :] * s_B_l,
+                 mask=m_nt, other=0.0).to(tl.float32)
+    Ct = tl.load(C_ptr + pid_b * s_C_b + g * s_C_g + n[:, None] * s_C_n + t[None, :] * s_C_l,
+                 mask=m_nt, other=0.0).to(tl.float32)
+    first = (t_loc == 0)[None, None, :]
+    last = (t_loc == T - 1)[None, None, :]
+    st_base = (pid_b * (n_chunks + 1) + pid_k) * dim * n_state
+    part_base = (pid_b * n_chunks + pid_k) * dim
+    dB_acc = tl.zeros((NP, T), dtype=tl.float32)
+    dC_acc = tl.zeros((NP, T), dtype=tl.float32)
+    for d0 in range(d_lo, d_hi, BD):
+        d = d0 + tl.arange(0, BD)
+        d_mask = d < d_hi
+        m2 = d_mask[:, None] & t_mask[None, :]
+        m_dn = d_mask[:, None] & n_mask[None, :]
+        offs_dl = pid_b * dim * L + d[:, None] * L + t[None, :]  # contiguous gradient outputs
+        dt, raw = _load_delta(dt_ptr, s_dt_b, s_dt_d, s_dt_l, bias_ptr, pid_b, d, t, m2, d_mask, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + pid_b * s_u_b + d[:, None] * s_u_d + t[None, :] * s_u_l,
+                    mask=m2, other=0.0).to(tl.float32)
+        A = tl.load(A_ptr + d[:, None] * s_A_d + n[None, :] * s_A_n, mask=m_dn, other=0.0)
+        h0 = tl.load(states_ptr + st_base + d[:, None] * n_state + n[None, :], mask=m_dn, other=0.0)
+        g_end = tl.load(adj_ptr + st_base + dim * n_state + d[:, None] * n_state + n[None, :],
+                        mask=m_dn, other=0.0)
+        dout = tl.load(dout_ptr + pid_b * s_o_b + d[:, None] * s_o_d + t[None, :] * s_o_l,
+                       mask=m2, other=0.0).to(tl.float32)
+
+        # forward again: h_t for the whole chunk
+        a = tl.exp2((A * LOG2E)[:, :, None] * dt[:, None, :])
+        x = (dt * u)[:, None, :] * Bt[None, :, :]
+        _, h = tl.associative_scan((a, tl.where(first, x + a * h0[:, :, None], x)), axis=2,
+                                   combine_fn=_linear_combine)
+
+        # output stage: y = C h + D u, gated by silu(z)
+        dy = dout
+        if HAS_Z:
+            z = tl.load(z_ptr + pid_b * s_z_b + d[:, None] * s_z_d + t[None, :] * s_z_l,
+                        mask=m2, other=0.0).to(tl.float32)
+            sig = tl.sigmoid(z)
+            y = tl.sum(h * Ct[None, :, :], axis=1)
+            if HAS_D:
+                Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+                y += u * Dv[:, None]
+            dz = dout * y * sig * (1.0 + z * (1.0 - sig))
+            tl.store(dz_ptr + offs_dl, dz.to(dz_ptr.dtype.element_ty), mask=m2)
+            dy = dout * z * sig
+        du = tl.zeros((BD, T), dtype=tl.float32)
+        if HAS_D:
+            Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+            du = dy * Dv[:, None]
+            tl.store(dD_ptr + part_base + d, tl.sum(dy * u, axis=1), mask=d_mask)
+
+        # adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}, entering from the right with g_end
+        v = dy[:, None, :] * Ct[None, :, :]
+        v = tl.where(last, v + g_end[:, :, None], v)
+        _, _, gt = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), v), axis=2,
+                                       combine_fn=_adjoint_combine, reverse=True)
+
+        if pid_k == 0:
+            dh0 = tl.sum(tl.where(first, a * gt, 0.0), axis=2)
+            tl.store(dh0_ptr + (pid_b * dim + d[:, None]) * n_state + n[None, :], dh0, mask=m_dn)
+        # a_t h_{t-1} = h_t - x_t
+        w = gt * (h - x)
+        gB = gt * Bt[None, :, :]
+        ddt = tl.sum(w * A[:, :, None] + gB * u[:, None, :], axis=1)
+        du += tl.sum(gB, axis=1) * dt
+        tl.store(dA_ptr + (part_base + d[:, None]) * n_state + n[None, :], tl.sum(w * dt[:, None, :], axis=2),
+                 mask=m_dn)
+        dB_acc += tl.sum(gt * (dt * u)[:, None, :], axis=0)
+        dC_acc += tl.sum(h * dy[:, None, :], axis=0)
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(raw)
+        ddt = tl.where(m2, ddt, 0.0)
+        if HAS_BIAS:
+            tl.store(dbias_ptr + part_base + d, tl.sum(ddt, axis=1), mask=d_mask)
+        tl.store(du_ptr + offs_dl, du.to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(ddt_ptr + offs_dl, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
+
+    split_local = pid_s % n_split
+    offs_nt = (((split_local * tl.num_programs(1) + pid_b) * n_groups + g) * n_state + n[:, None]) * L + t[None, :]
+    tl.store(dB_ptr + offs_nt, dB_acc, mask=m_nt)
+    tl.store(dC_ptr + offs_nt, dC_acc, mask=m_nt)
+
+
+# ----------------------------------------------------------------------------- launch parameters
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(0, (int(x) - 1).bit_length())
+
+
+def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, chunk_size: int | None = None,
+                  sm_count: int = 132):
+    """Chunk length T, channels per step BD, channels per program DS, warps. A small table, no autotuning.
+
+    T is a power of two fixed per length range (so a new L recompiles nothing);
+    DS is as large as possible (B and C are read once per program) while still
+    giving the GPU about four programs per multiprocessor.
+    """
+    if chunk_size is None:
+        chunk_size = 64 if length <= 64 else 128
+    T = _pow2(chunk_size)
+    n_chunks = max(1, -(-length // T))
+    per_group = dim // groups
+    BD = 4 if n_state <= 16 else 2
+    BD = min(BD, _pow2(per_group))
+    target = 4 * sm_count
+    n_split = 1
+    while n_split < per_group and batch * groups * n_chunks * n_split < target and per_group // (2 * n_split) >= BD:
+        n_split *= 2
+    DS = -(-per_group // n_split)
+    DS = -(-DS // BD) * BD
+    n_split = -(-per_group // DS)
+    return dict(T=T, n_chunks=n_chunks, BD=BD, DS=DS, n_split=n_split, num_warps=4)
+
+
+def _strides3(x: Tensor):
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _grouped(X: Tensor) -> Tensor:
+    """(B, N, L) -> (B, 1, N, L) view; grouped (B, G, N, L) unchanged."""
+    return X.unsqueeze(1) if X.dim() == 3 else X
+
+
+def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, cfg):
+    batch, dim, length = u.shape
+    n_state = A.shape[1]
+    Bg, Cg = _grouped(B), _grouped(C)
+    groups = Bg.shape[1]
+    T, K, BD, DS, n_split = cfg["T"], cfg["n_chunks"], cfg["BD"], cfg["DS"], cfg["n_split"]
+    NP = _pow2(n_state)
+    dev = u.device
+    states = torch.empty(batch, K + 1, dim, n_state, device=dev, dtype=torch.float32)
+    if h0 is None:
+        states[:, 0].zero_()
+    else:
+        states[:, 0].copy_(h0)
+    y = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
+    dummy = u  # pointer for absent optional tensors (never read)
+    grid = (K, batch, groups * n_split)
+    flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus))
+    if K > 1:
+        decay = torch.empty(batch, K, dim, n_state, device=dev, dtype=torch.float32)
+        local = torch.empty_like(decay)
+        _chunk_summary_kernel[grid](
+            u, delta, A, Bg, dummy, dummy, delta_bias if delta_bias is not None else dummy,
+            decay, local,
+            length, n_state, dim // groups, n_split, DS, K, dim,
+            *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
+            *Bg.stride(), 0, 0, 0, 0, 0, 0,
+            REVERSE=False, HAS_Z=False, HAS_BIAS=flags["HAS_BIAS"], SOFTPLUS=flags["SOFTPLUS"],
+            BD=BD, NP=NP, T=T, num_warps=cfg["num_warps"],
+        )
+        _carry(decay, local, states, reverse=False)
+    _scan_fwd_kernel[grid](
+        u, delta, A, Bg, Cg, D if D is not None else dummy, z if z is not None else dummy,
+        delta_bias if delta_bias is not None else dummy, states, y,
+        length, n_state, dim // groups, n_split, DS, K, dim,
+        *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
+        *Bg.stride(), *Cg.stride(), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides3(y),
+        HAS_D=D is not None, WRITE_END=K == 1, BD=BD, NP=NP, T=T, num_warps=cfg["num_warps"], **flags,
+    )
+    return y, states
+
+
+def _carry(decay: Tensor, local: Tensor, states: Tensor, reverse: bool) -> None:
+    batch, K, dim, n_state = decay.shape
+    rows = dim * n_state
+    ROWS, CB = min(64, _pow2(rows)), min(64, _pow2(K))
+    _carry_kernel[(triton.cdiv(rows, ROWS), batch)](
+        decay, local, states, K, rows, REVERSE=reverse, ROWS=ROWS, CB=CB, num_warps=4)
+
+
+def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, states, cfg):
+    batch, dim, length = u.shape
+    n_state = A.shape[1]
+    Bg, Cg = _grouped(B), _grouped(C)
+    groups = Bg.shape[1]
+    T, K, BD, DS, n_split = cfg["T"], cfg["n_chunks"], cfg["BD"], cfg["DS"], cfg["n_split"]
+    NP = _pow2(n_state)
+    dev = u.device
+    f32 = torch.float32
+    dummy = u
+    grid = (K, batch, groups * n_split)
+    flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus))
+    z_strides = _strides3(z) if z is not None else (0, 0, 0)
+
+    adj = torch.empty(batch, K + 1, dim, n_state, device=dev, dtype=f32)
+    if dfinal is None:
+        adj[:, K].zero_()
+    else:
+        adj[:, K].copy_(dfinal)
+    if K > 1:
+        decay = torch.empty(batch, K, dim, n_state, device=dev, dtype=f32)
+        local = torch.empty_like(decay)
+        _chunk_summary_kernel[grid](
+            u, delta, A, Cg, z if z is not None else dummy, dout,
+            delta_bias if delta_bias is not None else dummy, decay, local,
+            length, n_state, dim // groups, n_split, DS, K, dim,
+            *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
+            *Cg.stride(), *z_strides, *_strides3(dout),
+            REVERSE=True, BD=BD, NP=NP, T=T, num_warps=cfg["num_warps"], **flags,
+        )
+        _carry(decay, local, adj, reverse=True)
+
+    du = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
+    ddelta = torch.empty(batch, dim, length, device=dev, dtype=delta.dtype)
+    dz = torch.empty(batch, dim, length, device=dev, dtype=z.dtype) if z is not None else None
+    dB_part = torch.empty(n_split, batch, groups, n_state, length, device=dev, dtype=f32)
+    dC_part = torch.empty_like(dB_part)
+    dA_part = torch.empty(batch, K, dim, n_state, device=dev, dtype=f32)
+    dD_part = torch.empty(batch, K, dim, device=dev, dtype=f32) if D is not None else None
+    dbias_part = torch.empty(batch, K, dim, device=dev, dtype=f32) if delta_bias is not None else None
+    dh0 = torch.empty(batch, dim, n_state, device=dev, dtype=f32)
+    _scan_bwd_kernel[grid](
+        u, delta, A, Bg, Cg, D if D is not None else dummy, z if z is not None else dummy,
+        delta_bias if delta_bias is not None else dummy, states, adj, dout,
+        du, ddelta, dz if dz is not None else du, dB_part, dC_part, dA_part,
+        dD_part if dD_part is not None else dA_part, dbias_part if dbias_part is not None else dA_part, dh0,
+        length, n_state, dim // groups, n_split, DS, K, dim, groups,
+        *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
+        *Bg.stride(), *Cg.stride(), *z_strides, *_strides3(dout),
+        HAS_D=D is not None, BD=BD, NP=NP, T=T, num_warps=cfg["num_warps"], **flags,
+    )
+    dB = dB_part.sum(0) if n_split > 1 else dB_part[0]
+    dC = dC_part.sum(0) if n_split > 1 else dC_part[0]
+    grads = dict(
+        du=du, ddelta=ddelta, dz=dz,
+        dA=dA_part.sum((0, 1)),
+        dB=dB.reshape(B.shape).to(B.dtype), dC=dC.reshape(C.shape).to(C.dtype),
+        dD=dD_part.sum((0, 1)).to(D.dtype) if D is not None else None,
+        dbias=dbias_part.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None else None,
+        dh0=dh0,
+    )
+    return grads
+
+
+class SelectiveScanTriton(torch.autograd.Function):
+    """Autograd wrapper: saves the inputs and the per-chunk entering states, recomputes the rest."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_size):
+        batch, dim, length = u.shape
+        groups = 1 if B.dim() == 3 else B.shape[1]
+        # Off the GPU (the Triton interpreter) every program costs Python time: use the fewest.
+        sm_count = torch.cuda.get_device_properties(u.device).multi_processor_count if u.is_cuda else 1
+        cfg = choose_config(batch, dim, length, A.shape[1], groups, chunk_size, sm_count)
+        h0 = None if initial_state is None else initial_state.float()
+        y, states = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, cfg)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
+        ctx.cfg = cfg
+        ctx.delta_softplus = delta_softplus
+        ctx.initial_state_dtype = None if initial_state is None else initial_state.dtype
+        final = states[:, cfg["n_chunks"]].clone()
+        return y, final
+
+    @staticmethod
+    def backward(ctx, dout, dfinal):
+        u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
+        dout = dout if dout is not None else torch.zeros_like(u)
+        grads = _backward(dout, None if dfinal is None else dfinal.float(), u, delta, A, B, C, D, z, delta_bias,
+                          ctx.delta_softplus, states, ctx.cfg)
+        dh0 = None
+        if ctx.initial_state_dtype is not None:
+            dh0 = grads["dh0"].to(ctx.initial_state_dtype)
+        return (grads["du"], grads["ddelta"], grads["dA"].to(A.dtype), grads["dB"], grads["dC"], grads["dD"],
+                grads["dz"], grads["dbias"], None, dh0, None)
+
+
+def selective_scan_triton(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: Tensor | None = None,
+    return_final_state: bool = False,
+    chunk_size: int | None = None,
+):
+    """Selective scan on the GPU through Triton; same arguments and results as ``selective_scan_ref``.
+
+    Real A with input-dependent B and C ((B, N, L) or grouped (B, G, N, L)). Returns
+    y (B, D, L) in u.dtype and, with ``return_final_state``, the final state (B, D, N)
+    float32, which is differentiable too. ``chunk_size`` overrides the chunk length
+    (rounded up to a power of two; tests use small chunks).
+    """
+    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if not supports(A, B, C):
+        raise ValueError("selective_scan_triton takes real A and input-dependent B, C; "
+                         "use the chunked backend for complex A or time-invariant B, C")
+    y, final = SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                         chunk_size)
+    return (y, final) if return_final_state else y
+
+
+def supports(A: Tensor, B: Tensor, C: Tensor) -> bool:
+    """Whether the Triton kernels cover these arguments (real A, input-dependent B and C)."""
+    return (not A.is_complex()) and B.dim() >= 3 and C.dim() >= 3

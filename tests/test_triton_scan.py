@@ -1,0 +1,179 @@
+"""The Triton selective scan against the sequential oracle, on the CPU through Triton's interpreter.
+
+Forward output, final state and every gradient (u, delta, A, B, C, D, z,
+delta_bias, initial state, through y and the final state) are compared with
+``selective_scan_ref`` on fresh random inputs, by the relative error of the
+whole tensor, with a tolerance per dtype. Chunks are 16 steps here, so small L
+covers: L shorter than a chunk, several chunks, a ragged last chunk.
+
+The interpreter runs every tile element of a scan through Python, so shapes are
+tiny; the same comparisons at full size run on the GPU in benchmarks/scan.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are defined
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from mamba_audio.kernels.selective_scan import triton_scan  # noqa: E402
+from mamba_audio.kernels import selective_scan  # noqa: E402
+from mamba_audio.kernels.selective_scan import selective_scan_ref  # noqa: E402
+
+if not torch.cuda.is_available():
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(triton_scan._scan_fwd_kernel, InterpretedFunction):
+        # imported earlier in this process without the interpreter: define the kernels again
+        os.environ["TRITON_INTERPRET"] = "1"
+        triton_scan = importlib.reload(triton_scan)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CHUNK = 16
+# relative error of the whole tensor; low-precision inputs differ from the oracle only in output rounding
+TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
+
+
+def make_inputs(batch, dim, length, n_state, groups=None, dtype=torch.float32, *, has_D=True, has_z=True,
+                has_bias=True, has_h0=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0, dt=dtype):
+        return (torch.randn(*shape, generator=g) * scale).to(dt).to(DEVICE)
+
+    bc_shape = (batch, n_state, length) if groups is None else (batch, groups, n_state, length)
+    return dict(
+        u=rand(batch, dim, length),
+        delta=rand(batch, dim, length, scale=0.5),
+        A=(-0.1 - 2 * torch.rand(dim, n_state, generator=g)).to(DEVICE),
+        B=rand(*bc_shape),
+        C=rand(*bc_shape),
+        D=rand(dim, dt=torch.float32) if has_D else None,
+        z=rand(batch, dim, length) if has_z else None,
+        delta_bias=rand(dim, scale=0.3, dt=torch.float32) if has_bias else None,
+        initial_state=rand(batch, dim, n_state, dt=torch.float32) if has_h0 else None,
+    )
+
+
+def rel_err(x, ref):
+    x, ref = x.double(), ref.double()
+    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def run_both(inputs, softplus, want_final, seed=1):
+    """Forward and backward through ours and the oracle with the same upstream gradients."""
+    leaves = {k: (v.detach().clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
+    ref_leaves = {k: (v.detach().clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
+    results = []
+    g = torch.Generator().manual_seed(seed)
+    grad_y = grad_h = None
+    for fn, lv, extra in ((triton_scan.selective_scan_triton, leaves, dict(chunk_size=CHUNK)),
+                          (selective_scan_ref, ref_leaves, {})):
+        out = fn(**lv, delta_softplus=softplus, return_final_state=want_final, **extra)
+        y, final = out if want_final else (out, None)
+        if grad_y is None:
+            grad_y = torch.randn(y.shape, generator=g).to(y)
+            grad_h = torch.randn(final.shape, generator=g).to(final) if want_final else None
+        loss = (y.float() * grad_y.float()).sum()
+        if want_final:
+            loss = loss + (final * grad_h).sum()
+        loss.backward()
+        results.append((y, final, {k: v.grad for k, v in lv.items() if v is not None}))
+    return results
+
+
+def check_against_ref(inputs, dtype, softplus=True, want_final=True):
+    (y, final, grads), (y_ref, final_ref, grads_ref) = run_both(inputs, softplus, want_final)
+    tol = TOL[dtype]
+    assert y.dtype == y_ref.dtype and y.shape == y_ref.shape
+    assert torch.isfinite(y).all()
+    errors = {"y": rel_err(y, y_ref)}
+    if want_final:
+        assert final.dtype == torch.float32
+        errors["final_state"] = rel_err(final, final_ref)
+    for name, g_ref in grads_ref.items():
+        assert grads[name] is not None, f"no gradient for {name}"
+        assert grads[name].dtype == g_ref.dtype, name
+        assert torch.isfinite(grads[name]).all(), name
+        errors["d" + name] = rel_err(grads[name], g_ref)
+    bad = {k: v for k, v in errors.items() if not v < tol}
+    assert not bad, f"relative errors over {tol}: {bad} (all: {errors})"
+
+
+# (batch, dim, length, N, groups): L shorter than a chunk, exactly one, ragged several, one step
+SHAPES = [
+    pytest.param(2, 3, 7, 4, None, id="L7-short"),
+    pytest.param(1, 4, 16, 3, None, id="L16-one-chunk"),
+    pytest.param(2, 3, 37, 4, None, id="L37-three-chunks"),
+    pytest.param(1, 4, 41, 5, 2, id="L41-grouped"),
+    pytest.param(1, 2, 1, 4, None, id="L1"),
+]
+
+
+@pytest.mark.parametrize("batch, dim, length, n_state, groups", SHAPES)
+def test_all_options_float32(batch, dim, length, n_state, groups):
+    inputs = make_inputs(batch, dim, length, n_state, groups, seed=length)
+    check_against_ref(inputs, torch.float32)
+
+
+# every optional input switched off one at a time, and all at once, on three chunks
+OPTIONS = [
+    pytest.param(dict(has_D=False), True, True, id="no-D"),
+    pytest.param(dict(has_z=False), True, True, id="no-z"),
+    pytest.param(dict(has_bias=False), False, True, id="no-bias-no-softplus"),
+    pytest.param(dict(has_h0=False), True, False, id="no-initial-state-no-final"),
+    pytest.param(dict(has_D=False, has_z=False, has_bias=False, has_h0=False), False, False, id="bare"),
+]
+
+
+@pytest.mark.parametrize("options, softplus, want_final", OPTIONS)
+def test_option_combinations(options, softplus, want_final):
+    inputs = make_inputs(1, 3, 35, 4, seed=7, **options)
+    check_against_ref(inputs, torch.float32, softplus=softplus, want_final=want_final)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("groups", [None, 2], ids=["shared", "grouped"])
+def test_low_precision(dtype, groups):
+    inputs = make_inputs(1, 4, 37, 4, groups, dtype=dtype, seed=3)
+    check_against_ref(inputs, dtype)
+
+
+def test_non_contiguous_inputs():
+    base = make_inputs(2, 3, 29, 4, seed=11)
+    inputs = dict(base)
+    # u, delta, z as (B, L, D) tensors seen as (B, D, L); B and C with a stride-2 time axis
+    for k in ("u", "delta", "z"):
+        inputs[k] = base[k].transpose(1, 2).contiguous().transpose(1, 2)
+    for k in ("B", "C"):
+        wide = torch.stack([base[k], torch.randn_like(base[k])], dim=-1).flatten(-2)
+        inputs[k] = wide[..., ::2]
+    inputs["A"] = base["A"].t().contiguous().t()
+    assert not inputs["u"].is_contiguous() and not inputs["B"].is_contiguous()
+    check_against_ref(inputs, torch.float32)
+
+
+def test_deterministic_and_dispatch():
+    inputs = make_inputs(1, 4, 37, 4, 2, seed=5)
+    first = run_both(inputs, True, True)[0]
+    second = run_both(inputs, True, True)[0]
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    for name in first[2]:
+        assert torch.equal(first[2][name], second[2][name]), name
+    y = selective_scan(**inputs, delta_softplus=True, backend="triton")
+    assert rel_err(y, selective_scan_ref(**inputs, delta_softplus=True)) < TOL[torch.float32]
+
+
+def test_rejects_what_it_does_not_cover():
+    inputs = make_inputs(1, 2, 5, 4, has_h0=False, seed=2)
+    with pytest.raises(ValueError, match="complex A"):
+        triton_scan.selective_scan_triton(**{**inputs, "A": inputs["A"].to(torch.complex64)})
+    with pytest.raises(ValueError, match="delta must match"):
+        triton_scan.selective_scan_triton(**{**inputs, "delta": inputs["delta"][..., :-1]})
