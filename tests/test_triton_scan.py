@@ -67,14 +67,14 @@ def rel_err(x, ref):
     return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def run_both(inputs, softplus, want_final, seed=1):
+def run_both(inputs, softplus, want_final, sequential=None, seed=1):
     """Forward and backward through ours and the oracle with the same upstream gradients."""
     leaves = {k: (v.detach().clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
     ref_leaves = {k: (v.detach().clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
     results = []
     g = torch.Generator().manual_seed(seed)
     grad_y = grad_h = None
-    for fn, lv, extra in ((triton_scan.selective_scan_triton, leaves, dict(chunk_size=CHUNK)),
+    for fn, lv, extra in ((triton_scan.selective_scan_triton, leaves, dict(config=dict(T=CHUNK, sequential=sequential))),
                           (selective_scan_ref, ref_leaves, {})):
         out = fn(**lv, delta_softplus=softplus, return_final_state=want_final, **extra)
         y, final = out if want_final else (out, None)
@@ -89,8 +89,8 @@ def run_both(inputs, softplus, want_final, seed=1):
     return results
 
 
-def check_against_ref(inputs, dtype, softplus=True, want_final=True):
-    (y, final, grads), (y_ref, final_ref, grads_ref) = run_both(inputs, softplus, want_final)
+def check_against_ref(inputs, dtype, softplus=True, want_final=True, sequential=None):
+    (y, final, grads), (y_ref, final_ref, grads_ref) = run_both(inputs, softplus, want_final, sequential)
     tol = TOL[dtype]
     assert y.dtype == y_ref.dtype and y.shape == y_ref.shape
     assert torch.isfinite(y).all()
@@ -117,10 +117,15 @@ SHAPES = [
 ]
 
 
+# the forward either walks the chunks in order or runs chunk summaries + carry + second scan
+MODES = [pytest.param(True, id="sequential"), pytest.param(False, id="chunk-parallel")]
+
+
+@pytest.mark.parametrize("sequential", MODES)
 @pytest.mark.parametrize("batch, dim, length, n_state, groups", SHAPES)
-def test_all_options_float32(batch, dim, length, n_state, groups):
+def test_all_options_float32(batch, dim, length, n_state, groups, sequential):
     inputs = make_inputs(batch, dim, length, n_state, groups, seed=length)
-    check_against_ref(inputs, torch.float32)
+    check_against_ref(inputs, torch.float32, sequential=sequential)
 
 
 # every optional input switched off one at a time, and all at once, on three chunks
@@ -136,14 +141,14 @@ OPTIONS = [
 @pytest.mark.parametrize("options, softplus, want_final", OPTIONS)
 def test_option_combinations(options, softplus, want_final):
     inputs = make_inputs(1, 3, 35, 4, seed=7, **options)
-    check_against_ref(inputs, torch.float32, softplus=softplus, want_final=want_final)
+    check_against_ref(inputs, torch.float32, softplus=softplus, want_final=want_final, sequential=False)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("groups", [None, 2], ids=["shared", "grouped"])
-def test_low_precision(dtype, groups):
+@pytest.mark.parametrize("groups, sequential", [(None, True), (2, False)], ids=["shared-seq", "grouped-par"])
+def test_low_precision(dtype, groups, sequential):
     inputs = make_inputs(1, 4, 37, 4, groups, dtype=dtype, seed=3)
-    check_against_ref(inputs, dtype)
+    check_against_ref(inputs, dtype, sequential=sequential)
 
 
 def test_non_contiguous_inputs():
@@ -157,13 +162,14 @@ def test_non_contiguous_inputs():
         inputs[k] = wide[..., ::2]
     inputs["A"] = base["A"].t().contiguous().t()
     assert not inputs["u"].is_contiguous() and not inputs["B"].is_contiguous()
-    check_against_ref(inputs, torch.float32)
+    check_against_ref(inputs, torch.float32, sequential=False)
+    check_against_ref(inputs, torch.float32, sequential=True)
 
 
 def test_deterministic_and_dispatch():
     inputs = make_inputs(1, 4, 37, 4, 2, seed=5)
-    first = run_both(inputs, True, True)[0]
-    second = run_both(inputs, True, True)[0]
+    first = run_both(inputs, True, True, sequential=False)[0]
+    second = run_both(inputs, True, True, sequential=False)[0]
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
     for name in first[2]:
         assert torch.equal(first[2][name], second[2][name]), name

@@ -203,6 +203,38 @@ def _carry_kernel(decay_ptr, local_ptr, states_ptr, n_chunks, rows,
 
 
 @triton.jit
+def _fwd_chunk(u_ptr, dt_ptr, A_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, Bt, Ct, h0, pid_b, d, d_mask, n, n_mask,
+               t, t_mask, s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n, s_z_b, s_z_d, s_z_l,
+               s_y_b, s_y_d, s_y_l, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+               SOFTPLUS: tl.constexpr, NEED_END: tl.constexpr, T: tl.constexpr):
+    """One chunk of BD channels: scan from h0 (BD, N), write y (BD, T); return the end state if NEED_END."""
+    m2 = d_mask[:, None] & t_mask[None, :]
+    m_dn = d_mask[:, None] & n_mask[None, :]
+    t_loc = tl.arange(0, T)
+    dt, _ = _load_delta(dt_ptr, s_dt_b, s_dt_d, s_dt_l, bias_ptr, pid_b, d, t, m2, d_mask, HAS_BIAS, SOFTPLUS)
+    u = tl.load(u_ptr + pid_b * s_u_b + d[:, None] * s_u_d + t[None, :] * s_u_l,
+                mask=m2, other=0.0).to(tl.float32)
+    A2 = tl.load(A_ptr + d[:, None] * s_A_d + n[None, :] * s_A_n, mask=m_dn, other=0.0) * LOG2E
+    a = tl.exp2(A2[:, :, None] * dt[:, None, :])
+    x = (dt * u)[:, None, :] * Bt[None, :, :]
+    x = tl.where((t_loc == 0)[None, None, :], x + a * h0[:, :, None], x)
+    _, h = tl.associative_scan((a, x), axis=2, combine_fn=_linear_combine)
+    y = tl.sum(h * Ct[None, :, :], axis=1)
+    if HAS_D:
+        y += u * tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)[:, None]
+    if HAS_Z:
+        z = tl.load(z_ptr + pid_b * s_z_b + d[:, None] * s_z_d + t[None, :] * s_z_l,
+                    mask=m2, other=0.0).to(tl.float32)
+        y = y * z * tl.sigmoid(z)
+    tl.store(y_ptr + pid_b * s_y_b + d[:, None] * s_y_d + t[None, :] * s_y_l,
+             y.to(y_ptr.dtype.element_ty), mask=m2)
+    h_end = h0
+    if NEED_END:
+        h_end = tl.sum(tl.where((t_loc == T - 1)[None, None, :], h, 0.0), axis=2)
+    return h_end
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, y_ptr,
     L, n_state, n_per_group, n_split, DS, n_chunks, dim,
@@ -210,53 +242,58 @@ def _scan_fwd_kernel(
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    WRITE_END: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+    SEQUENTIAL: tl.constexpr, SINGLE_CHUNK: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
 ):
-    """y for chunk k of batch b, channels of one split: scan from states[b, k], contract with C.
+    """y for batch b and the channels of one split; states is (B, K+1, D, N) float32.
 
-    states is (B, K+1, D, N) float32; with WRITE_END the state after the chunk goes to states[b, k+1].
+    SEQUENTIAL: one block of BD channels walks all chunks in order, carrying its
+    state and writing every chunk's end state (one exponential per element).
+    Otherwise: chunk k = program_id(0) only, from states[b, k] as the carry pass
+    left it, over all channel blocks of the split with B and C read once; with a
+    single chunk it also writes the final state.
     """
     pid_k = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     g, d_lo, d_hi = _channel_range(tl.program_id(2), n_per_group, n_split, DS)
-    t_loc = tl.arange(0, T)
-    t = pid_k * T + t_loc
-    t_mask = t < L
     n = tl.arange(0, NP)
     n_mask = n < n_state
-    m_nt = n_mask[:, None] & t_mask[None, :]
-    Bt = tl.load(B_ptr + pid_b * s_B_b + g * s_B_g + n[:, None] * s_B_n + t[None, :] * s_B_l,
-                 mask=m_nt, other=0.0).to(tl.float32)
-    Ct = tl.load(C_ptr + pid_b * s_C_b + g * s_C_g + n[:, None] * s_C_n + t[None, :] * s_C_l,
-                 mask=m_nt, other=0.0).to(tl.float32)
-    first = (t_loc == 0)[None, None, :]
-    st_base = (pid_b * (n_chunks + 1) + pid_k) * dim * n_state
-    for d0 in range(d_lo, d_hi, BD):
-        d = d0 + tl.arange(0, BD)
+    b_base = B_ptr + pid_b * s_B_b + g * s_B_g + n[:, None] * s_B_n
+    c_base = C_ptr + pid_b * s_C_b + g * s_C_g + n[:, None] * s_C_n
+    if SEQUENTIAL:
+        d = d_lo + tl.arange(0, BD)
         d_mask = d < d_hi
-        m2 = d_mask[:, None] & t_mask[None, :]
         m_dn = d_mask[:, None] & n_mask[None, :]
-        dt, _ = _load_delta(dt_ptr, s_dt_b, s_dt_d, s_dt_l, bias_ptr, pid_b, d, t, m2, d_mask, HAS_BIAS, SOFTPLUS)
-        u = tl.load(u_ptr + pid_b * s_u_b + d[:, None] * s_u_d + t[None, :] * s_u_l,
-                    mask=m2, other=0.0).to(tl.float32)
-        A2 = tl.load(A_ptr + d[:, None] * s_A_d + n[None, :] * s_A_n, mask=m_dn, other=0.0) * LOG2E
-        h0 = tl.load(states_ptr + st_base + d[:, None] * n_state + n[None, :], mask=m_dn, other=0.0)
-        a = tl.exp2(A2[:, :, None] * dt[:, None, :])
-        x = (dt * u)[:, None, :] * Bt[None, :, :]
-        x = tl.where(first, x + a * h0[:, :, None], x)
-        _, h = tl.associative_scan((a, x), axis=2, combine_fn=_linear_combine)
-        y = tl.sum(h * Ct[None, :, :], axis=1)
-        if HAS_D:
-            y += u * tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)[:, None]
-        if HAS_Z:
-            z = tl.load(z_ptr + pid_b * s_z_b + d[:, None] * s_z_d + t[None, :] * s_z_l,
-                        mask=m2, other=0.0).to(tl.float32)
-            y = y * z * tl.sigmoid(z)
-        tl.store(y_ptr + pid_b * s_y_b + d[:, None] * s_y_d + t[None, :] * s_y_l,
-                 y.to(y_ptr.dtype.element_ty), mask=m2)
-        if WRITE_END:
-            h_end = tl.sum(tl.where((t_loc == T - 1)[None, None, :], h, 0.0), axis=2)
-            tl.store(states_ptr + st_base + dim * n_state + d[:, None] * n_state + n[None, :], h_end, mask=m_dn)
+        st_ptrs = states_ptr + pid_b * (n_chunks + 1) * dim * n_state + d[:, None] * n_state + n[None, :]
+        h = tl.load(st_ptrs, mask=m_dn, other=0.0)
+        for k in range(0, n_chunks):
+            t = k * T + tl.arange(0, T)
+            t_mask = t < L
+            m_nt = n_mask[:, None] & t_mask[None, :]
+            Bt = tl.load(b_base + t[None, :] * s_B_l, mask=m_nt, other=0.0).to(tl.float32)
+            Ct = tl.load(c_base + t[None, :] * s_C_l, mask=m_nt, other=0.0).to(tl.float32)
+            h = _fwd_chunk(u_ptr, dt_ptr, A_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, Bt, Ct, h, pid_b, d, d_mask, n,
+                           n_mask, t, t_mask, s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
+                           s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, T)
+            tl.store(st_ptrs + (k + 1) * dim * n_state, h, mask=m_dn)
+    else:
+        t = pid_k * T + tl.arange(0, T)
+        t_mask = t < L
+        m_nt = n_mask[:, None] & t_mask[None, :]
+        Bt = tl.load(b_base + t[None, :] * s_B_l, mask=m_nt, other=0.0).to(tl.float32)
+        Ct = tl.load(c_base + t[None, :] * s_C_l, mask=m_nt, other=0.0).to(tl.float32)
+        st_base = (pid_b * (n_chunks + 1) + pid_k) * dim * n_state
+        for d0 in range(d_lo, d_hi, BD):
+            d = d0 + tl.arange(0, BD)
+            d_mask = d < d_hi
+            m_dn = d_mask[:, None] & n_mask[None, :]
+            h0 = tl.load(states_ptr + st_base + d[:, None] * n_state + n[None, :], mask=m_dn, other=0.0)
+            h_end = _fwd_chunk(u_ptr, dt_ptr, A_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, Bt, Ct, h0, pid_b, d, d_mask,
+                               n, n_mask, t, t_mask, s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
+                               s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
+                               SINGLE_CHUNK, T)
+            if SINGLE_CHUNK:
+                tl.store(states_ptr + st_base + dim * n_state + d[:, None] * n_state + n[None, :], h_end,
+                         mask=m_dn)
 
 
 @triton.jit
@@ -377,29 +414,37 @@ def _pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
 
 
-def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, chunk_size: int | None = None,
-                  sm_count: int = 132):
-    """Chunk length T, channels per step BD, channels per program DS, warps. A small table, no autotuning.
+def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, sm_count: int = 132,
+                  **overrides) -> dict:
+    """Launch parameters from a small table, no autotuning; ``overrides`` replace any entry.
 
-    T is a power of two fixed per length range (so a new L recompiles nothing);
-    DS is as large as possible (B and C are read once per program) while still
-    giving the GPU about four programs per multiprocessor.
+    T        chunk length, a power of two fixed per length range (a new L recompiles nothing)
+    BD       channels per tile (a tile is BD x N x T)
+    sequential  forward walks the chunks in order (one exponential per element)
+             when batch x channel blocks alone fill the GPU; otherwise chunk
+             summaries, a carry pass and a second scan (two per element)
+    DS       channels per program in the chunk-parallel kernels: as many as still
+             gives about four programs per multiprocessor (B and C are read once per program)
     """
-    if chunk_size is None:
-        chunk_size = 64 if length <= 64 else 128
-    T = _pow2(chunk_size)
-    n_chunks = max(1, -(-length // T))
+    cfg = dict(T=64 if length <= 64 else 128, BD=4 if n_state <= 16 else 2, num_warps=4)
+    cfg.update({k: v for k, v in overrides.items() if k in ("T", "BD", "num_warps") and v is not None})
+    cfg["T"] = _pow2(cfg["T"])
     per_group = dim // groups
-    BD = 4 if n_state <= 16 else 2
-    BD = min(BD, _pow2(per_group))
+    cfg["BD"] = BD = min(cfg["BD"], _pow2(per_group))
+    K = max(1, -(-length // cfg["T"]))
+    cfg["n_chunks"] = K
+    blocks = batch * groups * -(-per_group // BD)
+    cfg["sequential"] = K > 1 and blocks >= 2 * sm_count
+    if overrides.get("sequential") is not None:
+        cfg["sequential"] = bool(overrides["sequential"]) and K > 1
     target = 4 * sm_count
     n_split = 1
-    while n_split < per_group and batch * groups * n_chunks * n_split < target and per_group // (2 * n_split) >= BD:
+    while batch * groups * K * n_split < target and per_group // (2 * n_split) >= BD:
         n_split *= 2
     DS = -(-per_group // n_split)
-    DS = -(-DS // BD) * BD
-    n_split = -(-per_group // DS)
-    return dict(T=T, n_chunks=n_chunks, BD=BD, DS=DS, n_split=n_split, num_warps=4)
+    cfg["DS"] = DS = -(-DS // BD) * BD
+    cfg["n_split"] = -(-per_group // DS)
+    return cfg
 
 
 def _strides3(x: Tensor):
@@ -428,7 +473,11 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, cfg):
     dummy = u  # pointer for absent optional tensors (never read)
     grid = (K, batch, groups * n_split)
     flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus))
-    if K > 1:
+    if cfg["sequential"]:
+        n_split_seq = -(-(dim // groups) // BD)
+        grid_seq = (1, batch, groups * n_split_seq)
+        split_args = (dim // groups, n_split_seq, BD)
+    elif K > 1:
         decay = torch.empty(batch, K, dim, n_state, device=dev, dtype=torch.float32)
         local = torch.empty_like(decay)
         _chunk_summary_kernel[grid](
@@ -441,13 +490,16 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, cfg):
             BD=BD, NP=NP, T=T, num_warps=cfg["num_warps"],
         )
         _carry(decay, local, states, reverse=False)
-    _scan_fwd_kernel[grid](
+    if not cfg["sequential"]:
+        grid_seq, split_args = grid, (dim // groups, n_split, DS)
+    _scan_fwd_kernel[grid_seq](
         u, delta, A, Bg, Cg, D if D is not None else dummy, z if z is not None else dummy,
         delta_bias if delta_bias is not None else dummy, states, y,
-        length, n_state, dim // groups, n_split, DS, K, dim,
+        length, n_state, *split_args, K, dim,
         *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
         *Bg.stride(), *Cg.stride(), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides3(y),
-        HAS_D=D is not None, WRITE_END=K == 1, BD=BD, NP=NP, T=T, num_warps=cfg["num_warps"], **flags,
+        HAS_D=D is not None, SEQUENTIAL=cfg["sequential"], SINGLE_CHUNK=K == 1, BD=BD, NP=NP, T=T,
+        num_warps=cfg["num_warps"], **flags,
     )
     return y, states
 
@@ -528,12 +580,12 @@ class SelectiveScanTriton(torch.autograd.Function):
     """Autograd wrapper: saves the inputs and the per-chunk entering states, recomputes the rest."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_size):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, config):
         batch, dim, length = u.shape
         groups = 1 if B.dim() == 3 else B.shape[1]
         # Off the GPU (the Triton interpreter) every program costs Python time: use the fewest.
         sm_count = torch.cuda.get_device_properties(u.device).multi_processor_count if u.is_cuda else 1
-        cfg = choose_config(batch, dim, length, A.shape[1], groups, chunk_size, sm_count)
+        cfg = choose_config(batch, dim, length, A.shape[1], groups, sm_count, **(config or {}))
         h0 = None if initial_state is None else initial_state.float()
         y, states = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, cfg)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
@@ -568,21 +620,21 @@ def selective_scan_triton(
     delta_softplus: bool = False,
     initial_state: Tensor | None = None,
     return_final_state: bool = False,
-    chunk_size: int | None = None,
+    config: dict | None = None,
 ):
     """Selective scan on the GPU through Triton; same arguments and results as ``selective_scan_ref``.
 
     Real A with input-dependent B and C ((B, N, L) or grouped (B, G, N, L)). Returns
     y (B, D, L) in u.dtype and, with ``return_final_state``, the final state (B, D, N)
-    float32, which is differentiable too. ``chunk_size`` overrides the chunk length
-    (rounded up to a power of two; tests use small chunks).
+    float32, which is differentiable too. ``config`` overrides launch parameters of
+    ``choose_config`` (T, BD, num_warps, sequential); tests use small chunks.
     """
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if not supports(A, B, C):
         raise ValueError("selective_scan_triton takes real A and input-dependent B, C; "
                          "use the chunked backend for complex A or time-invariant B, C")
     y, final = SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                                         chunk_size)
+                                         config)
     return (y, final) if return_final_state else y
 
 
