@@ -1,0 +1,340 @@
+"""Selective scan benchmark: our Triton scan beside mamba_ssm's CUDA kernel and the PyTorch references.
+
+Runs on a CUDA GPU. At the shapes of issue 3 (bf16 u, delta, z, B, C; fp32 A,
+D, delta_bias; delta_softplus; z gating) it
+
+* checks ours against mamba_ssm's ``selective_scan_fn`` (output and every gradient);
+* times forward and forward+backward (median of ``triton.testing.do_bench``),
+  and the chunked PyTorch scan's forward (the sequential oracle on the first shape only);
+* measures the peak memory of one forward+backward above the inputs;
+* prints a table and writes ``benchmarks/results/scan_<gpu>.json``.
+
+Effective GB/s counts the fewest bytes: forward reads u, delta, z, B, C and writes y;
+forward+backward adds reading them and dy again and writing du, d delta, dz, dB, dC.
+
+mamba_ssm is built from its PyPI source distribution when it is not importable:
+
+    python benchmarks/scan.py --mamba-sdist .device/mamba_ssm-2.3.2.post1.tar.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import time
+import types
+from pathlib import Path
+
+import torch
+
+SHAPES = [  # (B, D, L, N)
+    (16, 128, 16384, 16),
+    (16, 256, 4096, 16),
+    (16, 512, 1024, 16),
+    (1, 128, 262144, 16),
+    (8, 128, 131072, 16),
+    (8, 2048, 2048, 16),
+]
+# candidate launch parameters tried per shape with --sweep (forward; backward uses T, BD, num_warps)
+SWEEP = [
+    dict(T=128, BD=4, num_warps=4, sequential=True),
+    dict(T=128, BD=4, num_warps=4, sequential=False),
+    dict(T=64, BD=4, num_warps=4, sequential=True),
+    dict(T=256, BD=4, num_warps=8, sequential=True),
+    dict(T=256, BD=2, num_warps=4, sequential=True),
+    dict(T=128, BD=8, num_warps=8, sequential=True),
+    dict(T=128, BD=2, num_warps=4, sequential=True),
+    dict(T=256, BD=4, num_warps=8, sequential=False),
+    dict(T=64, BD=8, num_warps=4, sequential=False),
+]
+SWEEP_BWD = [
+    dict(T=128, BD=4, num_warps=4),
+    dict(T=64, BD=4, num_warps=4),
+    dict(T=128, BD=2, num_warps=4),
+    dict(T=128, BD=4, num_warps=8),
+    dict(T=256, BD=2, num_warps=8),
+]
+
+
+# ----------------------------------------------------------------------------- mamba_ssm
+
+
+def build_mamba_ssm(sdist: Path, build_root: Path) -> Path:
+    """Unpack mamba_ssm's sdist, keep only this GPU's architecture, build its CUDA extension in place."""
+    build_root.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(sdist) as tar:
+        tar.extractall(build_root)
+    src = next(p for p in build_root.iterdir() if p.name.startswith("mamba_ssm-"))
+    major, minor = torch.cuda.get_device_capability()
+    arch = f"{major}{minor}"
+    setup = (src / "setup.py").read_text()
+    lines = setup.splitlines()
+    keep = []
+    for i, line in enumerate(lines):
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        drop = ('"-gencode"' in line and "arch=compute_" in nxt and f"compute_{arch}," not in nxt) or (
+            "arch=compute_" in line and f"compute_{arch}," not in line)
+        # a dropped flag becomes `pass`, so the if-blocks around it stay valid Python
+        keep.append(line[: len(line) - len(line.lstrip())] + "pass" if drop else line)
+    (src / "setup.py").write_text("\n".join(keep) + "\n")
+    env = dict(os.environ, MAMBA_FORCE_BUILD="TRUE", MAX_JOBS="16", NVCC_THREADS="4")
+    t0 = time.time()
+    log = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=src, env=env,
+                         capture_output=True, text=True)
+    if log.returncode != 0:
+        print(log.stdout[-3000:], log.stderr[-5000:])
+        raise RuntimeError("mamba_ssm build failed")
+    print(f"built mamba_ssm for sm_{arch} in {time.time() - t0:.0f} s")
+    return src
+
+
+def import_mamba_selective_scan(src: Path | None):
+    """mamba_ssm's selective_scan_fn without importing the rest of its package (its models need more)."""
+    if src is not None:
+        sys.path.insert(0, str(src))
+        pkg = types.ModuleType("mamba_ssm")
+        pkg.__path__ = [str(src / "mamba_ssm")]
+        sys.modules["mamba_ssm"] = pkg
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    return selective_scan_fn
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def bench_ms(fn, warmup=25, rep=100) -> float:
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def copy_bandwidth_GBps() -> float:
+    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").random_()
+    y = torch.empty_like(x)
+    ms = bench_ms(lambda: y.copy_(x))
+    return 2 * x.numel() / ms / 1e6
+
+
+def make_inputs(batch, dim, length, n_state, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    bf = torch.bfloat16
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, device="cuda")
+
+    dt = torch.exp(torch.rand(dim, generator=g, device="cuda") * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    return dict(
+        u=randn(batch, dim, length).to(bf),
+        delta=(0.5 * randn(batch, dim, length)).to(bf),
+        A=-torch.arange(1, n_state + 1, device="cuda", dtype=torch.float32).repeat(dim, 1)
+        * (1 + 0.1 * torch.rand(dim, n_state, generator=g, device="cuda")),
+        B=randn(batch, n_state, length).to(bf),
+        C=randn(batch, n_state, length).to(bf),
+        D=randn(dim),
+        z=randn(batch, dim, length).to(bf),
+        delta_bias=dt + torch.log(-torch.expm1(-dt)),  # inverse softplus of dt in [1e-3, 0.1]
+    )
+
+
+GRAD_NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+
+
+def ours_fn(config=None):
+    from mamba_audio.kernels.selective_scan.triton_scan import selective_scan_triton
+
+    def fn(x):
+        return selective_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"],
+                                     True, config=config)
+    return fn
+
+
+def theirs_fn(selective_scan_fn):
+    def fn(x):
+        return selective_scan_fn(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"],
+                                 delta_softplus=True)
+    return fn
+
+
+def fwd_bwd(fn, x, dout):
+    leaves = [x[k] for k in GRAD_NAMES]
+    y = fn(x)
+    return torch.autograd.grad(y, leaves, dout)
+
+
+def with_grad(x):
+    return {k: v.detach().requires_grad_(True) for k, v in x.items()}
+
+
+def peak_MiB(thunk) -> float:
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = thunk()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    del out
+    return peak / 2**20
+
+
+def rel_err(a, b) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mamba-sdist", type=Path, default=None, help="build mamba_ssm from this sdist if needed")
+    ap.add_argument("--build-root", type=Path, default=Path("/tmp/mamba_ssm_build"))
+    ap.add_argument("--shapes", type=str, default="all", help="'all' or indices like 0,3")
+    ap.add_argument("--sweep", action="store_true", help="try the candidate launch parameters per shape")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--no-reference", action="store_true", help="skip the PyTorch references")
+    args = ap.parse_args()
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    name = torch.cuda.get_device_name()
+    gpu = re.sub(r"\s+", "_", name.strip().lower())
+    src = None
+    try:
+        import selective_scan_cuda  # noqa: F401
+    except ImportError:
+        if args.mamba_sdist is None:
+            raise SystemExit("mamba_ssm is not importable: pass --mamba-sdist")
+        src = build_mamba_ssm(args.mamba_sdist, args.build_root)
+    their_scan = theirs_fn(import_mamba_selective_scan(src))
+
+    from mamba_audio.kernels.selective_scan import selective_scan_chunked, selective_scan_ref
+    from mamba_audio.kernels.selective_scan.triton_scan import choose_config
+
+    copy_GBps = copy_bandwidth_GBps()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    print(f"{name}: {sms} SMs, device-to-device copy {copy_GBps:.0f} GB/s (read + write)")
+    shapes = SHAPES if args.shapes == "all" else [SHAPES[int(i)] for i in args.shapes.split(",")]
+    rows, checks, log = [], [], []
+    for si, (Bn, Dn, Ln, Nn) in enumerate(shapes):
+        x = make_inputs(Bn, Dn, Ln, Nn, seed=si)
+        xg = with_grad(x)
+        dout = torch.randn(Bn, Dn, Ln, device="cuda").to(torch.bfloat16)
+        fwd_bytes = (4 * Bn * Dn * Ln + 2 * Bn * Nn * Ln) * 2
+        fb_bytes = fwd_bytes + (4 * Bn * Dn * Ln + 2 * Bn * Nn * Ln) * 2 + (3 * Bn * Dn * Ln + 2 * Bn * Nn * Ln) * 2
+        default = choose_config(Bn, Dn, Ln, Nn, 1, sms)
+
+        # launch parameters: the table's choice, or the best of the sweep
+        fwd_cfg, bwd_cfg = None, None
+        if args.sweep:
+            timings = []
+            for c in SWEEP:
+                try:
+                    ms = bench_ms(lambda: ours_fn(c)(x), warmup=5, rep=30)
+                except Exception as e:  # a candidate that does not compile is skipped, and said so
+                    ms = float("inf")
+                    log.append(f"{(Bn, Dn, Ln, Nn)} fwd {c}: {type(e).__name__}: {str(e)[:200]}")
+                timings.append((ms, c))
+            log.append(f"{(Bn, Dn, Ln, Nn)} fwd sweep: " + ", ".join(f"{c}: {ms:.3f}" for ms, c in timings))
+            fwd_cfg = min(timings, key=lambda p: p[0])[1]
+            timings = []
+            for c in SWEEP_BWD:
+                c = dict(c, sequential=fwd_cfg["sequential"])
+                try:
+                    ms = bench_ms(lambda: fwd_bwd(ours_fn(c), xg, dout), warmup=5, rep=30)
+                except Exception as e:
+                    ms = float("inf")
+                    log.append(f"{(Bn, Dn, Ln, Nn)} bwd {c}: {type(e).__name__}: {str(e)[:200]}")
+                timings.append((ms, c))
+            log.append(f"{(Bn, Dn, Ln, Nn)} fwd+bwd sweep: " + ", ".join(f"{c}: {ms:.3f}" for ms, c in timings))
+            bwd_cfg = min(timings, key=lambda p: p[0])[1]
+        ours_fwd, ours_fb = ours_fn(fwd_cfg), ours_fn(bwd_cfg)
+
+        # correctness against mamba_ssm at this shape
+        y_ours = ours_fwd(x)
+        y_theirs = their_scan(x)
+        g_ours = fwd_bwd(ours_fb, xg, dout)
+        g_theirs = fwd_bwd(their_scan, xg, dout)
+        g_again = fwd_bwd(ours_fb, xg, dout)
+        errs = {"y": rel_err(y_ours, y_theirs)}
+        errs.update({"d" + k: rel_err(a, b) for k, a, b in zip(GRAD_NAMES, g_ours, g_theirs)})
+        deterministic = all(torch.equal(a, b) for a, b in zip(g_ours, g_again))
+        checks.append(dict(shape=[Bn, Dn, Ln, Nn], rel_err_vs_mamba_ssm=errs, deterministic=deterministic))
+        del y_ours, y_theirs, g_ours, g_theirs, g_again
+
+        t_ours = bench_ms(lambda: ours_fwd(x))
+        t_theirs = bench_ms(lambda: their_scan(x))
+        tb_ours = bench_ms(lambda: fwd_bwd(ours_fb, xg, dout))
+        tb_theirs = bench_ms(lambda: fwd_bwd(their_scan, xg, dout))
+        m_ours = peak_MiB(lambda: fwd_bwd(ours_fb, xg, dout))
+        m_theirs = peak_MiB(lambda: fwd_bwd(their_scan, xg, dout))
+
+        ref = {}
+        if not args.no_reference:
+            try:
+                with torch.no_grad():
+                    ref["chunked_fwd_ms"] = bench_ms(lambda: selective_scan_chunked(
+                        x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True),
+                        warmup=1, rep=5)
+            except torch.OutOfMemoryError:
+                ref["chunked_fwd_ms"] = None
+            torch.cuda.empty_cache()
+            if si == 0:
+                with torch.no_grad():
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    selective_scan_ref(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"],
+                                       x["delta_bias"], True)
+                    end.record()
+                    torch.cuda.synchronize()
+                    ref["sequential_fwd_ms"] = start.elapsed_time(end)
+                torch.cuda.empty_cache()
+
+        cfg_used = {k: v for k, v in (fwd_cfg or default).items()}
+        rows.append(dict(shape=[Bn, Dn, Ln, Nn], **{"pass": "fwd"}, ours_ms=t_ours, mamba_ssm_ms=t_theirs,
+                         speedup=t_theirs / t_ours, ours_GBps=fwd_bytes / t_ours / 1e6,
+                         mamba_ssm_GBps=fwd_bytes / t_theirs / 1e6, config=cfg_used, **ref))
+        rows.append(dict(shape=[Bn, Dn, Ln, Nn], **{"pass": "fwd_bwd"}, ours_ms=tb_ours, mamba_ssm_ms=tb_theirs,
+                         speedup=tb_theirs / tb_ours, ours_GBps=fb_bytes / tb_ours / 1e6,
+                         mamba_ssm_GBps=fb_bytes / tb_theirs / 1e6, ours_peak_MiB=m_ours, mamba_ssm_peak_MiB=m_theirs,
+                         config=bwd_cfg or default))
+        print(f"{(Bn, Dn, Ln, Nn)} fwd {t_ours:.3f} vs {t_theirs:.3f} ms; fwd+bwd {tb_ours:.3f} vs {tb_theirs:.3f} ms; "
+              f"max rel err {max(errs.values()):.2e}; deterministic {deterministic}", flush=True)
+        del x, xg, dout
+        torch.cuda.empty_cache()
+
+    result = dict(device=name, copy_GBps=copy_GBps, sms=sms, torch=torch.__version__,
+                  triton=__import__("triton").__version__,
+                  command="python " + " ".join(sys.argv), rows=rows, checks=checks, log=log)
+    out = args.out or Path(__file__).parent / "results" / f"scan_{gpu}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    if os.environ.get("OUT"):
+        (Path(os.environ["OUT"]) / out.name).write_text(json.dumps(result, indent=1))
+    print("\n".join(log[-40:]))
+    print(f"\ncopy {copy_GBps:.0f} GB/s; eff. GB/s = fewest bytes / time; speedup = mamba_ssm ms / ours ms")
+    hdr = (f"{'shape (B,D,L,N)':>24} {'pass':>8} {'ours ms':>9} {'mamba ms':>9} {'speedup':>8} {'ours GB/s':>9} "
+           f"{'%copy':>6} {'ours MiB':>9} {'mamba MiB':>9} {'chunked ms':>10}")
+    print(hdr)
+    for r in rows:
+        print(f"{str(tuple(r['shape'])):>24} {r['pass']:>8} {r['ours_ms']:9.3f} {r['mamba_ssm_ms']:9.3f} "
+              f"{r['speedup']:8.2f} {r['ours_GBps']:9.0f} {100 * r['ours_GBps'] / copy_GBps:6.1f} "
+              f"{r.get('ours_peak_MiB', float('nan')):9.0f} {r.get('mamba_ssm_peak_MiB', float('nan')):9.0f} "
+              f"{(r.get('chunked_fwd_ms') or float('nan')):10.2f}")
+    for c in checks:
+        print(tuple(c["shape"]), "deterministic" if c["deterministic"] else "NOT deterministic",
+              " ".join(f"{k}={v:.1e}" for k, v in c["rel_err_vs_mamba_ssm"].items()))
+    seq = [r for r in rows if r.get("sequential_fwd_ms")]
+    if seq:
+        print(f"sequential reference fwd at {tuple(seq[0]['shape'])}: {seq[0]['sequential_fwd_ms']:.0f} ms")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
