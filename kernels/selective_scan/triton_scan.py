@@ -46,7 +46,7 @@ from .naive import check_scan_inputs
 
 Tensor = torch.Tensor
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -110,56 +110,52 @@ def _channel_range(pid_s, n_per_group, n_split, DS):
 def _chunk_summary_kernel(
     u_ptr, dt_ptr, A_ptr, X_ptr, z_ptr, dout_ptr, bias_ptr,
     decay_ptr, local_ptr,
-    L, n_state, n_per_group, n_split, DS, n_chunks, dim,
+    L, n_per_group, n_split, DS, n_chunks, dim,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
     s_X_b, s_X_g, s_X_n, s_X_l, s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
     REVERSE: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+    BD: tl.constexpr, NS: tl.constexpr, T: tl.constexpr,
 ):
     """Per chunk k and channel: the decay over the chunk, exp(A sum_t delta_t), and
 
     forward (X = B):  the end state from a zero start, sum_t exp(A sum_{s>t} delta_s) delta_t u_t B_t;
     reverse (X = C):  the adjoint at the start from a zero end, sum_t exp(A sum_{s<=t} delta_s) dy_t C_t,
-    with dy = dout * silu(z). Both go to (B, K, D, N) float32 buffers.
+    with dy = dout * silu(z). Both go to (B, K, D, N) float32 buffers. Tiles are
+    (BD channels, T steps), one state n at a time.
     """
     pid_k = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     g, d_lo, d_hi = _channel_range(tl.program_id(2), n_per_group, n_split, DS)
     t = pid_k * T + tl.arange(0, T)
     t_mask = t < L
-    n = tl.arange(0, NP)
-    n_mask = n < n_state
-    X = tl.load(X_ptr + pid_b * s_X_b + g * s_X_g + n[:, None] * s_X_n + t[None, :] * s_X_l,
-                mask=n_mask[:, None] & t_mask[None, :], other=0.0).to(tl.float32)
-    out_base = (pid_b * n_chunks + pid_k) * dim * n_state
+    x_ptrs = X_ptr + pid_b * s_X_b + g * s_X_g + t * s_X_l
+    out_base = (pid_b * n_chunks + pid_k) * dim * NS
     for d0 in range(d_lo, d_hi, BD):
         d = d0 + tl.arange(0, BD)
         d_mask = d < d_hi
         m2 = d_mask[:, None] & t_mask[None, :]
         dt, _ = _load_delta(dt_ptr, s_dt_b, s_dt_d, s_dt_l, bias_ptr, pid_b, d, t, m2, d_mask, HAS_BIAS, SOFTPLUS)
-        A2 = tl.load(A_ptr + d[:, None] * s_A_d + n[None, :] * s_A_n,
-                     mask=d_mask[:, None] & n_mask[None, :], other=0.0) * LOG2E
         if REVERSE:
-            dy = tl.load(dout_ptr + pid_b * s_o_b + d[:, None] * s_o_d + t[None, :] * s_o_l,
-                         mask=m2, other=0.0).to(tl.float32)
+            coef = tl.load(dout_ptr + pid_b * s_o_b + d[:, None] * s_o_d + t[None, :] * s_o_l,
+                           mask=m2, other=0.0).to(tl.float32)
             if HAS_Z:
                 z = tl.load(z_ptr + pid_b * s_z_b + d[:, None] * s_z_d + t[None, :] * s_z_l,
                             mask=m2, other=0.0).to(tl.float32)
-                dy = dy * z * tl.sigmoid(z)
-            weight_time = tl.cumsum(dt, axis=1)  # decay from the chunk start through t
-            coef = dy
+                coef = coef * z * tl.sigmoid(z)
+            span = tl.cumsum(dt, axis=1)  # decay from the chunk start through t
         else:
             u = tl.load(u_ptr + pid_b * s_u_b + d[:, None] * s_u_d + t[None, :] * s_u_l,
                         mask=m2, other=0.0).to(tl.float32)
-            weight_time = tl.cumsum(dt, axis=1, reverse=True) - dt  # decay after t to the chunk end
             coef = dt * u
-        w = tl.exp2(A2[:, :, None] * weight_time[:, None, :])
-        local = tl.sum(w * coef[:, None, :] * X[None, :, :], axis=2)
-        decay = tl.exp2(A2 * tl.sum(dt, axis=1)[:, None])
-        offs = out_base + d[:, None] * n_state + n[None, :]
-        m_dn = d_mask[:, None] & n_mask[None, :]
-        tl.store(decay_ptr + offs, decay, mask=m_dn)
-        tl.store(local_ptr + offs, local, mask=m_dn)
+            span = tl.cumsum(dt, axis=1, reverse=True) - dt  # decay after t to the chunk end
+        total = tl.sum(dt, axis=1)
+        for n in tl.static_range(NS):
+            A2 = tl.load(A_ptr + d * s_A_d + n * s_A_n, mask=d_mask, other=0.0) * LOG2E
+            Xn = tl.load(x_ptrs + n * s_X_n, mask=t_mask, other=0.0).to(tl.float32)
+            local = tl.sum(tl.exp2(A2[:, None] * span) * coef * Xn[None, :], axis=1)
+            offs = out_base + d * NS + n
+            tl.store(decay_ptr + offs, tl.exp2(A2 * total), mask=d_mask)
+            tl.store(local_ptr + offs, local, mask=d_mask)
 
 
 @triton.jit
@@ -203,23 +199,34 @@ def _carry_kernel(decay_ptr, local_ptr, states_ptr, n_chunks, rows,
 
 
 @triton.jit
-def _fwd_chunk(u_ptr, dt_ptr, A_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, Bt, Ct, h0, pid_b, d, d_mask, n, n_mask,
-               t, t_mask, s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n, s_z_b, s_z_d, s_z_l,
-               s_y_b, s_y_d, s_y_l, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-               SOFTPLUS: tl.constexpr, NEED_END: tl.constexpr, T: tl.constexpr):
-    """One chunk of BD channels: scan from h0 (BD, N), write y (BD, T); return the end state if NEED_END."""
+def _fwd_chunk(u_ptr, dt_ptr, A_ptr, B_ptrs, C_ptrs, D_ptr, z_ptr, bias_ptr, y_ptr, h_in_ptrs, h_out_ptrs,
+               pid_b, d, d_mask, t, t_mask, s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
+               s_B_n, s_C_n, s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l,
+               HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+               NEED_END: tl.constexpr, BD: tl.constexpr, NS: tl.constexpr, T: tl.constexpr):
+    """One chunk of BD channels: scan each state n from h_in (pointers to (BD,) rows of N floats),
+    write y (BD, T); with NEED_END write the end states through h_out."""
     m2 = d_mask[:, None] & t_mask[None, :]
-    m_dn = d_mask[:, None] & n_mask[None, :]
     t_loc = tl.arange(0, T)
+    first = (t_loc == 0)[None, :]
+    last = (t_loc == T - 1)[None, :]
     dt, _ = _load_delta(dt_ptr, s_dt_b, s_dt_d, s_dt_l, bias_ptr, pid_b, d, t, m2, d_mask, HAS_BIAS, SOFTPLUS)
     u = tl.load(u_ptr + pid_b * s_u_b + d[:, None] * s_u_d + t[None, :] * s_u_l,
                 mask=m2, other=0.0).to(tl.float32)
-    A2 = tl.load(A_ptr + d[:, None] * s_A_d + n[None, :] * s_A_n, mask=m_dn, other=0.0) * LOG2E
-    a = tl.exp2(A2[:, :, None] * dt[:, None, :])
-    x = (dt * u)[:, None, :] * Bt[None, :, :]
-    x = tl.where((t_loc == 0)[None, None, :], x + a * h0[:, :, None], x)
-    _, h = tl.associative_scan((a, x), axis=2, combine_fn=_linear_combine)
-    y = tl.sum(h * Ct[None, :, :], axis=1)
+    dtu = dt * u
+    y = tl.zeros((BD, T), dtype=tl.float32)
+    for n in tl.static_range(NS):
+        A2 = tl.load(A_ptr + d * s_A_d + n * s_A_n, mask=d_mask, other=0.0) * LOG2E
+        Bn = tl.load(B_ptrs + n * s_B_n, mask=t_mask, other=0.0).to(tl.float32)
+        Cn = tl.load(C_ptrs + n * s_C_n, mask=t_mask, other=0.0).to(tl.float32)
+        h0 = tl.load(h_in_ptrs + n, mask=d_mask, other=0.0)
+        a = tl.exp2(A2[:, None] * dt)
+        x = dtu * Bn[None, :]
+        x = tl.where(first, x + a * h0[:, None], x)
+        _, h = tl.associative_scan((a, x), axis=1, combine_fn=_linear_combine)
+        y += h * Cn[None, :]
+        if NEED_END:
+            tl.store(h_out_ptrs + n, tl.sum(tl.where(last, h, 0.0), axis=1), mask=d_mask)
     if HAS_D:
         y += u * tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)[:, None]
     if HAS_Z:
@@ -228,90 +235,71 @@ def _fwd_chunk(u_ptr, dt_ptr, A_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, Bt, Ct, h0, 
         y = y * z * tl.sigmoid(z)
     tl.store(y_ptr + pid_b * s_y_b + d[:, None] * s_y_d + t[None, :] * s_y_l,
              y.to(y_ptr.dtype.element_ty), mask=m2)
-    h_end = h0
-    if NEED_END:
-        h_end = tl.sum(tl.where((t_loc == T - 1)[None, None, :], h, 0.0), axis=2)
-    return h_end
 
 
 @triton.jit
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, y_ptr,
-    L, n_state, n_per_group, n_split, DS, n_chunks, dim,
+    L, n_per_group, n_split, DS, n_chunks, dim,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    SEQUENTIAL: tl.constexpr, SINGLE_CHUNK: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+    SEQUENTIAL: tl.constexpr, SINGLE_CHUNK: tl.constexpr, BD: tl.constexpr, NS: tl.constexpr, T: tl.constexpr,
 ):
     """y for batch b and the channels of one split; states is (B, K+1, D, N) float32.
 
-    SEQUENTIAL: one block of BD channels walks all chunks in order, carrying its
-    state and writing every chunk's end state (one exponential per element).
+    SEQUENTIAL: one block of BD channels walks all chunks in order, its state
+    passing from chunk to chunk through states (one exponential per element).
     Otherwise: chunk k = program_id(0) only, from states[b, k] as the carry pass
-    left it, over all channel blocks of the split with B and C read once; with a
-    single chunk it also writes the final state.
+    left it, over all channel blocks of the split; with a single chunk it also
+    writes the final state.
     """
     pid_k = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     g, d_lo, d_hi = _channel_range(tl.program_id(2), n_per_group, n_split, DS)
-    n = tl.arange(0, NP)
-    n_mask = n < n_state
-    b_base = B_ptr + pid_b * s_B_b + g * s_B_g + n[:, None] * s_B_n
-    c_base = C_ptr + pid_b * s_C_b + g * s_C_g + n[:, None] * s_C_n
+    b_base = B_ptr + pid_b * s_B_b + g * s_B_g
+    c_base = C_ptr + pid_b * s_C_b + g * s_C_g
+    st_b = states_ptr + pid_b * (n_chunks + 1) * dim * NS
     if SEQUENTIAL:
         d = d_lo + tl.arange(0, BD)
         d_mask = d < d_hi
-        m_dn = d_mask[:, None] & n_mask[None, :]
-        st_ptrs = states_ptr + pid_b * (n_chunks + 1) * dim * n_state + d[:, None] * n_state + n[None, :]
-        h = tl.load(st_ptrs, mask=m_dn, other=0.0)
         for k in range(0, n_chunks):
             t = k * T + tl.arange(0, T)
-            t_mask = t < L
-            m_nt = n_mask[:, None] & t_mask[None, :]
-            Bt = tl.load(b_base + t[None, :] * s_B_l, mask=m_nt, other=0.0).to(tl.float32)
-            Ct = tl.load(c_base + t[None, :] * s_C_l, mask=m_nt, other=0.0).to(tl.float32)
-            h = _fwd_chunk(u_ptr, dt_ptr, A_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, Bt, Ct, h, pid_b, d, d_mask, n,
-                           n_mask, t, t_mask, s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
-                           s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, T)
-            tl.store(st_ptrs + (k + 1) * dim * n_state, h, mask=m_dn)
+            h_in = st_b + k * dim * NS + d * NS
+            _fwd_chunk(u_ptr, dt_ptr, A_ptr, b_base + t * s_B_l, c_base + t * s_C_l, D_ptr, z_ptr, bias_ptr, y_ptr,
+                       h_in, h_in + dim * NS, pid_b, d, d_mask, t, t < L, s_u_b, s_u_d, s_u_l,
+                       s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n, s_B_n, s_C_n, s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l,
+                       HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, BD, NS, T)
+            tl.debug_barrier()  # the end states just stored are the next chunk's start, read by other threads
     else:
         t = pid_k * T + tl.arange(0, T)
-        t_mask = t < L
-        m_nt = n_mask[:, None] & t_mask[None, :]
-        Bt = tl.load(b_base + t[None, :] * s_B_l, mask=m_nt, other=0.0).to(tl.float32)
-        Ct = tl.load(c_base + t[None, :] * s_C_l, mask=m_nt, other=0.0).to(tl.float32)
-        st_base = (pid_b * (n_chunks + 1) + pid_k) * dim * n_state
         for d0 in range(d_lo, d_hi, BD):
             d = d0 + tl.arange(0, BD)
-            d_mask = d < d_hi
-            m_dn = d_mask[:, None] & n_mask[None, :]
-            h0 = tl.load(states_ptr + st_base + d[:, None] * n_state + n[None, :], mask=m_dn, other=0.0)
-            h_end = _fwd_chunk(u_ptr, dt_ptr, A_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, Bt, Ct, h0, pid_b, d, d_mask,
-                               n, n_mask, t, t_mask, s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
-                               s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
-                               SINGLE_CHUNK, T)
-            if SINGLE_CHUNK:
-                tl.store(states_ptr + st_base + dim * n_state + d[:, None] * n_state + n[None, :], h_end,
-                         mask=m_dn)
+            h_in = st_b + pid_k * dim * NS + d * NS
+            _fwd_chunk(u_ptr, dt_ptr, A_ptr, b_base + t * s_B_l, c_base + t * s_C_l, D_ptr, z_ptr, bias_ptr, y_ptr,
+                       h_in, h_in + dim * NS, pid_b, d, d < d_hi, t, t < L, s_u_b, s_u_d, s_u_l,
+                       s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n, s_B_n, s_C_n, s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l,
+                       HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SINGLE_CHUNK, BD, NS, T)
 
 
 @triton.jit
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, adj_ptr, dout_ptr,
     du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-    L, n_state, n_per_group, n_split, DS, n_chunks, dim, n_groups,
+    L, n_per_group, n_split, DS, n_chunks, dim, n_groups,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BD: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+    BD: tl.constexpr, NS: tl.constexpr, T: tl.constexpr,
 ):
     """All gradients of chunk k, batch b, the channels of one split.
 
     states[b, k] is h entering the chunk, adj[b, k+1] the adjoint of h leaving it.
     du, d delta, dz: (B, D, L) contiguous, input dtypes. dB, dC partials:
-    (n_split, B, G, N, L) float32. dA partials (B, K, D, N); dD, d delta_bias (B, K, D).
+    (n_split, B, G, N, L) float32, zeroed, accumulated over this split's channel
+    blocks in order. dA partials (B, K, D, N); dD, d delta_bias (B, K, D).
     The first chunk also writes the gradient of the initial state, a_0 g_0, to dh0 (B, D, N).
     """
     pid_k = tl.program_id(0)
@@ -321,78 +309,72 @@ def _scan_bwd_kernel(
     t_loc = tl.arange(0, T)
     t = pid_k * T + t_loc
     t_mask = t < L
-    n = tl.arange(0, NP)
-    n_mask = n < n_state
-    m_nt = n_mask[:, None] & t_mask[None, :]
-    Bt = tl.load(B_ptr + pid_b * s_B_b + g * s_B_g + n[:, None] * s_B_n + t[None, :] * s_B_l,
-                 mask=m_nt, other=0.0).to(tl.float32)
-    Ct = tl.load(C_ptr + pid_b * s_C_b + g * s_C_g + n[:, None] * s_C_n + t[None, :] * s_C_l,
-                 mask=m_nt, other=0.0).to(tl.float32)
-    first = (t_loc == 0)[None, None, :]
-    last = (t_loc == T - 1)[None, None, :]
-    st_base = (pid_b * (n_chunks + 1) + pid_k) * dim * n_state
+    first = (t_loc == 0)[None, :]
+    last = (t_loc == T - 1)[None, :]
+    B_ptrs = B_ptr + pid_b * s_B_b + g * s_B_g + t * s_B_l
+    C_ptrs = C_ptr + pid_b * s_C_b + g * s_C_g + t * s_C_l
+    st_base = (pid_b * (n_chunks + 1) + pid_k) * dim * NS
     part_base = (pid_b * n_chunks + pid_k) * dim
-    dB_acc = tl.zeros((NP, T), dtype=tl.float32)
-    dC_acc = tl.zeros((NP, T), dtype=tl.float32)
+    split_local = pid_s % n_split
+    dBC_ptrs = (((split_local * tl.num_programs(1) + pid_b) * n_groups + g) * NS) * L + t
     for d0 in range(d_lo, d_hi, BD):
         d = d0 + tl.arange(0, BD)
         d_mask = d < d_hi
         m2 = d_mask[:, None] & t_mask[None, :]
-        m_dn = d_mask[:, None] & n_mask[None, :]
         offs_dl = pid_b * dim * L + d[:, None] * L + t[None, :]  # contiguous gradient outputs
         dt, raw = _load_delta(dt_ptr, s_dt_b, s_dt_d, s_dt_l, bias_ptr, pid_b, d, t, m2, d_mask, HAS_BIAS, SOFTPLUS)
         u = tl.load(u_ptr + pid_b * s_u_b + d[:, None] * s_u_d + t[None, :] * s_u_l,
                     mask=m2, other=0.0).to(tl.float32)
-        A = tl.load(A_ptr + d[:, None] * s_A_d + n[None, :] * s_A_n, mask=m_dn, other=0.0)
-        h0 = tl.load(states_ptr + st_base + d[:, None] * n_state + n[None, :], mask=m_dn, other=0.0)
-        g_end = tl.load(adj_ptr + st_base + dim * n_state + d[:, None] * n_state + n[None, :],
-                        mask=m_dn, other=0.0)
         dout = tl.load(dout_ptr + pid_b * s_o_b + d[:, None] * s_o_d + t[None, :] * s_o_l,
                        mask=m2, other=0.0).to(tl.float32)
-
-        # forward again: h_t for the whole chunk
-        a = tl.exp2((A * LOG2E)[:, :, None] * dt[:, None, :])
-        x = (dt * u)[:, None, :] * Bt[None, :, :]
-        _, h = tl.associative_scan((a, tl.where(first, x + a * h0[:, :, None], x)), axis=2,
-                                   combine_fn=_linear_combine)
-
-        # output stage: y = C h + D u, gated by silu(z)
         dy = dout
         if HAS_Z:
             z = tl.load(z_ptr + pid_b * s_z_b + d[:, None] * s_z_d + t[None, :] * s_z_l,
                         mask=m2, other=0.0).to(tl.float32)
             sig = tl.sigmoid(z)
-            y = tl.sum(h * Ct[None, :, :], axis=1)
-            if HAS_D:
-                Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-                y += u * Dv[:, None]
-            dz = dout * y * sig * (1.0 + z * (1.0 - sig))
-            tl.store(dz_ptr + offs_dl, dz.to(dz_ptr.dtype.element_ty), mask=m2)
             dy = dout * z * sig
+        dtu = dt * u
+        y = tl.zeros((BD, T), dtype=tl.float32)
+        ddt = tl.zeros((BD, T), dtype=tl.float32)
         du = tl.zeros((BD, T), dtype=tl.float32)
+        for n in tl.static_range(NS):
+            A = tl.load(A_ptr + d * s_A_d + n * s_A_n, mask=d_mask, other=0.0)
+            Bn = tl.load(B_ptrs + n * s_B_n, mask=t_mask, other=0.0).to(tl.float32)
+            Cn = tl.load(C_ptrs + n * s_C_n, mask=t_mask, other=0.0).to(tl.float32)
+            h0 = tl.load(states_ptr + st_base + d * NS + n, mask=d_mask, other=0.0)
+            g_end = tl.load(adj_ptr + st_base + dim * NS + d * NS + n, mask=d_mask, other=0.0)
+            # forward again: h_t over the chunk
+            a = tl.exp2((A * LOG2E)[:, None] * dt)
+            x = dtu * Bn[None, :]
+            _, h = tl.associative_scan((a, tl.where(first, x + a * h0[:, None], x)), axis=1,
+                                       combine_fn=_linear_combine)
+            y += h * Cn[None, :]
+            # adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}, entering from the right with g_end
+            v = dy * Cn[None, :]
+            v = tl.where(last, v + g_end[:, None], v)
+            _, _, gt = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), v), axis=1,
+                                           combine_fn=_adjoint_combine, reverse=True)
+            w = gt * (h - x)  # g_t a_t h_{t-1}
+            ddt += w * A[:, None] + (gt * u) * Bn[None, :]
+            du += (gt * dt) * Bn[None, :]
+            tl.store(dA_ptr + (part_base + d) * NS + n, tl.sum(w * dt, axis=1), mask=d_mask)
+            # dB, dC: sums over this split's channels, accumulated in its own partial rows
+            row = dBC_ptrs + n * L
+            tl.store(dB_ptr + row, tl.load(dB_ptr + row, mask=t_mask, other=0.0) + tl.sum(gt * dtu, axis=0),
+                     mask=t_mask)
+            tl.store(dC_ptr + row, tl.load(dC_ptr + row, mask=t_mask, other=0.0) + tl.sum(h * dy, axis=0),
+                     mask=t_mask)
+            if pid_k == 0:
+                tl.store(dh0_ptr + (pid_b * dim + d) * NS + n, tl.sum(tl.where(first, a * gt, 0.0), axis=1),
+                         mask=d_mask)
         if HAS_D:
             Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-            du = dy * Dv[:, None]
+            y += u * Dv[:, None]
+            du += dy * Dv[:, None]
             tl.store(dD_ptr + part_base + d, tl.sum(dy * u, axis=1), mask=d_mask)
-
-        # adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}, entering from the right with g_end
-        v = dy[:, None, :] * Ct[None, :, :]
-        v = tl.where(last, v + g_end[:, :, None], v)
-        _, _, gt = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), v), axis=2,
-                                       combine_fn=_adjoint_combine, reverse=True)
-
-        if pid_k == 0:
-            dh0 = tl.sum(tl.where(first, a * gt, 0.0), axis=2)
-            tl.store(dh0_ptr + (pid_b * dim + d[:, None]) * n_state + n[None, :], dh0, mask=m_dn)
-        # a_t h_{t-1} = h_t - x_t
-        w = gt * (h - x)
-        gB = gt * Bt[None, :, :]
-        ddt = tl.sum(w * A[:, :, None] + gB * u[:, None, :], axis=1)
-        du += tl.sum(gB, axis=1) * dt
-        tl.store(dA_ptr + (part_base + d[:, None]) * n_state + n[None, :], tl.sum(w * dt[:, None, :], axis=2),
-                 mask=m_dn)
-        dB_acc += tl.sum(gt * (dt * u)[:, None, :], axis=0)
-        dC_acc += tl.sum(h * dy[:, None, :], axis=0)
+        if HAS_Z:
+            dz = dout * y * sig * (1.0 + z * (1.0 - sig))
+            tl.store(dz_ptr + offs_dl, dz.to(dz_ptr.dtype.element_ty), mask=m2)
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(raw)
         ddt = tl.where(m2, ddt, 0.0)
@@ -400,11 +382,6 @@ def _scan_bwd_kernel(
             tl.store(dbias_ptr + part_base + d, tl.sum(ddt, axis=1), mask=d_mask)
         tl.store(du_ptr + offs_dl, du.to(du_ptr.dtype.element_ty), mask=m2)
         tl.store(ddt_ptr + offs_dl, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
-
-    split_local = pid_s % n_split
-    offs_nt = (((split_local * tl.num_programs(1) + pid_b) * n_groups + g) * n_state + n[:, None]) * L + t[None, :]
-    tl.store(dB_ptr + offs_nt, dB_acc, mask=m_nt)
-    tl.store(dC_ptr + offs_nt, dC_acc, mask=m_nt)
 
 
 # ----------------------------------------------------------------------------- launch parameters
@@ -462,7 +439,6 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, cfg):
     Bg, Cg = _grouped(B), _grouped(C)
     groups = Bg.shape[1]
     T, K, BD, DS, n_split = cfg["T"], cfg["n_chunks"], cfg["BD"], cfg["DS"], cfg["n_split"]
-    NP = _pow2(n_state)
     dev = u.device
     states = torch.empty(batch, K + 1, dim, n_state, device=dev, dtype=torch.float32)
     if h0 is None:
@@ -483,11 +459,11 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, cfg):
         _chunk_summary_kernel[grid](
             u, delta, A, Bg, dummy, dummy, delta_bias if delta_bias is not None else dummy,
             decay, local,
-            length, n_state, dim // groups, n_split, DS, K, dim,
+            length, dim // groups, n_split, DS, K, dim,
             *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
             *Bg.stride(), 0, 0, 0, 0, 0, 0,
             REVERSE=False, HAS_Z=False, HAS_BIAS=flags["HAS_BIAS"], SOFTPLUS=flags["SOFTPLUS"],
-            BD=BD, NP=NP, T=T, num_warps=cfg["num_warps"],
+            BD=BD, NS=n_state, T=T, num_warps=cfg["num_warps"],
         )
         _carry(decay, local, states, reverse=False)
     if not cfg["sequential"]:
@@ -495,10 +471,10 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, cfg):
     _scan_fwd_kernel[grid_seq](
         u, delta, A, Bg, Cg, D if D is not None else dummy, z if z is not None else dummy,
         delta_bias if delta_bias is not None else dummy, states, y,
-        length, n_state, *split_args, K, dim,
+        length, *split_args, K, dim,
         *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
         *Bg.stride(), *Cg.stride(), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides3(y),
-        HAS_D=D is not None, SEQUENTIAL=cfg["sequential"], SINGLE_CHUNK=K == 1, BD=BD, NP=NP, T=T,
+        HAS_D=D is not None, SEQUENTIAL=cfg["sequential"], SINGLE_CHUNK=K == 1, BD=BD, NS=n_state, T=T,
         num_warps=cfg["num_warps"], **flags,
     )
     return y, states
@@ -518,7 +494,6 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, state
     Bg, Cg = _grouped(B), _grouped(C)
     groups = Bg.shape[1]
     T, K, BD, DS, n_split = cfg["T"], cfg["n_chunks"], cfg["BD"], cfg["DS"], cfg["n_split"]
-    NP = _pow2(n_state)
     dev = u.device
     f32 = torch.float32
     dummy = u
@@ -537,18 +512,18 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, state
         _chunk_summary_kernel[grid](
             u, delta, A, Cg, z if z is not None else dummy, dout,
             delta_bias if delta_bias is not None else dummy, decay, local,
-            length, n_state, dim // groups, n_split, DS, K, dim,
+            length, dim // groups, n_split, DS, K, dim,
             *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
             *Cg.stride(), *z_strides, *_strides3(dout),
-            REVERSE=True, BD=BD, NP=NP, T=T, num_warps=cfg["num_warps"], **flags,
+            REVERSE=True, BD=BD, NS=n_state, T=T, num_warps=cfg["num_warps"], **flags,
         )
         _carry(decay, local, adj, reverse=True)
 
     du = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
     ddelta = torch.empty(batch, dim, length, device=dev, dtype=delta.dtype)
     dz = torch.empty(batch, dim, length, device=dev, dtype=z.dtype) if z is not None else None
-    dB_part = torch.empty(n_split, batch, groups, n_state, length, device=dev, dtype=f32)
-    dC_part = torch.empty_like(dB_part)
+    dB_part = torch.zeros(n_split, batch, groups, n_state, length, device=dev, dtype=f32)
+    dC_part = torch.zeros_like(dB_part)
     dA_part = torch.empty(batch, K, dim, n_state, device=dev, dtype=f32)
     dD_part = torch.empty(batch, K, dim, device=dev, dtype=f32) if D is not None else None
     dbias_part = torch.empty(batch, K, dim, device=dev, dtype=f32) if delta_bias is not None else None
@@ -558,10 +533,10 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, state
         delta_bias if delta_bias is not None else dummy, states, adj, dout,
         du, ddelta, dz if dz is not None else du, dB_part, dC_part, dA_part,
         dD_part if dD_part is not None else dA_part, dbias_part if dbias_part is not None else dA_part, dh0,
-        length, n_state, dim // groups, n_split, DS, K, dim, groups,
+        length, dim // groups, n_split, DS, K, dim, groups,
         *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
         *Bg.stride(), *Cg.stride(), *z_strides, *_strides3(dout),
-        HAS_D=D is not None, BD=BD, NP=NP, T=T, num_warps=cfg["num_warps"], **flags,
+        HAS_D=D is not None, BD=BD, NS=n_state, T=T, num_warps=cfg["num_warps"], **flags,
     )
     dB = dB_part.sum(0) if n_split > 1 else dB_part[0]
     dC = dC_part.sum(0) if n_split > 1 else dC_part[0]
