@@ -209,7 +209,13 @@ def _fwd_chunk(u_ptr, dt_ptr, A_ptr, B_ptrs, C_ptrs, D_ptr, z_ptr, bias_ptr, y_p
     m2 = d_mask[:, None] & t_mask[None, :]
     t_loc = tl.arange(0, T)
     first = (t_loc == 0)[None, :]
-    last = (t_loc == T - 1)[None, :]
+    # B and C rows are read as (BD, T) tiles (the same row for every channel) so that they
+    # arrive in the layout of the scan; the repeated addresses hit L1.
+    bc_rows = tl.zeros((BD, 1), dtype=tl.int32)
+    B_tile = B_ptrs[None, :] + bc_rows
+    C_tile = C_ptrs[None, :] + bc_rows
+    end_mask = d_mask[:, None] & (t_loc == T - 1)[None, :]
+    end_ptrs = h_out_ptrs[:, None] + t_loc[None, :] * 0
     dt, _ = _load_delta(dt_ptr, s_dt_b, s_dt_d, s_dt_l, bias_ptr, pid_b, d, t, m2, d_mask, HAS_BIAS, SOFTPLUS)
     u = tl.load(u_ptr + pid_b * s_u_b + d[:, None] * s_u_d + t[None, :] * s_u_l,
                 mask=m2, other=0.0).to(tl.float32)
@@ -217,16 +223,16 @@ def _fwd_chunk(u_ptr, dt_ptr, A_ptr, B_ptrs, C_ptrs, D_ptr, z_ptr, bias_ptr, y_p
     y = tl.zeros((BD, T), dtype=tl.float32)
     for n in tl.static_range(NS):
         A2 = tl.load(A_ptr + d * s_A_d + n * s_A_n, mask=d_mask, other=0.0) * LOG2E
-        Bn = tl.load(B_ptrs + n * s_B_n, mask=t_mask, other=0.0).to(tl.float32)
-        Cn = tl.load(C_ptrs + n * s_C_n, mask=t_mask, other=0.0).to(tl.float32)
+        Bn = tl.load(B_tile + n * s_B_n, mask=m2, other=0.0).to(tl.float32)
+        Cn = tl.load(C_tile + n * s_C_n, mask=m2, other=0.0).to(tl.float32)
         h0 = tl.load(h_in_ptrs + n, mask=d_mask, other=0.0)
         a = tl.exp2(A2[:, None] * dt)
-        x = dtu * Bn[None, :]
+        x = dtu * Bn
         x = tl.where(first, x + a * h0[:, None], x)
         _, h = tl.associative_scan((a, x), axis=1, combine_fn=_linear_combine)
-        y += h * Cn[None, :]
-        if NEED_END:
-            tl.store(h_out_ptrs + n, tl.sum(tl.where(last, h, 0.0), axis=1), mask=d_mask)
+        y += h * Cn
+        if NEED_END:  # padding steps carry the state unchanged, so the last column is the end state
+            tl.store(end_ptrs + n, h, mask=end_mask)
     if HAS_D:
         y += u * tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)[:, None]
     if HAS_Z:
@@ -311,8 +317,9 @@ def _scan_bwd_kernel(
     t_mask = t < L
     first = (t_loc == 0)[None, :]
     last = (t_loc == T - 1)[None, :]
-    B_ptrs = B_ptr + pid_b * s_B_b + g * s_B_g + t * s_B_l
-    C_ptrs = C_ptr + pid_b * s_C_b + g * s_C_g + t * s_C_l
+    bc_rows = tl.zeros((BD, 1), dtype=tl.int32)  # B, C rows read as (BD, T) tiles, as in the forward
+    B_tile = B_ptr + pid_b * s_B_b + g * s_B_g + t[None, :] * s_B_l + bc_rows
+    C_tile = C_ptr + pid_b * s_C_b + g * s_C_g + t[None, :] * s_C_l + bc_rows
     st_base = (pid_b * (n_chunks + 1) + pid_k) * dim * NS
     part_base = (pid_b * n_chunks + pid_k) * dim
     split_local = pid_s % n_split
@@ -339,24 +346,24 @@ def _scan_bwd_kernel(
         du = tl.zeros((BD, T), dtype=tl.float32)
         for n in tl.static_range(NS):
             A = tl.load(A_ptr + d * s_A_d + n * s_A_n, mask=d_mask, other=0.0)
-            Bn = tl.load(B_ptrs + n * s_B_n, mask=t_mask, other=0.0).to(tl.float32)
-            Cn = tl.load(C_ptrs + n * s_C_n, mask=t_mask, other=0.0).to(tl.float32)
+            Bn = tl.load(B_tile + n * s_B_n, mask=m2, other=0.0).to(tl.float32)
+            Cn = tl.load(C_tile + n * s_C_n, mask=m2, other=0.0).to(tl.float32)
             h0 = tl.load(states_ptr + st_base + d * NS + n, mask=d_mask, other=0.0)
             g_end = tl.load(adj_ptr + st_base + dim * NS + d * NS + n, mask=d_mask, other=0.0)
             # forward again: h_t over the chunk
             a = tl.exp2((A * LOG2E)[:, None] * dt)
-            x = dtu * Bn[None, :]
+            x = dtu * Bn
             _, h = tl.associative_scan((a, tl.where(first, x + a * h0[:, None], x)), axis=1,
                                        combine_fn=_linear_combine)
-            y += h * Cn[None, :]
+            y += h * Cn
             # adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}, entering from the right with g_end
-            v = dy * Cn[None, :]
+            v = dy * Cn
             v = tl.where(last, v + g_end[:, None], v)
             _, _, gt = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), v), axis=1,
                                            combine_fn=_adjoint_combine, reverse=True)
             w = gt * (h - x)  # g_t a_t h_{t-1}
-            ddt += w * A[:, None] + (gt * u) * Bn[None, :]
-            du += (gt * dt) * Bn[None, :]
+            ddt += w * A[:, None] + (gt * u) * Bn
+            du += (gt * dt) * Bn
             tl.store(dA_ptr + (part_base + d) * NS + n, tl.sum(w * dt, axis=1), mask=d_mask)
             # dB, dC: sums over this split's channels, accumulated in its own partial rows
             row = dBC_ptrs + n * L
@@ -364,9 +371,9 @@ def _scan_bwd_kernel(
                      mask=t_mask)
             tl.store(dC_ptr + row, tl.load(dC_ptr + row, mask=t_mask, other=0.0) + tl.sum(h * dy, axis=0),
                      mask=t_mask)
-            if pid_k == 0:
-                tl.store(dh0_ptr + (pid_b * dim + d) * NS + n, tl.sum(tl.where(first, a * gt, 0.0), axis=1),
-                         mask=d_mask)
+            if pid_k == 0:  # a_0 g_0, stored by the threads holding step 0
+                tl.store(dh0_ptr + ((pid_b * dim + d) * NS + n)[:, None] + t_loc[None, :] * 0, a * gt,
+                         mask=d_mask[:, None] & first)
         if HAS_D:
             Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
             y += u * Dv[:, None]
@@ -403,7 +410,7 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
     DS       channels per program in the chunk-parallel kernels: as many as still
              gives about four programs per multiprocessor (B and C are read once per program)
     """
-    cfg = dict(T=64 if length <= 64 else 128, BD=4 if n_state <= 16 else 2, num_warps=4)
+    cfg = dict(T=64 if length <= 64 else (128 if length <= 128 else 256), BD=4, num_warps=4)
     cfg.update({k: v for k, v in overrides.items() if k in ("T", "BD", "num_warps") and v is not None})
     cfg["T"] = _pow2(cfg["T"])
     per_group = dim // groups
