@@ -44,21 +44,14 @@ SHAPES = [  # (B, D, L, N)
 # candidate launch parameters tried per shape with --sweep (forward; backward uses T, BD, num_warps)
 SWEEP = [
     dict(T=256, BD=4, num_warps=4, sequential=True),
-    dict(T=256, BD=8, num_warps=8, sequential=True),
     dict(T=128, BD=8, num_warps=4, sequential=True),
-    dict(T=128, BD=4, num_warps=4, sequential=True),
-    dict(T=512, BD=4, num_warps=4, sequential=True),
-    dict(T=256, BD=2, num_warps=2, sequential=True),
+    dict(T=256, BD=8, num_warps=8, sequential=True),
     dict(T=256, BD=4, num_warps=4, sequential=False),
-    dict(T=256, BD=8, num_warps=8, sequential=False),
-    dict(T=128, BD=8, num_warps=4, sequential=False),
 ]
 SWEEP_BWD = [
     dict(T=256, BD=4, num_warps=4),
-    dict(T=256, BD=8, num_warps=8),
-    dict(T=128, BD=8, num_warps=4),
     dict(T=128, BD=4, num_warps=4),
-    dict(T=256, BD=2, num_warps=2),
+    dict(T=128, BD=2, num_warps=2),
 ]
 
 
@@ -195,6 +188,19 @@ def rel_err(a, b) -> float:
 # ----------------------------------------------------------------------------- main
 
 
+def write_result(args, name, gpu, copy_GBps, sms, rows, checks, log) -> Path:
+    """The JSON result (rewritten after every shape, so a run cut short still leaves one)."""
+    result = dict(device=name, copy_GBps=copy_GBps, sms=sms, torch=torch.__version__,
+                  triton=__import__("triton").__version__,
+                  command="python " + " ".join(sys.argv), rows=rows, checks=checks, log=log)
+    out = args.out or Path(__file__).parent / "results" / f"scan_{gpu}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    if os.environ.get("OUT"):
+        (Path(os.environ["OUT"]) / out.name).write_text(json.dumps(result, indent=1))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mamba-sdist", type=Path, default=None, help="build mamba_ssm from this sdist if needed")
@@ -245,6 +251,7 @@ def main():
                     log.append(f"{(Bn, Dn, Ln, Nn)} fwd {c}: {type(e).__name__}: {str(e)[:200]}")
                 timings.append((ms, c))
             log.append(f"{(Bn, Dn, Ln, Nn)} fwd sweep: " + ", ".join(f"{c}: {ms:.3f}" for ms, c in timings))
+            print(log[-1], flush=True)
             fwd_cfg = min(timings, key=lambda p: p[0])[1]
             timings = []
             for c in SWEEP_BWD:
@@ -256,6 +263,7 @@ def main():
                     log.append(f"{(Bn, Dn, Ln, Nn)} bwd {c}: {type(e).__name__}: {str(e)[:200]}")
                 timings.append((ms, c))
             log.append(f"{(Bn, Dn, Ln, Nn)} fwd+bwd sweep: " + ", ".join(f"{c}: {ms:.3f}" for ms, c in timings))
+            print(log[-1], flush=True)
             bwd_cfg = min(timings, key=lambda p: p[0])[1]
         ours_fwd, ours_fb = ours_fn(fwd_cfg), ours_fn(bwd_cfg)
 
@@ -311,15 +319,9 @@ def main():
               f"max rel err {max(errs.values()):.2e}; deterministic {deterministic}", flush=True)
         del x, xg, dout
         torch.cuda.empty_cache()
+        write_result(args, name, gpu, copy_GBps, sms, rows, checks, log)
 
-    result = dict(device=name, copy_GBps=copy_GBps, sms=sms, torch=torch.__version__,
-                  triton=__import__("triton").__version__,
-                  command="python " + " ".join(sys.argv), rows=rows, checks=checks, log=log)
-    out = args.out or Path(__file__).parent / "results" / f"scan_{gpu}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    if os.environ.get("OUT"):
-        (Path(os.environ["OUT"]) / out.name).write_text(json.dumps(result, indent=1))
+    out = write_result(args, name, gpu, copy_GBps, sms, rows, checks, log)
     print("\n".join(log[-40:]))
     print(f"\ncopy {copy_GBps:.0f} GB/s; eff. GB/s = fewest bytes / time; speedup = mamba_ssm ms / ours ms")
     hdr = (f"{'shape (B,D,L,N)':>24} {'pass':>8} {'ours ms':>9} {'mamba ms':>9} {'speedup':>8} {'ours GB/s':>9} "

@@ -344,7 +344,7 @@ def _scan_bwd_kernel(
         y = tl.zeros((BD, T), dtype=tl.float32)
         ddt = tl.zeros((BD, T), dtype=tl.float32)
         du = tl.zeros((BD, T), dtype=tl.float32)
-        for n in tl.static_range(NS):
+        for n in range(NS):  # a loop, not unrolled: the body is long and unrolling it 16 times bloats the code
             A = tl.load(A_ptr + d * s_A_d + n * s_A_n, mask=d_mask, other=0.0)
             Bn = tl.load(B_tile + n * s_B_n, mask=m2, other=0.0).to(tl.float32)
             Cn = tl.load(C_tile + n * s_C_n, mask=m2, other=0.0).to(tl.float32)
