@@ -399,26 +399,39 @@ def _pow2(x: int) -> int:
 
 
 def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, sm_count: int = 132,
-                  **overrides) -> dict:
+                  training: bool = True, **overrides) -> dict:
     """Launch parameters from a small table, no autotuning; ``overrides`` replace any entry.
 
     T        chunk length, a power of two fixed per length range (a new L recompiles nothing)
-    BD       channels per tile (a tile is BD x N x T)
+    BD       channels per tile (a tile is BD x T, one state at a time)
     sequential  forward walks the chunks in order (one exponential per element)
-             when batch x channel blocks alone fill the GPU; otherwise chunk
-             summaries, a carry pass and a second scan (two per element)
+             when batch x channels alone fill the GPU; otherwise chunk summaries,
+             a carry pass and a second scan (two per element)
     DS       channels per program in the chunk-parallel kernels: as many as still
-             gives about four programs per multiprocessor (B and C are read once per program)
+             gives about four programs per multiprocessor
+
+    The entries are the winners of benchmarks/scan.py's sweep on an H100
+    (benchmarks/NOTES_scan.md): with gradients, T=128 with 2 channels on 2 warps
+    (the backward's choice; forward and backward share T, since the backward starts
+    from the forward's per-chunk states); without, T=256 x 4 channels, or 128 x 8
+    when that still gives three programs per multiprocessor.
     """
-    cfg = dict(T=64 if length <= 64 else (128 if length <= 128 else 256), BD=4, num_warps=4)
+    sequential = batch * dim >= 12 * sm_count
+    if training:
+        cfg = dict(T=128, BD=2, num_warps=2)
+    elif sequential and batch * dim // 8 >= 3 * sm_count:
+        cfg = dict(T=128, BD=8, num_warps=4)
+    else:
+        cfg = dict(T=256, BD=4, num_warps=4)
+    if length <= 64:
+        cfg["T"] = 64
     cfg.update({k: v for k, v in overrides.items() if k in ("T", "BD", "num_warps") and v is not None})
     cfg["T"] = _pow2(cfg["T"])
     per_group = dim // groups
     cfg["BD"] = BD = min(cfg["BD"], _pow2(per_group))
     K = max(1, -(-length // cfg["T"]))
     cfg["n_chunks"] = K
-    blocks = batch * groups * -(-per_group // BD)
-    cfg["sequential"] = K > 1 and blocks >= 2 * sm_count
+    cfg["sequential"] = K > 1 and sequential
     if overrides.get("sequential") is not None:
         cfg["sequential"] = bool(overrides["sequential"]) and K > 1
     target = 4 * sm_count
@@ -567,7 +580,8 @@ class SelectiveScanTriton(torch.autograd.Function):
         groups = 1 if B.dim() == 3 else B.shape[1]
         # Off the GPU (the Triton interpreter) every program costs Python time: use the fewest.
         sm_count = torch.cuda.get_device_properties(u.device).multi_processor_count if u.is_cuda else 1
-        cfg = choose_config(batch, dim, length, A.shape[1], groups, sm_count, **(config or {}))
+        training = any(ctx.needs_input_grad)
+        cfg = choose_config(batch, dim, length, A.shape[1], groups, sm_count, training, **(config or {}))
         h0 = None if initial_state is None else initial_state.float()
         y, states = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, cfg)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
