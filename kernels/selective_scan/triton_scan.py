@@ -20,7 +20,9 @@ forward
   2. ``_carry_kernel``: the state entering every chunk (a scan over chunks);
   3. ``_scan_fwd_kernel``: each chunk scanned from its entering state, contracted
      with C, plus D u, gated by silu(z).
-  With one chunk, step 3 alone runs and writes the final state.
+  With one chunk, step 3 alone runs and writes the final state. When batch x channels
+  alone fill the GPU, step 3 instead walks the chunks in order per block of channels
+  (SEQUENTIAL), one exponential per element instead of two.
 
 backward (the adjoint g_t = dL/dh_t runs backwards: g_t = dy_t C_t + a_{t+1} g_{t+1})
   1. ``_chunk_summary_kernel`` (reverse): each chunk's adjoint at its start from a zero end;
@@ -28,15 +30,17 @@ backward (the adjoint g_t = dL/dh_t runs backwards: g_t = dy_t C_t + a_{t+1} g_{
   3. ``_scan_bwd_kernel``: per chunk, recompute h (from the entering states saved
      by the forward, B x (K+1) x D x N floats) and g, and form every gradient.
 
+Tiles are (channels x steps), one state n at a time, as in mamba_ssm's CUDA kernel:
+y accumulates in registers and each thread scans several consecutive steps.
 Only the inputs and the per-chunk states are kept for backward: nothing of size
-B*D*L*N. Sums over channels (dB, dC) happen inside one program; sums over batch
+B*D*L*N. Sums over a split's channels (dB, dC) happen in order inside one program
+(partials per split, summed after); sums over batch
 and chunks (dA, dD, d delta_bias) go through per-program partial buffers summed
 in a fixed order, so results are deterministic run to run.
 """
 
 from __future__ import annotations
 
-import math
 
 import torch
 import triton
