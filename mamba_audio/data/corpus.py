@@ -117,7 +117,8 @@ def _word_seed(word: str) -> int:
     return zlib.crc32(word.encode("utf-8"))
 
 
-def plan_clips(words: tuple[str, ...], per_word: int, voices: list[str], seed: int) -> list[ClipRecipe]:
+def plan_clips(words: tuple[str, ...], per_word: int, voices: list[str], seed: int,
+               snr_db: tuple[float, float] = SNR_DB_RANGE) -> list[ClipRecipe]:
     """The recipe of every clip, word by word; the voices take turns so each word hears them all."""
     recipes = []
     for word in words:
@@ -131,7 +132,7 @@ def plan_clips(words: tuple[str, ...], per_word: int, voices: list[str], seed: i
                 words_per_minute=int(rng.integers(WORDS_PER_MINUTE_RANGE[0], WORDS_PER_MINUTE_RANGE[1] + 1)),
                 amplitude=int(rng.integers(AMPLITUDE_RANGE[0], AMPLITUDE_RANGE[1] + 1)),
                 peak_dbfs=float(rng.uniform(*PEAK_DBFS_RANGE)),
-                snr_db=float(rng.uniform(*SNR_DB_RANGE)),
+                snr_db=float(rng.uniform(*snr_db)),
                 offset_fraction=float(rng.uniform()),
                 noise_seed=int(rng.integers(2**31)),
             ))
@@ -196,7 +197,7 @@ def synthesize_clip(recipe: ClipRecipe, sample_rate: int, num_samples: int, scra
     return clip.clamp(-1.0, 1.0)
 
 
-def _check_arguments(words, per_word, sample_rate, seconds) -> None:
+def _check_arguments(words, per_word, sample_rate, seconds, snr_db) -> None:
     if not words or len(set(words)) != len(words):
         raise CorpusError(f"words must be a non-empty list without repeats, got {list(words)}")
     for word in words:
@@ -208,6 +209,8 @@ def _check_arguments(words, per_word, sample_rate, seconds) -> None:
         raise CorpusError(f"sample_rate {sample_rate} Hz is implausible")
     if not 0.1 <= seconds <= 60:
         raise CorpusError(f"seconds must be between 0.1 and 60, got {seconds}")
+    if len(snr_db) != 2 or snr_db[0] > snr_db[1]:
+        raise CorpusError(f"snr_db must be a (low, high) range in dB, got {snr_db!r}")
 
 
 def build_spoken_digits(
@@ -219,6 +222,7 @@ def build_spoken_digits(
     seconds: float = 1.0,
     seed: int = 0,
     voices: tuple[str, ...] | None = None,
+    snr_db: tuple[float, float] = SNR_DB_RANGE,
     workers: int = 2,
     overwrite: bool = False,
     progress: bool = True,
@@ -243,6 +247,7 @@ def build_spoken_digits(
         seed: the same seed (and arguments and espeak-ng version) gives byte-identical files.
         voices: espeak-ng voices ("en-us", "en+f3", ...); default: those of
             ``PREFERRED_VOICES`` that are installed.
+        snr_db: (low, high) range of the speech-to-white-noise ratio in dB, drawn per clip.
         workers: threads running espeak-ng.
         overwrite: replace a corpus in ``root`` that was built with other arguments.
         progress: show a progress bar.
@@ -256,9 +261,9 @@ def build_spoken_digits(
     """
     root = Path(root)
     words = tuple(words)
-    _check_arguments(words, per_word, sample_rate, seconds)
+    _check_arguments(words, per_word, sample_rate, seconds, snr_db)
     arguments = {"words": list(words), "per_word": per_word, "sample_rate": sample_rate, "seconds": seconds,
-                 "seed": seed, "voices": None if voices is None else list(voices)}
+                 "seed": seed, "voices": None if voices is None else list(voices), "snr_db": list(snr_db)}
 
     marker = root / COMPLETION_MARKER
     if marker.exists():
@@ -286,7 +291,7 @@ def build_spoken_digits(
         raise CorpusError(f"none of the voices {list(PREFERRED_VOICES)} is installed in espeak-ng; "
                           "reinstall it with `sudo apt-get install --reinstall espeak-ng-data espeak-ng`")
 
-    recipes = plan_clips(words, per_word, installed, seed)
+    recipes = plan_clips(words, per_word, installed, seed, snr_db)
     num_samples = round(seconds * sample_rate)
     staging = root.parent / f".{root.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
