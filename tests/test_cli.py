@@ -1,0 +1,106 @@
+"""The mamba-audio command on a small folder of audio: train, generate, classify, info, and its errors."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mamba_audio.cli import main
+
+RATE = 8000
+
+
+@pytest.fixture(scope="module")
+def labelled_folder(tmp_path_factory):
+    """Two classes of 0.25 s tones in the Speech Commands layout, with validation and test lists."""
+    root = tmp_path_factory.mktemp("tones")
+    rng = np.random.default_rng(0)
+    lists = {"validation_list.txt": [], "testing_list.txt": []}
+    for label, freq in (("low", 220.0), ("high", 1760.0)):
+        (root / label).mkdir()
+        for i in range(8):
+            t = np.arange(RATE // 4) / RATE
+            wav = 0.5 * np.sin(2 * np.pi * freq * (1 + 0.05 * rng.standard_normal()) * t)
+            sf.write(root / label / f"{i}.wav", wav.astype(np.float32), RATE)
+            if i == 6:
+                lists["validation_list.txt"].append(f"{label}/{i}.wav")
+            if i == 7:
+                lists["testing_list.txt"].append(f"{label}/{i}.wav")
+    for name, rows in lists.items():
+        (root / name).write_text("\n".join(rows) + "\n")
+    return root
+
+
+TRAIN_FLAGS = ["--sample-rate", str(RATE), "--segment-seconds", "0.25", "--steps", "3", "--batch-size", "4",
+               "--set", "model.backbone.n_layers=1", "--set", "model.backbone.d_model=16"]
+
+
+def test_train_generate_and_info(tmp_path, labelled_folder, capsys):
+    out = tmp_path / "lm"
+    assert main(["--quiet", "train", "--data", str(labelled_folder), "--out", str(out), *TRAIN_FLAGS]) == 0
+    assert (out / "checkpoint" / "model.safetensors").is_file()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["split"] == "eval" and 0 < r["nll_bits"] < 9 for r in records)
+
+    wav = tmp_path / "gen.wav"
+    assert main(["--quiet", "generate", str(out / "checkpoint"), "--out", str(wav), "--seconds", "0.01"]) == 0
+    audio, rate = sf.read(wav)
+    assert rate == RATE and len(audio) == 80
+
+    prompt = labelled_folder / "low" / "0.wav"
+    assert main(["--quiet", "generate", str(out / "checkpoint"), "--out", str(tmp_path / "cont.wav"),
+                 "--seconds", "0.01", "--prompt", str(prompt)]) == 0
+    assert len(sf.read(tmp_path / "cont.wav")[0]) == RATE // 4 + 80
+
+    capsys.readouterr()
+    assert main(["info", str(out / "checkpoint")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["model_type"] == "sashimi_lm" and info["parameters"] > 0
+
+
+def test_class_conditional_generation_needs_a_known_class(tmp_path, labelled_folder, capsys):
+    out = tmp_path / "cond"
+    assert main(["--quiet", "train", "--data", str(labelled_folder), "--out", str(out), "--conditional",
+                 *TRAIN_FLAGS]) == 0
+    ckpt = str(out / "checkpoint")
+    assert main(["--quiet", "generate", ckpt, "--out", str(tmp_path / "a.wav"), "--seconds", "0.01",
+                 "--class-name", "high"]) == 0
+    assert main(["--quiet", "generate", ckpt, "--out", str(tmp_path / "b.wav"), "--class-name", "middle"]) == 2
+    assert "unknown class 'middle'" in capsys.readouterr().err
+    assert main(["--quiet", "generate", ckpt, "--out", str(tmp_path / "b.wav")]) == 2
+    assert "class-conditional" in capsys.readouterr().err
+
+
+def test_train_and_classify(tmp_path, labelled_folder, capsys):
+    out = tmp_path / "clf"
+    assert main(["--quiet", "train", "--task", "classify", "--data", str(labelled_folder), "--out", str(out),
+                 *TRAIN_FLAGS]) == 0
+    capsys.readouterr()
+    files = [str(labelled_folder / "low" / "7.wav"), str(labelled_folder / "high" / "7.wav")]
+    assert main(["classify", str(out / "checkpoint"), *files, "--top", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all("low" in line and "high" in line for line in lines)
+
+
+def test_user_errors_exit_2_with_a_message(tmp_path, labelled_folder, capsys):
+    cases = [
+        (["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x")], "missing"),
+        (["train", "--data", str(labelled_folder), "--out", str(tmp_path / "x"), "--set", "train.colour=1"],
+         "unknown key(s) ['colour']"),
+        (["train", "--data", str(labelled_folder), "--out", str(tmp_path / "x"), "--preset", "huge"],
+         "unknown preset 'huge'"),
+        (["generate", str(tmp_path / "nope")], "does not exist"),
+        (["info", "nothing-like-this"], "neither a checkpoint directory nor a preset"),
+    ]
+    for argv, message in cases:
+        assert main(["--quiet", *argv]) == 2, argv
+        assert message in capsys.readouterr().err, argv
+
+
+def test_yaml_config_sections_are_checked(tmp_path, labelled_folder, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model:\n  tokenizer: mulaw8\noptimizer:\n  lr: 1\n")
+    argv = ["--quiet", "train", "--data", str(labelled_folder), "--out", str(tmp_path / "y"), "--config", str(config)]
+    assert main(argv) == 2
+    assert "unknown section(s) ['optimizer']" in capsys.readouterr().err
