@@ -1,0 +1,107 @@
+"""The Gradio demo: its handlers on tiny models, bad inputs, and the page driven through gradio_client."""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+import gradio_client  # noqa: E402
+
+from mamba_audio.models import ClassifierConfig, LMConfig, SaShiMiClassifier, SaShiMiLM, backbone_preset  # noqa: E402
+
+SAMPLE_RATE = 8000
+CLASSES = ["low", "high"]
+
+
+@pytest.fixture(scope="module")
+def app():
+    path = Path(__file__).resolve().parents[1] / "demo" / "app.py"
+    spec = importlib.util.spec_from_file_location("demo_app", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    lm = SaShiMiLM(LMConfig(backbone=backbone_preset("tiny", n_layers=1), sample_rate=SAMPLE_RATE,
+                            num_classes=2, class_names=CLASSES))
+    clf = SaShiMiClassifier(ClassifierConfig(backbone=backbone_preset("tiny", n_layers=1, bidirectional=True),
+                                             sample_rate=SAMPLE_RATE, num_classes=2, class_names=CLASSES))
+    return [str(lm.save_pretrained(root / "lm")), str(clf.save_pretrained(root / "clf"))]
+
+
+@pytest.fixture
+def tone(tmp_path):
+    path = tmp_path / "tone.wav"
+    t = np.arange(SAMPLE_RATE // 4) / SAMPLE_RATE
+    sf.write(path, 0.5 * np.sin(2 * np.pi * 440 * t), SAMPLE_RATE)
+    return str(path)
+
+
+def test_models_are_sorted_by_kind(app, checkpoints):
+    models = app.load_models(checkpoints)
+    assert list(models["generator"]) == [checkpoints[0]]
+    assert list(models["classifier"]) == [checkpoints[1]]
+
+
+def test_generate_gives_audio_of_the_asked_length_and_a_picture(app, checkpoints, tone):
+    lm = app.load_models(checkpoints)["generator"][checkpoints[0]]
+    (rate, audio), picture = app.generate(lm, 0.05, "high", None, 1.0, 0.9, 3)
+    assert rate == SAMPLE_RATE and audio.dtype == np.int16 and audio.shape == (400,)
+    assert picture.shape == (2 * app.PICTURE_HEIGHT, app.PICTURE_WIDTH, 3) and picture.dtype == np.uint8
+    again = app.generate(lm, 0.05, "high", None, 1.0, 0.9, 3)[0][1]
+    np.testing.assert_array_equal(audio, again)  # seeded
+    (_, continued), _ = app.generate(lm, 0.05, "low", tone, 1.0, 1.0, 0)
+    assert continued.shape == (SAMPLE_RATE // 4 + 400,)  # the prompt, then the continuation
+
+
+def test_classify_gives_probabilities_per_class(app, checkpoints, tone):
+    clf = app.load_models(checkpoints)["classifier"][checkpoints[1]]
+    labels, picture = app.classify(clf, tone)
+    assert set(labels) == set(CLASSES) and abs(sum(labels.values()) - 1) < 1e-5
+    assert picture.shape[-1] == 3
+
+
+def test_bad_inputs_get_clear_messages(app, checkpoints, tmp_path):
+    models = app.load_models(checkpoints)
+    lm, clf = models["generator"][checkpoints[0]], models["classifier"][checkpoints[1]]
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF but not really a wav file")
+    with pytest.raises(gr.Error, match="upload or record"):
+        app.classify(clf, None)
+    with pytest.raises(gr.Error, match="corrupt.wav"):
+        app.classify(clf, str(corrupt))
+    with pytest.raises(gr.Error, match="class-conditional"):
+        app.generate(lm, 0.1, "unknown", None, 1.0, 1.0, 0)
+    with pytest.raises(gr.Error, match="seconds"):
+        app.generate(lm, 60.0, "low", None, 1.0, 1.0, 0)
+
+
+def test_main_without_checkpoints_says_what_to_do(app, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert app.main([]) == 2
+    assert "make run" in capsys.readouterr().err
+
+
+def test_page_answers_gradio_client(app, checkpoints, tone):
+    demo = app.build_demo(app.load_models(checkpoints))
+    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        client = gradio_client.Client(demo.local_url, verbose=False)
+        audio_path, _ = client.predict(checkpoints[0], 0.1, "low", None, 1.0, 1.0, 0, api_name="/generate")
+        samples, rate = sf.read(audio_path)
+        assert rate == SAMPLE_RATE and len(samples) == 800
+        labels, _ = client.predict(checkpoints[1], gradio_client.handle_file(tone), api_name="/classify")
+        assert {c["label"] for c in labels["confidences"]} == set(CLASSES)
+    finally:
+        demo.close()
