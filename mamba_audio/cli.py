@@ -1,4 +1,4 @@
-"""The ``mamba-audio`` command: train, generate, classify, info, quickstart."""
+"""The ``mamba-audio`` command: corpus, train, generate, classify, info, quickstart."""
 
 from __future__ import annotations
 
@@ -12,21 +12,17 @@ from mamba_audio.configs import ConfigError, apply_overrides, from_dict, load_ya
 
 # -- building configs from a preset, a YAML file and overrides -------------------------------------
 def build_configs(args, num_classes: int, class_names: list[str]):
-    """(model config, TrainConfig) from --preset, then --config YAML, then --set overrides, then flags."""
+    """(model config, TrainConfig) from --preset, then the --config YAML, then flags, then --set overrides."""
     from mamba_audio.models import ClassifierConfig, LMConfig, backbone_preset
     from mamba_audio.training import TrainConfig
 
     classify = args.task == "classify"
     backbone = backbone_preset(args.preset, bidirectional=classify)
     model_cls = ClassifierConfig if classify else LMConfig
-    model = {"backbone": to_dict(backbone), "tokenizer": args.tokenizer, "sample_rate": args.sample_rate}
+    model = {"backbone": to_dict(backbone)}
     if classify or args.conditional:
         model.update(num_classes=num_classes, class_names=class_names)
-    train = to_dict(TrainConfig())
-    for key in ("steps", "batch_size", "lr", "eval_every", "save_every", "seed", "device"):
-        if getattr(args, key) is not None:
-            train[key] = getattr(args, key)
-    data = {"model": model, "train": train}
+    data = {"model": model, "train": to_dict(TrainConfig())}
     if args.config:
         file_data = load_yaml(args.config)
         unknown = set(file_data) - {"model", "train"}
@@ -34,6 +30,12 @@ def build_configs(args, num_classes: int, class_names: list[str]):
             raise ConfigError(f"{args.config}: unknown section(s) {sorted(unknown)}; expected 'model' and 'train'")
         for section in ("model", "train"):
             _merge(data[section], file_data.get(section) or {})
+    for key in ("tokenizer", "sample_rate"):
+        if getattr(args, key) is not None:
+            data["model"][key] = getattr(args, key)
+    for key in ("steps", "batch_size", "lr", "eval_every", "save_every", "seed", "device"):
+        if getattr(args, key) is not None:
+            data["train"][key] = getattr(args, key)
     apply_overrides(data, args.set or [])
     return from_dict(model_cls, data["model"], "model"), from_dict(TrainConfig, data["train"], "train")
 
@@ -46,7 +48,7 @@ def _merge(base: dict, update: dict) -> None:
             base[key] = value
 
 
-def _loaders(args, tokenizer, segment: int, batch_size: int, labels: bool, seed: int):
+def _loaders(args, sample_rate: int, tokenizer, segment: int, batch_size: int, labels: bool, seed: int):
     import torch
     from torch.utils.data import DataLoader
 
@@ -54,7 +56,7 @@ def _loaders(args, tokenizer, segment: int, batch_size: int, labels: bool, seed:
 
     def split(name, shuffle):
         generator = torch.Generator().manual_seed(seed)
-        dataset = AudioFolder(args.data, args.sample_rate, split=name, labels=labels, segment_samples=segment,
+        dataset = AudioFolder(args.data, sample_rate, split=name, labels=labels, segment_samples=segment,
                               tokenizer=tokenizer, mix_to_mono=args.mix_to_mono, random_crop=shuffle,
                               generator=generator)
         return dataset, DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_audio,
@@ -75,12 +77,12 @@ def cmd_train(args) -> dict:
     from mamba_audio.training import ClassificationTask, LMTask, Trainer
 
     classify = args.task == "classify"
-    probe = AudioFolder(args.data, args.sample_rate, labels=classify or args.conditional)
+    probe = AudioFolder(args.data, args.sample_rate or 16000, labels=classify or args.conditional)
     class_names = list(getattr(probe, "classes", []) or [])
     model_config, train_config = build_configs(args, len(class_names), class_names)
     tokenizer = build_tokenizer(model_config.tokenizer)
     segment = int(round(args.segment_seconds * model_config.sample_rate))
-    _, train_loader, eval_loader = _loaders(args, tokenizer, segment, train_config.batch_size,
+    _, train_loader, eval_loader = _loaders(args, model_config.sample_rate, tokenizer, segment, train_config.batch_size,
                                             classify or args.conditional, train_config.seed)
     model = SaShiMiClassifier(model_config) if classify else SaShiMiLM(model_config)
     print(f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
@@ -165,6 +167,17 @@ def cmd_info(args) -> dict:
     return info
 
 
+def cmd_corpus(args) -> Path:
+    from mamba_audio.data import DIGITS, build_spoken_digits
+
+    words = tuple(w.strip() for w in args.words.split(",")) if args.words else DIGITS
+    root = build_spoken_digits(args.out, words=words, per_word=args.per_word, sample_rate=args.sample_rate,
+                               seconds=args.seconds, seed=args.seed, snr_db=(args.snr_low, args.snr_high),
+                               workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"corpus: {root}")
+    return root
+
+
 def cmd_quickstart(args) -> dict:
     """The main job: build a spoken-digit corpus, train a tiny SaShiMi-Mamba, report NLL, write a sample."""
     from mamba_audio.data import DIGITS, build_spoken_digits
@@ -207,13 +220,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser("corpus", help="build an offline corpus (spoken words synthesized with espeak-ng)")
+    p.add_argument("kind", choices=["spoken-digits"], help="which corpus to build")
+    p.add_argument("--out", required=True, help="corpus folder (Speech Commands layout)")
+    p.add_argument("--words", help="comma-separated words to speak (default: the ten digits)")
+    p.add_argument("--per-word", type=int, default=30, help="clips per word")
+    p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--seconds", type=float, default=1.0, help="length of every clip")
+    p.add_argument("--snr-low", type=float, default=20.0, help="lowest speech-to-noise ratio, dB")
+    p.add_argument("--snr-high", type=float, default=40.0, help="highest speech-to-noise ratio, dB")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="espeak-ng processes at once")
+    p.add_argument("--overwrite", action="store_true", help="rebuild a corpus made with other arguments")
+    p.set_defaults(func=cmd_corpus)
+
     p = sub.add_parser("train", help="train a generator (lm) or a classifier on a folder of audio")
     p.add_argument("--task", choices=["lm", "classify"], default="lm")
     p.add_argument("--data", required=True, help="folder of audio; labels from sub-folder names")
     p.add_argument("--out", required=True, help="output folder: checkpoint/, metrics.jsonl")
     p.add_argument("--preset", default="tiny", help="backbone preset: tiny, sc09-6m, sc09-24m")
-    p.add_argument("--tokenizer", default="mulaw8", help="mulaw8 or linear8")
-    p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--tokenizer", help="mulaw8 (default) or linear8")
+    p.add_argument("--sample-rate", type=int, help="Hz (default 16000); files at other rates are resampled")
     p.add_argument("--segment-seconds", type=float, default=1.0, help="crop or pad every clip to this length")
     p.add_argument("--conditional", action="store_true", help="class-conditional generator (labels from folders)")
     p.add_argument("--config", help="YAML file with 'model' and 'train' sections")

@@ -1,6 +1,7 @@
 """The mamba-audio command on a small folder of audio: train, generate, classify, info, and its errors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,3 +105,31 @@ def test_yaml_config_sections_are_checked(tmp_path, labelled_folder, capsys):
     argv = ["--quiet", "train", "--data", str(labelled_folder), "--out", str(tmp_path / "y"), "--config", str(config)]
     assert main(argv) == 2
     assert "unknown section(s) ['optimizer']" in capsys.readouterr().err
+
+
+def test_corpus_command_builds_the_speech_commands_layout(tmp_path, capsys):
+    out = tmp_path / "corpus"
+    argv = ["--quiet", "corpus", "spoken-digits", "--out", str(out), "--words", "yes,no", "--per-word", "3",
+            "--sample-rate", str(RATE), "--seconds", "0.5"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["no", "yes"]
+    assert len(list(out.glob("*/*.wav"))) == 6
+    assert main(argv) == 0  # idempotent: the same arguments build nothing new
+    assert main([*argv[:-1], "0.25"]) == 2
+    assert "built with other arguments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task, config", [("lm", "lm.yaml"), ("classify", "classify.yaml")])
+def test_recipe_configs_train_and_flags_win_over_the_file(tmp_path, labelled_folder, task, config):
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "spoken_digits" / config
+    out = tmp_path / task
+    argv = ["--quiet", "train", "--task", task, "--data", str(labelled_folder), "--out", str(out),
+            "--config", str(recipe), "--segment-seconds", "0.25", "--steps", "2", "--batch-size", "2",
+            "--set", "model.backbone.n_layers=1"]
+    if task == "lm":
+        argv.append("--conditional")
+    assert main(argv) == 0
+    saved = json.loads((out / "checkpoint" / "config.json").read_text())
+    assert saved["step"] == 2  # --steps beat the file's steps
+    assert saved["config"]["sample_rate"] == RATE  # from the recipe file
+    assert saved["config"]["class_names"] == ["high", "low"]
