@@ -33,7 +33,8 @@ def build_configs(args, num_classes: int, class_names: list[str]):
     for key in ("tokenizer", "sample_rate"):
         if getattr(args, key) is not None:
             data["model"][key] = getattr(args, key)
-    for key in ("steps", "batch_size", "lr", "eval_every", "save_every", "seed", "device"):
+    for key in ("steps", "batch_size", "grad_accum_steps", "lr", "ema_decay", "eval_every", "save_every", "seed",
+                "device"):
         if getattr(args, key) is not None:
             data["train"][key] = getattr(args, key)
     apply_overrides(data, args.set or [])
@@ -48,30 +49,29 @@ def _merge(base: dict, update: dict) -> None:
             base[key] = value
 
 
-def _loaders(args, sample_rate: int, tokenizer, segment: int, batch_size: int, labels: bool, seed: int):
+def _datasets(args, sample_rate: int, tokenizer, segment: int, labels: bool, seed: int):
+    """(train, evaluation or None): the test split when the folder has one, else validation, else none."""
     import torch
-    from torch.utils.data import DataLoader
 
-    from mamba_audio.data import AudioFolder, collate_audio
+    from mamba_audio.data import AudioFolder
 
-    def split(name, shuffle):
-        generator = torch.Generator().manual_seed(seed)
-        dataset = AudioFolder(args.data, sample_rate, split=name, labels=labels, segment_samples=segment,
-                              tokenizer=tokenizer, mix_to_mono=args.mix_to_mono, random_crop=shuffle,
-                              generator=generator)
-        return dataset, DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_audio,
-                                   generator=generator, drop_last=shuffle and len(dataset) >= batch_size)
+    def split(name, train):
+        return AudioFolder(args.data, sample_rate, split=name, labels=labels, segment_samples=segment,
+                           tokenizer=tokenizer, mix_to_mono=args.mix_to_mono, random_crop=train,
+                           generator=torch.Generator().manual_seed(seed) if train else None)
 
-    train_set, train_loader = split("train", True)
-    eval_name = "test" if (Path(args.data) / "testing_list.txt").is_file() else "validation"
-    if not (Path(args.data) / "validation_list.txt").is_file() and eval_name == "validation":
-        return train_set, train_loader, None
-    return train_set, train_loader, split(eval_name, False)[1]
+    root = Path(args.data)
+    for name, listing in (("test", "testing_list.txt"), ("validation", "validation_list.txt")):
+        if (root / listing).is_file():
+            return split("train", True), split(name, False)
+    return split("train", True), None
 
 
 # -- subcommands -----------------------------------------------------------------------------------
 def cmd_train(args) -> dict:
-    from mamba_audio.data import AudioFolder
+    import torch
+
+    from mamba_audio.data import AudioFolder, collate_audio
     from mamba_audio.models import SaShiMiClassifier, SaShiMiLM
     from mamba_audio.tokenizers import build_tokenizer
     from mamba_audio.training import ClassificationTask, LMTask, Trainer
@@ -82,18 +82,34 @@ def cmd_train(args) -> dict:
     model_config, train_config = build_configs(args, len(class_names), class_names)
     tokenizer = build_tokenizer(model_config.tokenizer)
     segment = int(round(args.segment_seconds * model_config.sample_rate))
-    _, train_loader, eval_loader = _loaders(args, model_config.sample_rate, tokenizer, segment, train_config.batch_size,
-                                            classify or args.conditional, train_config.seed)
+    train_set, eval_set = _datasets(args, model_config.sample_rate, tokenizer, segment,
+                                    classify or args.conditional, train_config.seed)
+    torch.manual_seed(train_config.seed)  # the same initial weights on every process
     model = SaShiMiClassifier(model_config) if classify else SaShiMiLM(model_config)
-    print(f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
-          f"training {train_config.steps} steps on {args.data}")
     trainer = Trainer(model, ClassificationTask() if classify else LMTask(), train_config, args.out,
-                      progress=not args.quiet)
-    metrics = trainer.fit(train_loader, eval_loader)
+                      progress=not args.quiet, collate_fn=collate_audio)
+    if trainer.is_main:
+        print(f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
+              f"training {train_config.steps} steps on {args.data} ({trainer.world_size} process(es), "
+              f"{trainer.device})")
+    metrics = trainer.fit(train_set, eval_set, resume=args.resume)
+    if not trainer.is_main:
+        return metrics
     print(f"checkpoint: {Path(args.out) / 'checkpoint'}")
     if metrics:
-        print("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        print("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+        if "confusion" in metrics:
+            print(_confusion_table(metrics["confusion"], model.class_names))
     return metrics
+
+
+def _confusion_table(confusion: list[list[int]], names: list[str]) -> str:
+    """Rows: true class; columns: predicted class."""
+    width = max(5, *(len(n) for n in names))
+    lines = ["confusion (rows: true, columns: predicted)", " " * width + " " + " ".join(f"{n[:5]:>5}" for n in names)]
+    for name, row in zip(names, confusion):
+        lines.append(f"{name:>{width}} " + " ".join(f"{count:>5}" for count in row))
+    return "\n".join(lines)
 
 
 def cmd_generate(args) -> list[Path]:
@@ -194,8 +210,8 @@ def cmd_quickstart(args) -> dict:
         task="lm", data=str(corpus), out=str(out / "lm"), preset="tiny", tokenizer="mulaw8",
         sample_rate=args.sample_rate, segment_seconds=args.segment_seconds, conditional=False, config=None,
         set=["model.backbone.n_layers=1", f"train.warmup_steps={max(1, args.steps // 10)}"],
-        steps=args.steps, batch_size=8, lr=3e-3, eval_every=args.steps,
-        save_every=args.steps, seed=args.seed, device="cpu", mix_to_mono=False, quiet=args.quiet,
+        steps=args.steps, batch_size=8, grad_accum_steps=None, lr=3e-3, ema_decay=None, eval_every=args.steps,
+        save_every=args.steps, seed=args.seed, device="cpu", mix_to_mono=False, quiet=args.quiet, resume=False,
     )
     metrics = cmd_train(train_args)
     gen_args = argparse.Namespace(
@@ -245,9 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditional", action="store_true", help="class-conditional generator (labels from folders)")
     p.add_argument("--config", help="YAML file with 'model' and 'train' sections")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3")
-    for flag, typ in (("--steps", int), ("--batch-size", int), ("--lr", float), ("--eval-every", int),
-                      ("--save-every", int), ("--seed", int)):
+    for flag, typ in (("--steps", int), ("--batch-size", int), ("--grad-accum-steps", int), ("--lr", float),
+                      ("--ema-decay", float), ("--eval-every", int), ("--save-every", int), ("--seed", int)):
         p.add_argument(flag, type=typ)
+    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/trainer_state if present")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--mix-to-mono", action="store_true", help="average multichannel files instead of refusing them")
     p.set_defaults(func=cmd_train)

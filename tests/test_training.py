@@ -1,0 +1,176 @@
+"""The training loop: exact resume, gradient accumulation, EMA, logs, classification metrics, torchrun."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from mamba_audio.models import ClassifierConfig, LMConfig, SaShiMiClassifier, SaShiMiLM, backbone_preset
+from mamba_audio.training import ClassificationTask, LMTask, ResumableSampler, ResumeError, TrainConfig, Trainer
+
+
+class TokenClips(Dataset):
+    """Random token clips with labels; with ``generator``, a random crop of each, like AudioFolder's."""
+
+    def __init__(self, count=24, length=48, crop=None, generator=None, classes=2):
+        g = torch.Generator().manual_seed(1)
+        self.tokens = torch.randint(0, 256, (count, length), generator=g)
+        self.labels = torch.arange(count) % classes
+        self.crop, self.generator = crop, generator
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def __getitem__(self, i):
+        tokens = self.tokens[i]
+        if self.crop is not None:
+            start = int(torch.randint(0, len(tokens) - self.crop + 1, (1,), generator=self.generator))
+            tokens = tokens[start:start + self.crop]
+        return {"tokens": tokens, "label": self.labels[i]}
+
+
+def tiny_lm():
+    torch.manual_seed(0)
+    return SaShiMiLM(LMConfig(backbone=backbone_preset("tiny", n_layers=1, d_model=16)))
+
+
+def config(**overrides):
+    base = dict(steps=6, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=3, save_every=3, log_every=1,
+                device="cpu", tensorboard=False)
+    return TrainConfig(**{**base, **overrides})
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+class Preempted(Exception):
+    pass
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    """A run killed right after its step-3 checkpoint and resumed ends bitwise where an uninterrupted
+    run ends (data order, random crops, optimizer, schedule and EMA all restored)."""
+    options = dict(grad_accum_steps=2, ema_decay=0.9)
+    data = lambda: TokenClips(crop=32, generator=torch.Generator())  # noqa: E731
+
+    whole = Trainer(tiny_lm(), LMTask(), config(**options), tmp_path / "whole", progress=False)
+    whole.fit(data(), TokenClips(count=8))
+
+    first = Trainer(tiny_lm(), LMTask(), config(**options), tmp_path / "split", progress=False)
+    save = first.save
+
+    def save_then_die():
+        save()
+        raise Preempted
+
+    monkeypatch.setattr(first, "save", save_then_die)
+    with pytest.raises(Preempted):
+        first.fit(data(), TokenClips(count=8))
+    assert first.step == 3
+    second = Trainer(tiny_lm(), LMTask(), config(**options), tmp_path / "split", progress=False)
+    second.fit(data(), TokenClips(count=8), resume=True)
+
+    assert second.step == 6
+    for key, value in weights(whole.model).items():
+        torch.testing.assert_close(second.model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    for key in whole.ema:
+        torch.testing.assert_close(second.ema[key], whole.ema[key], rtol=0, atol=0)
+    # the inference checkpoint holds the EMA weights, not the raw ones
+    saved = SaShiMiLM.from_pretrained(tmp_path / "whole" / "checkpoint")
+    torch.testing.assert_close(saved.head.weight, whole.ema["head.weight"])
+    assert not torch.equal(saved.head.weight, whole.model.head.weight)
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    Trainer(tiny_lm(), LMTask(), config(steps=3), tmp_path, progress=False).fit(TokenClips())
+    trainer = Trainer(tiny_lm(), LMTask(), config(batch_size=2), tmp_path, progress=False)
+    with pytest.raises(ResumeError, match="batch_size=4, now 2"):
+        trainer.fit(TokenClips(), resume=True)
+
+
+def test_gradient_accumulation_matches_a_bigger_batch(tmp_path):
+    """Two micro-batches of 2 give the optimizer the gradient of one batch of 4 (the same clips)."""
+
+    def first_gradient(out, **options):
+        trainer = Trainer(tiny_lm(), LMTask(), config(steps=1, grad_clip=0, **options), tmp_path / out,
+                          progress=False)
+        seen, step = [], trainer.optimizer.step
+        trainer.optimizer.step = lambda: (seen.extend(p.grad.clone() for p in trainer.model.parameters()), step())
+        trainer.fit(TokenClips())
+        return seen
+
+    big = first_gradient("a", batch_size=4)
+    accumulated = first_gradient("b", batch_size=2, grad_accum_steps=2)
+    assert len(big) == len(accumulated) > 0
+    for a, b in zip(accumulated, big):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_logs_and_tensorboard(tmp_path):
+    Trainer(tiny_lm(), LMTask(), config(tensorboard=True), tmp_path, progress=False).fit(TokenClips(), TokenClips(8))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+    evals = [r for r in records if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [3, 6] and 0 < evals[-1]["nll_bits"] < 9
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "trainer_state" / "state.json").is_file()
+
+
+def test_classifier_metrics_include_a_confusion_matrix(tmp_path):
+    torch.manual_seed(0)
+    model = SaShiMiClassifier(ClassifierConfig(backbone=backbone_preset("tiny", n_layers=1, d_model=16,
+                                                                        bidirectional=True), num_classes=3))
+    metrics = Trainer(model, ClassificationTask(), config(steps=2), tmp_path, progress=False).fit(
+        TokenClips(classes=3), TokenClips(count=9, classes=3))
+    confusion = torch.tensor(metrics["confusion"])
+    assert confusion.shape == (3, 3) and confusion.sum() == 9
+    assert confusion.sum(1).tolist() == [3, 3, 3]  # rows are the true classes
+    assert metrics["accuracy"] == pytest.approx(float(confusion.diag().sum()) / 9)
+
+
+def test_sampler_shards_cover_the_epoch_once_and_resume_mid_epoch():
+    shards = [list(ResumableSampler(10, shuffle=True, seed=3, rank=r, world_size=2)) for r in range(2)]
+    assert sorted(shards[0] + shards[1]) == list(range(10))
+    sampler = ResumableSampler(10, shuffle=True, seed=3)
+    full = list(sampler)
+    sampler.skip = 4
+    assert list(sampler) == full[4:] and list(sampler) == full  # the skip applies once
+    sampler.set_epoch(1)
+    assert list(sampler) != full and sorted(sampler) == list(range(10))
+
+
+def test_torchrun_two_processes_match_one_with_the_whole_batch(tmp_path):
+    """DDP on CPU (gloo): 2 processes with batch 2 each take the same steps as 1 process with batch 4."""
+    script = tmp_path / "train.py"
+    script.write_text(f"""
+import sys, torch
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_training import TokenClips, tiny_lm, config
+from mamba_audio.training import LMTask, Trainer
+trainer = Trainer(tiny_lm(), LMTask(), config(steps=3, batch_size=int(sys.argv[2])), sys.argv[1], progress=False)
+metrics = trainer.fit(TokenClips(), TokenClips(count=8))
+if trainer.is_main:
+    torch.save(trainer.model.state_dict(), sys.argv[1] + "/final.pt")
+    print("eval", metrics["nll_bits"], "world", trainer.world_size)
+""")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    two = subprocess.run([*torchrun, str(script), str(tmp_path / "two"), "2"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "4"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "world 2" in two.stdout and "world 1" in one.stdout
+    a, b = torch.load(tmp_path / "two" / "final.pt"), torch.load(tmp_path / "one" / "final.pt")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    eval_two = float(two.stdout.split("eval ")[1].split()[0])
+    eval_one = float(one.stdout.split("eval ")[1].split()[0])
+    assert eval_two == pytest.approx(eval_one, rel=1e-4)  # the eval shards add up to the whole split
