@@ -10,6 +10,11 @@ Backends of ``selective_scan``:
     "triton"     Triton kernels, forward and backward (CUDA training); registered
                  when triton is installed, imported on first use
     "auto"       the fastest backend available for the inputs' device
+
+Backends of ``mamba_step`` (one fused conv + SSM step of a Mamba mixer for a batch
+of streams, see ``selective_scan.step_ref``): "reference" (PyTorch, the CPU
+default) and "triton" (one launch per step, the CUDA default; complex A falls
+back to the reference).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from .selective_scan import (
     selective_scan_ref,
     selective_state_update_ref,
 )
+from .selective_scan.step_ref import mamba_step_ref
 
 _SCAN_BACKENDS: dict[str, Callable] = {
     "reference": selective_scan_ref,
@@ -48,6 +54,30 @@ if importlib.util.find_spec("triton") is not None:
 _STEP_BACKENDS: dict[str, Callable] = {
     "reference": selective_state_update_ref,
 }
+
+
+_MAMBA_STEP_BACKENDS: dict[str, Callable] = {
+    "reference": mamba_step_ref,
+}
+
+
+def _mamba_step_triton(x, z, conv_state, ssm_state, conv_weight, conv_bias, A, D=None, dt_bias=None,
+                       x_proj_weight=None, dt_proj_weight=None, B=None, C=None, dt_softplus=True):
+    """The Triton fused step, imported lazily; the reference for complex A."""
+    from .selective_scan.triton_step import mamba_step_triton, supports
+
+    fn = mamba_step_triton if supports(A) else mamba_step_ref
+    return fn(x, z, conv_state, ssm_state, conv_weight, conv_bias, A, D, dt_bias, x_proj_weight, dt_proj_weight,
+              B, C, dt_softplus)
+
+
+if importlib.util.find_spec("triton") is not None:
+    _MAMBA_STEP_BACKENDS["triton"] = _mamba_step_triton
+
+
+def step_backends() -> list[str]:
+    """Names accepted by ``mamba_step(..., backend=...)``."""
+    return ["auto", *_MAMBA_STEP_BACKENDS]
 
 
 def scan_backends() -> list[str]:
@@ -99,9 +129,25 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     return fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
 
+def mamba_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, A, D=None, dt_bias=None,
+               x_proj_weight=None, dt_proj_weight=None, B=None, C=None, dt_softplus: bool = True,
+               backend: str = "auto"):
+    """One fused Mamba step (conv, projections, state update, D skip, z gate) for a batch of streams.
+
+    x, z (B, E); updates conv_state (B, E, W) and ssm_state (B, E, N) in place; returns y (B, E)
+    in x.dtype. See ``selective_scan.step_ref`` for the math and every shape.
+    """
+    fn = _resolve(backend, _MAMBA_STEP_BACKENDS, x)
+    return fn(x, z, conv_state, ssm_state, conv_weight, conv_bias, A, D, dt_bias, x_proj_weight, dt_proj_weight,
+              B, C, dt_softplus)
+
+
 __all__ = [
     "default_chunk_size",
+    "mamba_step",
+    "mamba_step_ref",
     "scan_backends",
+    "step_backends",
     "selective_scan",
     "selective_scan_chunked",
     "selective_scan_ref",

@@ -1,0 +1,133 @@
+"""PyTorch reference for the fused Mamba step: conv step, projections, selective state update.
+
+One time step of a batch of streams through the core of a Mamba mixer, between
+its in-projection and its out-projection. With E channels, a conv of width W,
+N states and R the rank of delta's projection:
+
+    window  = [conv_state[:, :, 1:], x]                   conv_state (B, E, W) <- window
+    xc      = silu(sum_w window * conv_weight + conv_bias)                      (B, E)
+    selective (x_proj_weight given):
+        dt_low, B, C = split(xc @ x_proj_weight.T, [R, N, N])   (2N each for complex A,
+                                                                 as (real, imag) pairs)
+        dt      = dt_low @ dt_proj_weight.T                                     (B, E)
+    time-invariant (B, C given as (E, N)):
+        dt      = 0
+    delta   = softplus(dt + dt_bias)
+    h       = exp(delta A) h + delta B xc                      ssm_state (B, E, N) <- h
+    y       = (C h + D xc) * silu(z)                                            (B, E)
+
+Shapes and dtypes:
+
+    x, z              (B, E)        float32 / bfloat16 / float16
+    conv_state        (B, E, W)     any float dtype; x is rounded to it when stored
+    ssm_state         (B, E, N)     float32 (complex64 for complex A)
+    conv_weight       (E, W)
+    conv_bias, D, dt_bias (E,)
+    A                 (E, N)        float32 real, or complex64
+    x_proj_weight     (R + 2N, E)   (R + 4N, E) for complex A
+    dt_proj_weight    (E, R)
+    B, C              (E, N)        time-invariant, instead of the two projections
+
+Arithmetic is float32 (complex64 for the states of a complex A); y comes back
+in x.dtype. The state update itself is ``selective_state_update_ref``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .naive import selective_state_update_ref
+
+Tensor = torch.Tensor
+
+
+def check_step_inputs(x, z, conv_state, ssm_state, conv_weight, conv_bias, A, D, dt_bias,
+                      x_proj_weight, dt_proj_weight, B, C) -> None:
+    """Raise ValueError naming the first argument whose shape does not fit the others."""
+    if x.dim() != 2:
+        raise ValueError(f"x must be (batch, channels), got shape {tuple(x.shape)}")
+    batch, dim = x.shape
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"A must be (channels={dim}, N), got {tuple(A.shape)}")
+    n = A.shape[1]
+    if conv_weight.dim() != 2 or conv_weight.shape[0] != dim:
+        raise ValueError(f"conv_weight must be (channels={dim}, width), got {tuple(conv_weight.shape)}")
+    width = conv_weight.shape[1]
+    if conv_state.shape != (batch, dim, width):
+        raise ValueError(f"conv_state must be (batch, channels, width)=({batch}, {dim}, {width}), "
+                         f"got {tuple(conv_state.shape)}")
+    if ssm_state.shape != (batch, dim, n):
+        raise ValueError(f"ssm_state must be (batch, channels, N)=({batch}, {dim}, {n}), got {tuple(ssm_state.shape)}")
+    if ssm_state.dtype != (torch.complex64 if A.is_complex() else torch.float32):
+        raise ValueError(f"ssm_state must be float32 (complex64 for complex A), got {ssm_state.dtype}")
+    if z is not None and z.shape != x.shape:
+        raise ValueError(f"z must match x {tuple(x.shape)}, got {tuple(z.shape)}")
+    for name, X in (("conv_bias", conv_bias), ("D", D), ("dt_bias", dt_bias)):
+        if X is not None and X.shape != (dim,):
+            raise ValueError(f"{name} must be (channels,)=({dim},), got {tuple(X.shape)}")
+    if (x_proj_weight is None) == (B is None and C is None):
+        raise ValueError("give either x_proj_weight and dt_proj_weight (selective) or B and C (time-invariant)")
+    if x_proj_weight is not None:
+        if dt_proj_weight is None or dt_proj_weight.dim() != 2 or dt_proj_weight.shape[0] != dim:
+            shape = None if dt_proj_weight is None else tuple(dt_proj_weight.shape)
+            raise ValueError(f"dt_proj_weight must be (channels={dim}, rank), got {shape}")
+        rank = dt_proj_weight.shape[1]
+        rows = rank + (4 if A.is_complex() else 2) * n
+        if x_proj_weight.shape != (rows, dim):
+            raise ValueError(f"x_proj_weight must be (rank + {'4' if A.is_complex() else '2'}N, channels)="
+                             f"({rows}, {dim}), got {tuple(x_proj_weight.shape)}")
+    else:
+        for name, X in (("B", B), ("C", C)):
+            if X is None or X.shape != (dim, n):
+                raise ValueError(f"{name} must be (channels, N)=({dim}, {n}), got {None if X is None else tuple(X.shape)}")
+
+
+def conv_step_ref(x: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: Tensor | None = None) -> Tensor:
+    """Shift ``x`` (B, E) into ``conv_state`` (B, E, W) in place; return silu(causal conv) (B, E) float32."""
+    conv_state.copy_(torch.cat([conv_state[:, :, 1:], x[:, :, None].to(conv_state.dtype)], dim=-1))
+    out = (conv_state.float() * conv_weight.float()).sum(-1)
+    if conv_bias is not None:
+        out = out + conv_bias.float()
+    return F.silu(out)
+
+
+def _pairs_to_complex(x: Tensor) -> Tensor:
+    """(..., 2N) as (real, imag) pairs -> (..., N) complex64."""
+    return torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())
+
+
+def mamba_step_ref(
+    x: Tensor,
+    z: Tensor | None,
+    conv_state: Tensor,
+    ssm_state: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    A: Tensor,
+    D: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    x_proj_weight: Tensor | None = None,
+    dt_proj_weight: Tensor | None = None,
+    B: Tensor | None = None,
+    C: Tensor | None = None,
+    dt_softplus: bool = True,
+) -> Tensor:
+    """One fused Mamba step (see the module docstring); updates both states in place, returns y (B, E) in x.dtype."""
+    check_step_inputs(x, z, conv_state, ssm_state, conv_weight, conv_bias, A, D, dt_bias,
+                      x_proj_weight, dt_proj_weight, B, C)
+    batch, dim = x.shape
+    xc = conv_step_ref(x, conv_state, conv_weight, conv_bias)
+    if x_proj_weight is not None:
+        rank = dt_proj_weight.shape[1]
+        n_bc = (x_proj_weight.shape[0] - rank) // 2
+        dt_low, B_t, C_t = torch.split(xc @ x_proj_weight.float().t(), [rank, n_bc, n_bc], dim=-1)
+        dt = dt_low @ dt_proj_weight.float().t()
+        if A.is_complex():
+            B_t, C_t = _pairs_to_complex(B_t), _pairs_to_complex(C_t)
+    else:
+        # per-channel B and C are the grouped case with one group per channel
+        dt = xc.new_zeros(batch, dim)
+        B_t, C_t = B.expand(batch, *B.shape), C.expand(batch, *C.shape)
+    y = selective_state_update_ref(ssm_state, xc, dt, A, B_t, C_t, D, z, dt_bias, dt_softplus)
+    return y.to(x.dtype)

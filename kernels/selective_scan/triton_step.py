@@ -1,0 +1,214 @@
+"""Triton kernel for the fused Mamba step: one time step of a batch of streams in one launch.
+
+Same function as ``step_ref.mamba_step_ref`` for real A (see there for the math
+and shapes): conv-state shift, causal depthwise conv (+ bias), silu; for the
+selective SSM the x- and dt-projections of the conv output; delta's bias and
+softplus; h = exp(delta A) h + delta B xc; y = C h + D xc; gating by silu(z).
+Both states are updated in place; arithmetic is float32 whatever the input dtype.
+
+One program per stream (batch row). delta, B and C of the selective SSM are
+sums over all channels, so a program walks its row's channels twice in tiles of
+BLOCK_E:
+
+  pass 1 (selective only): conv output of each tile, accumulated into
+         x_proj_weight @ xc (the R values of dt_low and the N of B and of C);
+  pass 2: the conv output again (recomputed from the same old window, so the
+         conv state is read before it is written), the new window stored,
+         delta = softplus(dt_proj_weight @ dt_low + dt_bias), the state tile
+         (BLOCK_E x N) updated and contracted with C, D skip, z gate.
+
+The kernel's registers hold one (BLOCK_E x N) state tile and one projection tile
+at a time, so wide mixers (E = 512 in the SC09 model's center stage) need no
+more registers than narrow ones.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .step_ref import check_step_inputs
+
+Tensor = torch.Tensor
+
+
+@triton.jit
+def _softplus(x):
+    """log(1 + exp(x)) with torch's threshold of 20; log1p(e) = log(1 + e) e / ((1 + e) - 1) keeps small e exact."""
+    e = tl.exp(-tl.abs(x))
+    w = 1.0 + e
+    log1p_e = tl.where(w == 1.0, e, tl.log(w) * e / (w - 1.0))
+    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + log1p_e)
+
+
+@triton.jit
+def _conv_window(x_ptr, conv_ptr, convw_ptr, convb_ptr, row, offs_e, mask_e, offs_w, width,
+                 s_xb, s_xe, s_cb, s_ce, s_cw, s_we, s_ww, HAS_CONV_BIAS: tl.constexpr):
+    """The new conv window of a channel tile, (BLOCK_E, BLOCK_W) in the conv state's dtype, and
+    silu(conv) (BLOCK_E,) float32. Column j holds the old column j + 1; the last column holds x."""
+    in_window = offs_w[None, :] < width
+    old = tl.load(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + (offs_w[None, :] + 1) * s_cw,
+                  mask=mask_e[:, None] & (offs_w[None, :] + 1 < width), other=0.0)
+    x = tl.load(x_ptr + row * s_xb + offs_e * s_xe, mask=mask_e, other=0.0).to(conv_ptr.dtype.element_ty)
+    window = tl.where(offs_w[None, :] == width - 1, x[:, None], old)
+    weight = tl.load(convw_ptr + offs_e[:, None] * s_we + offs_w[None, :] * s_ww,
+                     mask=mask_e[:, None] & in_window, other=0.0).to(tl.float32)
+    acc = tl.sum(window.to(tl.float32) * weight, axis=1)
+    if HAS_CONV_BIAS:
+        acc += tl.load(convb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+    return window, acc * tl.sigmoid(acc)  # masked channels: silu(0) = 0, so they add nothing to the sums
+
+
+@triton.jit
+def _mamba_step_kernel(
+    x_ptr, z_ptr, y_ptr, conv_ptr, ssm_ptr, convw_ptr, convb_ptr, A_ptr, D_ptr, dtb_ptr,
+    xproj_ptr, dtproj_ptr, B_ptr, C_ptr,
+    dim, rank, n_state, width,
+    s_xb, s_xe, s_zb, s_ze, s_yb, s_ye,
+    s_cb, s_ce, s_cw, s_hb, s_he, s_hn,
+    s_we, s_ww, s_ae, s_an,
+    s_xpr, s_xpe, s_dpe, s_dpr,
+    s_Be, s_Bn, s_Ce, s_Cn,
+    HAS_Z: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
+    SELECTIVE: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    row = tl.program_id(0)
+    offs_w = tl.arange(0, BLOCK_W)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_n = offs_n < n_state
+    mask_r = offs_r < rank
+
+    # pass 1: the projections of the conv output, summed over channel tiles
+    dt_low = tl.zeros([BLOCK_R], dtype=tl.float32)
+    B_sel = tl.zeros([BLOCK_N], dtype=tl.float32)
+    C_sel = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if SELECTIVE:
+        for e0 in range(0, dim, BLOCK_E):
+            offs_e = e0 + tl.arange(0, BLOCK_E)
+            mask_e = offs_e < dim
+            _, xc = _conv_window(x_ptr, conv_ptr, convw_ptr, convb_ptr, row, offs_e, mask_e, offs_w, width,
+                                 s_xb, s_xe, s_cb, s_ce, s_cw, s_we, s_ww, HAS_CONV_BIAS)
+            cols = offs_e[None, :] * s_xpe
+            w_dt = tl.load(xproj_ptr + offs_r[:, None] * s_xpr + cols, mask=mask_r[:, None] & mask_e[None, :],
+                           other=0.0).to(tl.float32)
+            dt_low += tl.sum(w_dt * xc[None, :], axis=1)
+            w_B = tl.load(xproj_ptr + (rank + offs_n[:, None]) * s_xpr + cols, mask=mask_n[:, None] & mask_e[None, :],
+                          other=0.0).to(tl.float32)
+            B_sel += tl.sum(w_B * xc[None, :], axis=1)
+            w_C = tl.load(xproj_ptr + (rank + n_state + offs_n[:, None]) * s_xpr + cols,
+                          mask=mask_n[:, None] & mask_e[None, :], other=0.0).to(tl.float32)
+            C_sel += tl.sum(w_C * xc[None, :], axis=1)
+
+    # pass 2: conv state, delta, state update and output, tile by tile
+    for e0 in range(0, dim, BLOCK_E):
+        offs_e = e0 + tl.arange(0, BLOCK_E)
+        mask_e = offs_e < dim
+        window, xc = _conv_window(x_ptr, conv_ptr, convw_ptr, convb_ptr, row, offs_e, mask_e, offs_w, width,
+                                  s_xb, s_xe, s_cb, s_ce, s_cw, s_we, s_ww, HAS_CONV_BIAS)
+        # every thread has read the old window before any thread overwrites a neighbouring column
+        tl.debug_barrier()
+        tl.store(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + offs_w[None, :] * s_cw, window,
+                 mask=mask_e[:, None] & (offs_w[None, :] < width))
+
+        if SELECTIVE:
+            w_dt = tl.load(dtproj_ptr + offs_e[:, None] * s_dpe + offs_r[None, :] * s_dpr,
+                           mask=mask_e[:, None] & mask_r[None, :], other=0.0).to(tl.float32)
+            delta = tl.sum(w_dt * dt_low[None, :], axis=1)
+        else:
+            delta = tl.zeros([BLOCK_E], dtype=tl.float32)
+        if HAS_DT_BIAS:
+            delta += tl.load(dtb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+        if DT_SOFTPLUS:
+            delta = _softplus(delta)
+
+        tile = mask_e[:, None] & mask_n[None, :]
+        A = tl.load(A_ptr + offs_e[:, None] * s_ae + offs_n[None, :] * s_an, mask=tile, other=0.0)
+        h_ptrs = ssm_ptr + row * s_hb + offs_e[:, None] * s_he + offs_n[None, :] * s_hn
+        h = tl.load(h_ptrs, mask=tile, other=0.0)
+        if SELECTIVE:
+            B_t = B_sel[None, :]
+            C_t = C_sel[None, :]
+        else:
+            B_t = tl.load(B_ptr + offs_e[:, None] * s_Be + offs_n[None, :] * s_Bn, mask=tile, other=0.0).to(tl.float32)
+            C_t = tl.load(C_ptr + offs_e[:, None] * s_Ce + offs_n[None, :] * s_Cn, mask=tile, other=0.0).to(tl.float32)
+        h = tl.exp(delta[:, None] * A) * h + (delta * xc)[:, None] * B_t
+        tl.store(h_ptrs, h, mask=tile)
+
+        y = tl.sum(h * C_t, axis=1)
+        if HAS_D:
+            y += tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32) * xc
+        if HAS_Z:
+            z = tl.load(z_ptr + row * s_zb + offs_e * s_ze, mask=mask_e, other=0.0).to(tl.float32)
+            y *= z * tl.sigmoid(z)
+        tl.store(y_ptr + row * s_yb + offs_e * s_ye, y.to(y_ptr.dtype.element_ty), mask=mask_e)
+
+
+def supports(A: Tensor) -> bool:
+    """Whether the kernel applies: real A (complex A goes to the reference)."""
+    return not A.is_complex()
+
+
+def mamba_step_triton(
+    x: Tensor,
+    z: Tensor | None,
+    conv_state: Tensor,
+    ssm_state: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    A: Tensor,
+    D: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    x_proj_weight: Tensor | None = None,
+    dt_proj_weight: Tensor | None = None,
+    B: Tensor | None = None,
+    C: Tensor | None = None,
+    dt_softplus: bool = True,
+    block_e: int | None = None,
+) -> Tensor:
+    """The fused step (``step_ref.mamba_step_ref``) in one launch; updates both states in place, returns y (B, E).
+
+    ``block_e`` overrides the channel tile (a power of two; tests use small tiles to cover several).
+    """
+    check_step_inputs(x, z, conv_state, ssm_state, conv_weight, conv_bias, A, D, dt_bias,
+                      x_proj_weight, dt_proj_weight, B, C)
+    if not supports(A):
+        raise ValueError("the Triton step takes real A; complex A runs on the reference")
+    if A.dtype != torch.float32:
+        raise ValueError(f"A must be float32, got {A.dtype}")
+    batch, dim = x.shape
+    n_state, width = A.shape[1], conv_weight.shape[1]
+    selective = x_proj_weight is not None
+    rank = dt_proj_weight.shape[1] if selective else 1
+    y = torch.empty(batch, dim, dtype=x.dtype, device=x.device)
+    if batch == 0:
+        return y
+    block_e = block_e or min(triton.next_power_of_2(dim), 128)
+    if block_e & (block_e - 1):
+        raise ValueError(f"block_e must be a power of two, got {block_e}")
+
+    def strides(t: Tensor | None, ndim: int) -> tuple[int, ...]:
+        return tuple(t.stride()) if t is not None else (0,) * ndim
+
+    unused = x  # any tensor stands in for an absent operand; the constexpr flags keep it unread
+    _mamba_step_kernel[(batch,)](
+        x, z if z is not None else unused, y, conv_state, ssm_state, conv_weight,
+        conv_bias if conv_bias is not None else unused, A,
+        D if D is not None else unused, dt_bias if dt_bias is not None else unused,
+        x_proj_weight if selective else unused, dt_proj_weight if selective else unused,
+        B if not selective else unused, C if not selective else unused,
+        dim, rank, n_state, width,
+        *x.stride(), *strides(z, 2), *y.stride(),
+        *conv_state.stride(), *ssm_state.stride(),
+        *conv_weight.stride(), *A.stride(),
+        *strides(x_proj_weight, 2), *strides(dt_proj_weight, 2),
+        *strides(None if selective else B, 2), *strides(None if selective else C, 2),
+        HAS_Z=z is not None, HAS_CONV_BIAS=conv_bias is not None, HAS_D=D is not None,
+        HAS_DT_BIAS=dt_bias is not None, SELECTIVE=selective, DT_SOFTPLUS=dt_softplus,
+        BLOCK_E=block_e, BLOCK_N=triton.next_power_of_2(n_state), BLOCK_R=triton.next_power_of_2(rank),
+        BLOCK_W=triton.next_power_of_2(width),
+        num_warps=4,
+    )
+    return y

@@ -1,0 +1,157 @@
+"""The fused Mamba step: the Triton kernel against the PyTorch reference, the reference against the scan oracle.
+
+On the CPU the kernel runs through Triton's interpreter, so shapes are small; odd
+channel counts with an 8-channel tile cover several tiles and a ragged last one.
+Outputs, the conv state and the SSM state are compared after three consecutive
+steps (so the conv window has shifted), by the relative error of the whole tensor.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are defined
+
+from mamba_audio.kernels import mamba_step, step_backends  # noqa: E402
+from mamba_audio.kernels.selective_scan import selective_scan_ref  # noqa: E402
+from mamba_audio.kernels.selective_scan.step_ref import mamba_step_ref  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}  # y is rounded to the input dtype
+STEPS = 3
+
+
+def triton_step_module():
+    triton_step = importlib.import_module("mamba_audio.kernels.selective_scan.triton_step")
+    if not torch.cuda.is_available():
+        from triton.runtime.interpreter import InterpretedFunction
+
+        if not isinstance(triton_step._mamba_step_kernel, InterpretedFunction):
+            # imported earlier in this process without the interpreter: define the kernel again
+            os.environ["TRITON_INTERPRET"] = "1"
+            triton_step = importlib.reload(triton_step)
+    return triton_step
+
+
+def make_step_inputs(batch, dim, n_state=5, width=4, rank=3, dtype=torch.float32, *, selective=True, has_D=True,
+                     has_z=True, has_bias=True, steps=STEPS, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0, dt=dtype):
+        return (torch.randn(*shape, generator=g) * scale).to(dt).to(DEVICE)
+
+    inputs = dict(
+        xs=[rand(batch, dim) for _ in range(steps)],
+        zs=[rand(batch, dim) if has_z else None for _ in range(steps)],
+        conv_state=rand(batch, dim, width),
+        ssm_state=rand(batch, dim, n_state, dt=torch.float32),
+        conv_weight=rand(dim, width, scale=0.5),
+        conv_bias=rand(dim, dt=torch.float32) if has_bias else None,
+        A=(-0.1 - 2 * torch.rand(dim, n_state, generator=g)).to(DEVICE),
+        D=rand(dim, dt=torch.float32) if has_D else None,
+        dt_bias=rand(dim, scale=0.5, dt=torch.float32) - 2 if has_bias else None,
+    )
+    if selective:
+        inputs.update(x_proj_weight=rand(rank + 2 * n_state, dim, scale=dim**-0.5),
+                      dt_proj_weight=rand(dim, rank, scale=rank**-0.5))
+    else:
+        inputs.update(B=rand(dim, n_state, dt=torch.float32), C=rand(dim, n_state, dt=torch.float32))
+    return inputs
+
+
+def run_steps(fn, inputs, **kw):
+    """Step ``fn`` through the inputs' time steps on copies of the states; (y (B, E, steps), conv, ssm)."""
+    conv, ssm = inputs["conv_state"].clone(), inputs["ssm_state"].clone()
+    params = {k: v for k, v in inputs.items() if k not in ("xs", "zs", "conv_state", "ssm_state")}
+    ys = [fn(x, z, conv, ssm, **params, **kw) for x, z in zip(inputs["xs"], inputs["zs"])]
+    return torch.stack(ys, dim=-1), conv, ssm
+
+
+def rel_err(actual, expected):
+    return ((actual.float() - expected.float()).norm() / expected.float().norm().clamp_min(1e-12)).item()
+
+
+CASES = [
+    pytest.param(dict(batch=1, dim=7), id="B1-E7"),
+    pytest.param(dict(batch=3, dim=19), id="B3-E19"),
+    pytest.param(dict(batch=5, dim=37, n_state=16, rank=4), id="B5-E37-N16"),
+    pytest.param(dict(batch=2, dim=9, width=3, rank=1), id="B2-E9-W3-R1"),
+    pytest.param(dict(batch=2, dim=11, has_D=False, has_z=False, has_bias=False), id="no-D-z-bias"),
+    pytest.param(dict(batch=3, dim=13, selective=False), id="time-invariant"),
+    pytest.param(dict(batch=2, dim=10, selective=False, has_D=False, has_z=False, has_bias=False),
+                 id="time-invariant-bare"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", CASES)
+def test_triton_step_matches_reference(case, dtype):
+    pytest.importorskip("triton")
+    triton_step = triton_step_module()
+    inputs = make_step_inputs(**case, dtype=dtype)
+    y_ref, conv_ref, ssm_ref = run_steps(mamba_step_ref, inputs)
+    y, conv, ssm = run_steps(triton_step.mamba_step_triton, inputs, block_e=8)
+    assert y.dtype == dtype and conv.dtype == dtype and ssm.dtype == torch.float32
+    assert torch.equal(conv, conv_ref)  # a shift of stored values: exact
+    assert rel_err(ssm, ssm_ref) < 2e-5
+    assert rel_err(y, y_ref) < TOL[dtype]
+
+
+def test_dispatch_registers_the_triton_step():
+    pytest.importorskip("triton")
+    assert step_backends() == ["auto", "reference", "triton"]
+    inputs = make_step_inputs(2, 6)
+    y_ref, _, ssm_ref = run_steps(mamba_step_ref, inputs)
+    y, _, ssm = run_steps(mamba_step, inputs, backend="triton")
+    assert rel_err(y, y_ref) < 2e-5 and rel_err(ssm, ssm_ref) < 2e-5
+    with pytest.raises(ValueError, match="unknown backend"):
+        run_steps(mamba_step, inputs, backend="cuda-magic")
+
+
+def test_triton_step_rejects_complex_A_and_bad_shapes():
+    pytest.importorskip("triton")
+    triton_step = triton_step_module()
+    inputs = make_step_inputs(2, 6)
+    complex_inputs = dict(inputs, A=torch.complex(inputs["A"], inputs["A"]),
+                          ssm_state=inputs["ssm_state"].to(torch.complex64),
+                          x_proj_weight=torch.randn(3 + 4 * 5, 6))
+    with pytest.raises(ValueError, match="complex A"):
+        run_steps(triton_step.mamba_step_triton, complex_inputs)
+    with pytest.raises(ValueError, match="conv_state must be"):
+        run_steps(triton_step.mamba_step_triton, dict(inputs, conv_state=inputs["conv_state"][:, :, :3]))
+    with pytest.raises(ValueError, match="x_proj_weight must be"):
+        run_steps(mamba_step_ref, dict(inputs, x_proj_weight=inputs["x_proj_weight"][1:]))
+    with pytest.raises(ValueError, match="either x_proj_weight"):
+        run_steps(mamba_step_ref, dict(inputs, B=torch.zeros(6, 5), C=torch.zeros(6, 5)))
+    with pytest.raises(ValueError, match="ssm_state must be float32"):
+        run_steps(mamba_step_ref, dict(inputs, ssm_state=inputs["ssm_state"].half()))
+
+
+@pytest.mark.parametrize("selective", [True, False], ids=["selective", "time-invariant"])
+def test_reference_step_equals_the_scan_oracle(selective):
+    """Stepping the fused reference from zero states reproduces conv1d + selective_scan_ref over a sequence."""
+    batch, dim, n_state, width, rank, length = 2, 6, 4, 4, 2, 9
+    inputs = make_step_inputs(batch, dim, n_state, width, rank, selective=selective, steps=length)
+    inputs["conv_state"].zero_()
+    inputs["ssm_state"].zero_()
+    y_step, _, ssm_step = run_steps(mamba_step_ref, inputs)
+
+    x, z = torch.stack(inputs["xs"], -1), torch.stack(inputs["zs"], -1)  # (B, E, L)
+    conv = F.conv1d(x, inputs["conv_weight"][:, None], inputs["conv_bias"], padding=width - 1, groups=dim)
+    xc = F.silu(conv[..., :length])
+    if selective:
+        dt_low, B, C = torch.split(torch.einsum("rd,bdl->brl", inputs["x_proj_weight"], xc),
+                                   [rank, n_state, n_state], dim=1)
+        delta = torch.einsum("dr,brl->bdl", inputs["dt_proj_weight"], dt_low)
+    else:
+        delta, B, C = torch.zeros_like(xc), inputs["B"], inputs["C"]
+    y_scan, ssm_scan = selective_scan_ref(xc, delta, inputs["A"], B, C, inputs["D"], z, inputs["dt_bias"],
+                                          delta_softplus=True, return_final_state=True)
+    assert rel_err(y_step, y_scan) < 1e-5
+    assert rel_err(ssm_step, ssm_scan) < 1e-5
