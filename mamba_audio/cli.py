@@ -1,4 +1,4 @@
-"""The ``mamba-audio`` command: corpus, train, generate, classify, info, quickstart."""
+"""The ``mamba-audio`` command: corpus, train, generate, classify, evaluate, info, quickstart."""
 
 from __future__ import annotations
 
@@ -183,6 +183,40 @@ def cmd_info(args) -> dict:
     return info
 
 
+def cmd_evaluate(args) -> dict:
+    """FID, IS, mIS and AM of a folder of generated clips against real ones, by a trained classifier."""
+    import torch
+
+    from mamba_audio.data import AudioFolder, collate_audio
+    from mamba_audio.metrics import generation_scores
+    from mamba_audio.models import SaShiMiClassifier
+    from mamba_audio.training import resolve_device
+
+    classifier = SaShiMiClassifier.from_pretrained(args.classifier, device=resolve_device(args.device))
+    rate = classifier.config.sample_rate
+    segment = int(round(args.seconds * rate))
+
+    def clips(root, split):
+        dataset = AudioFolder(root, rate, split=split, labels=False, segment_samples=segment,
+                              tokenizer=classifier.tokenizer, mix_to_mono=True)
+        count = len(dataset) if args.max_files is None else min(args.max_files, len(dataset))
+        batch = collate_audio([dataset[i] for i in range(count)])
+        return batch["tokens"], batch["lengths"]
+
+    real_split = "test" if (Path(args.real) / "testing_list.txt").is_file() else None
+    generated, generated_lengths = clips(args.generated, None)
+    real, real_lengths = clips(args.real, real_split)
+    with torch.no_grad():
+        scores = generation_scores(classifier, generated, real, generated_lengths, real_lengths)
+    scores.update(classifier=str(args.classifier), generated=str(args.generated), real=str(args.real),
+                  real_split=real_split or "all")
+    print(json.dumps(scores, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(scores, indent=2) + "\n")
+    return scores
+
+
 def cmd_corpus(args) -> Path:
     from mamba_audio.data import DIGITS, build_spoken_digits
 
@@ -293,6 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--mix-to-mono", action="store_true")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("evaluate", help="FID, IS, mIS and AM of generated clips, judged by a trained classifier")
+    p.add_argument("classifier", help="classifier checkpoint (e.g. from the speech_commands recipe)")
+    p.add_argument("--generated", required=True, help="folder of generated audio (searched recursively)")
+    p.add_argument("--real", required=True, help="real audio: its test split when it has testing_list.txt")
+    p.add_argument("--seconds", type=float, default=1.0, help="clips are cropped or padded to this length")
+    p.add_argument("--max-files", type=int, help="use at most this many files of each folder")
+    p.add_argument("--out", help="also write the scores to this JSON file")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("info", help="describe a checkpoint directory or a preset")
     p.add_argument("target")

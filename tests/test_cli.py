@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import yaml
 
 from mamba_audio.cli import main
 
@@ -131,5 +132,5 @@ def test_recipe_configs_train_and_flags_win_over_the_file(tmp_path, labelled_fol
     assert main(argv) == 0
     saved = json.loads((out / "checkpoint" / "config.json").read_text())
     assert saved["step"] == 2  # --steps beat the file's steps
-    assert saved["config"]["sample_rate"] == RATE  # from the recipe file
+    assert saved["config"]["sample_rate"] == yaml.safe_load(recipe.read_text())["model"]["sample_rate"]
     assert saved["config"]["class_names"] == ["high", "low"]

@@ -29,15 +29,18 @@ class SaShiMiClassifier(PretrainedMixin, nn.Module):
         self.norm = make_norm(config.backbone.norm, dim)
         self.head = nn.Linear(dim, config.num_classes)
 
-    def forward(self, tokens: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """tokens (B, L), valid lengths (B,) or None -> class logits (B, num_classes)."""
+    def features(self, tokens: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """tokens (B, L), valid lengths (B,) or None -> pooled features (B, H) before the head
+        (what FID compares)."""
         h = self.norm(self.backbone(self.embedding(tokens)))
         if lengths is None:
-            pooled = h.mean(1)
-        else:
-            mask = (torch.arange(tokens.shape[1], device=tokens.device)[None] < lengths[:, None]).to(h.dtype)
-            pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
-        return self.head(pooled)
+            return h.mean(1)
+        mask = (torch.arange(tokens.shape[1], device=tokens.device)[None] < lengths[:, None]).to(h.dtype)
+        return (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+
+    def forward(self, tokens: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """tokens (B, L), valid lengths (B,) or None -> class logits (B, num_classes)."""
+        return self.head(self.features(tokens, lengths))
 
     @property
     def class_names(self) -> list[str]:

@@ -9,7 +9,7 @@ digits=(zero one two three four five six seven eight nine)
 
 mamba-audio corpus spoken-digits --out "$out/corpus" --per-word 100 --sample-rate 8000
 mamba-audio train --task lm --conditional --data "$out/corpus" --out "$out/lm" \
-    --config "$here/lm.yaml" --segment-seconds 0.5
+    --config "$here/lm.yaml" --segment-seconds 0.25
 mamba-audio train --task classify --data "$out/corpus" --out "$out/classifier" \
     --config "$here/classify.yaml" --segment-seconds 1.0
 for digit in "${digits[@]}"; do

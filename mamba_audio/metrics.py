@@ -1,0 +1,111 @@
+"""Sample-quality metrics of the SaShiMi and Mamba papers' SC09 experiments.
+
+All four are computed from a classifier of the real data: its class probabilities
+p(y|x) and its features (the pooled activations before the head).
+
+- FID: Frechet distance between Gaussians fitted to the features of generated and
+  real clips (lower is better).
+- IS: exp E_x KL(p(y|x) || p(y)), p(y) the mean prediction over generated clips:
+  confident and varied predictions score high (at most the number of classes).
+- mIS (modified IS): exp E_{x,x'} KL(p(y|x) || p(y|x')) over pairs of generated clips,
+  which also rewards diversity within a class (higher is better).
+- AM: KL(p_real(y) || p(y)) + E_x H(p(y|x)): the class balance of the generated
+  clips against the real ones, plus the classifier's uncertainty (lower is better).
+"""
+
+from __future__ import annotations
+
+import torch
+
+Tensor = torch.Tensor
+_EPS = 1e-12
+
+
+def _check_probs(probs: Tensor, name: str) -> Tensor:
+    if probs.dim() != 2 or probs.shape[0] < 1:
+        raise ValueError(f"{name} must be (clips, classes) probabilities, got shape {tuple(probs.shape)}")
+    probs = probs.double()
+    if not torch.isfinite(probs).all() or (probs < 0).any() or not torch.allclose(probs.sum(1), torch.ones(1, dtype=probs.dtype), atol=1e-4):
+        raise ValueError(f"{name}: every row must be a probability distribution (finite, >= 0, summing to 1)")
+    return probs
+
+
+def _kl_rows(p: Tensor, q: Tensor) -> Tensor:
+    """KL(p_i || q_j) for every pair: (n, m)."""
+    entropy_term = (p * torch.log(p.clamp_min(_EPS))).sum(1, keepdim=True)  # (n, 1)
+    return entropy_term - p @ torch.log(q.clamp_min(_EPS)).T
+
+
+def inception_score(probs: Tensor) -> float:
+    """IS of generated clips' class probabilities (n, K)."""
+    probs = _check_probs(probs, "probs")
+    marginal = probs.mean(0, keepdim=True)
+    return float(torch.exp(_kl_rows(probs, marginal).mean()))
+
+
+def modified_inception_score(probs: Tensor) -> float:
+    """mIS of generated clips' class probabilities (n, K): exp of the mean pairwise KL."""
+    probs = _check_probs(probs, "probs")
+    return float(torch.exp(_kl_rows(probs, probs).mean()))
+
+
+def am_score(probs: Tensor, real_probs: Tensor) -> float:
+    """AM score: KL(mean real prediction || mean generated prediction) + mean entropy of the generated."""
+    probs = _check_probs(probs, "probs")
+    real_probs = _check_probs(real_probs, "real_probs")
+    if probs.shape[1] != real_probs.shape[1]:
+        raise ValueError(f"{probs.shape[1]} classes in probs, {real_probs.shape[1]} in real_probs")
+    kl = _kl_rows(real_probs.mean(0, keepdim=True), probs.mean(0, keepdim=True))[0, 0]
+    entropy = -(probs * torch.log(probs.clamp_min(_EPS))).sum(1).mean()
+    return float(kl + entropy)
+
+
+def frechet_distance(features: Tensor, real_features: Tensor) -> float:
+    """FID between feature sets (n, F) and (m, F): |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^1/2)."""
+    for name, f in (("features", features), ("real_features", real_features)):
+        if f.dim() != 2 or f.shape[0] < 2 or not torch.isfinite(f).all():
+            raise ValueError(f"{name} must be finite (clips >= 2, dims), got shape {tuple(f.shape)}")
+    if features.shape[1] != real_features.shape[1]:
+        raise ValueError(f"feature sizes differ: {features.shape[1]} vs {real_features.shape[1]}")
+    a, b = features.double(), real_features.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
+    # tr (S1 S2)^1/2 = tr (S1^1/2 S2 S1^1/2)^1/2, whose argument is symmetric positive semi-definite
+    values, vectors = torch.linalg.eigh(cov_a)
+    root_a = vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
+    middle = root_a @ cov_b @ root_a
+    trace_root = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
+    return float((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * trace_root)
+
+
+@torch.no_grad()
+def classifier_outputs(classifier, tokens: Tensor, lengths: Tensor | None = None,
+                       batch_size: int = 32) -> tuple[Tensor, Tensor]:
+    """(features (n, F), probabilities (n, K)) of token clips (n, L) under a SaShiMiClassifier."""
+    classifier.eval()
+    device = next(classifier.parameters()).device
+    features, probs = [], []
+    for start in range(0, tokens.shape[0], batch_size):
+        chunk = tokens[start:start + batch_size].to(device)
+        chunk_lengths = None if lengths is None else lengths[start:start + batch_size].to(device)
+        feature = classifier.features(chunk, chunk_lengths)
+        features.append(feature.float().cpu())
+        probs.append(classifier.head(feature).float().softmax(-1).cpu())
+    return torch.cat(features), torch.cat(probs)
+
+
+def generation_scores(classifier, generated: Tensor, real: Tensor, generated_lengths: Tensor | None = None,
+                      real_lengths: Tensor | None = None) -> dict[str, float]:
+    """FID, IS, mIS and AM of generated token clips against real ones, plus the classifier's view
+    of the real clips (its IS, an upper reference for the generated)."""
+    gen_features, gen_probs = classifier_outputs(classifier, generated, generated_lengths)
+    real_features, real_probs = classifier_outputs(classifier, real, real_lengths)
+    return {
+        "fid": frechet_distance(gen_features, real_features),
+        "is": inception_score(gen_probs),
+        "mis": modified_inception_score(gen_probs),
+        "am": am_score(gen_probs, real_probs),
+        "real_is": inception_score(real_probs),
+        "generated_clips": int(generated.shape[0]),
+        "real_clips": int(real.shape[0]),
+    }
