@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from mamba_audio.models.sashimi import state_positions, state_tensors
 from mamba_audio.models import (
     BackboneConfig,
     CheckpointError,
@@ -60,6 +61,56 @@ def test_stepping_equals_parallel_forward(name, length):
         state = model.allocate_inference_cache(3)
         stepped = torch.stack([model.step(tokens[:, t], state) for t in range(length)], dim=1)
     assert (stepped - parallel).abs().max().item() < 1e-4
+
+
+def assert_states_close(a, b, tol=1e-4):
+    assert state_positions(a) == state_positions(b)
+    ta, tb = state_tensors(a), state_tensors(b)
+    assert len(ta) == len(tb)
+    for x, y in zip(ta, tb):
+        assert x.shape == y.shape and x.dtype == y.dtype
+        assert (x - y).abs().max().item() < tol
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("prompt_length", [1, 7, 23, 38])
+def test_prefill_then_step_equals_stepping_the_prompt(name, prompt_length):
+    """The parallel prefill leaves every state (SSM, conv, pooling buffers, positions) as stepping would."""
+    model = tiny_lm(**BACKBONES[name])
+    tokens = torch.randint(0, 256, (2, prompt_length + 6))
+    with torch.no_grad():
+        stepped_state = model.allocate_inference_cache(2)
+        stepped = torch.stack([model.step(tokens[:, t], stepped_state) for t in range(tokens.shape[1])], dim=1)
+        state = model.allocate_inference_cache(2)
+        prefilled = model.prefill(tokens[:, :prompt_length], state)
+        assert (prefilled - stepped[:, :prompt_length]).abs().max() < 1e-4
+        snapshot = model.allocate_inference_cache(2)
+        for t in range(prompt_length):
+            model.step(tokens[:, t], snapshot)
+        assert_states_close(state, snapshot)
+        after = torch.stack([model.step(tokens[:, t], state) for t in range(prompt_length, tokens.shape[1])], dim=1)
+    assert (after - stepped[:, prompt_length:]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("pieces", [(3, 10, 5), (0, 4, 13), (6, 1, 1, 9)])
+def test_prefill_continues_from_any_state(pieces):
+    """Step, prefill, step, prefill...: pieces alternate between stepping and prefilling, mid-group included."""
+    model = tiny_lm(**BACKBONES["pool-2-3"])
+    total = sum(pieces)
+    tokens = torch.randint(0, 256, (2, total))
+    with torch.no_grad():
+        reference = model(tokens)
+        state = model.allocate_inference_cache(2)
+        outputs, start = [], 0
+        for i, length in enumerate(pieces):
+            piece = tokens[:, start: start + length]
+            if i % 2 == 0:
+                outputs += [model.step(piece[:, t], state)[:, None] for t in range(length)]
+            else:
+                outputs.append(model.prefill(piece, state))
+            start += length
+        assert state_positions(state) == [total, total // 2, total // 6]
+    assert (torch.cat(outputs, dim=1) - reference).abs().max() < 1e-4
 
 
 def test_class_conditional_stepping_and_label_errors():

@@ -68,6 +68,13 @@ class ResidualBlock(nn.Module):
     def allocate_inference_cache(self, batch_size: int, device=None, dtype=None) -> BlockState:
         return BlockState(self.mixer.allocate_inference_cache(batch_size, device, dtype))
 
+    def prefill(self, x: Tensor, state: BlockState) -> Tensor:
+        """x (B, L, H) -> (B, L, H) in parallel, continuing from ``state`` and updating it in place."""
+        x = x + self.mixer.prefill(self.norm(x), state.mixer)
+        if self.mlp is not None:
+            x = x + self.mlp(self.mlp_norm(x))
+        return x
+
     def step(self, x: Tensor, state: BlockState) -> Tensor:
         """x (B, H) -> (B, H) for one position; updates ``state`` in place."""
         x = x + self.mixer.step(self.norm(x), state.mixer)
@@ -89,6 +96,9 @@ class BidirectionalBlock(ResidualBlock):
         if self.mlp is not None:
             x = x + self.dropout(self.mlp(self.mlp_norm(x)))
         return x
+
+    def prefill(self, x: Tensor, state: BlockState) -> Tensor:
+        raise RuntimeError("a bidirectional block needs the whole sequence; it cannot be prefilled")
 
     def step(self, x: Tensor, state: BlockState) -> Tensor:
         raise RuntimeError("a bidirectional block needs the whole sequence; it cannot be stepped")

@@ -79,6 +79,14 @@ class SaShiMiLM(PretrainedMixin, nn.Module):
     def allocate_inference_cache(self, batch_size: int, device=None, dtype=None):
         return self.backbone.allocate_inference_cache(batch_size, device, dtype)
 
+    def prefill(self, inputs: Tensor, state, labels: Tensor | None = None) -> Tensor:
+        """inputs (B, L) token ids -> logits (B, L, V) by the parallel scan, continuing from ``state`` and
+        updating it in place, so that stepping afterwards continues exactly as after L calls of ``step``."""
+        if inputs.dim() != 2:
+            raise ValueError(f"inputs must be (batch, length) tokens, got shape {tuple(inputs.shape)}")
+        self._check_labels(labels, inputs.shape[0])
+        return self.head(self.norm(self.backbone.prefill(self._embed(inputs, labels), state)))
+
     def step(self, token: Tensor, state, labels: Tensor | None = None) -> Tensor:
         """token (B,) -> logits (B, V) for the next token; updates ``state`` in place."""
         return self.head(self.norm(self.backbone.step(self._embed(token, labels), state)))
@@ -98,8 +106,7 @@ class SaShiMiLM(PretrainedMixin, nn.Module):
     ) -> Tensor:
         """Sample ``num_samples`` new tokens after an optional ``prompt`` (B, P); returns (B, num_samples).
 
-        The prompt is consumed by stepping, so the state after it equals the
-        state the parallel forward would reach.
+        The prompt is consumed in parallel by ``prefill``; generation then steps.
         """
         from tqdm.auto import tqdm
 
@@ -116,9 +123,9 @@ class SaShiMiLM(PretrainedMixin, nn.Module):
         generator.manual_seed(seed if seed is not None else torch.seed())
         state = self.allocate_inference_cache(batch_size, device)
         token = torch.full((batch_size,), self.tokenizer.silence_token, dtype=torch.long, device=device)
-        for t in range(0 if prompt is None else prompt.shape[1]):
-            self.step(token, state, labels)
-            token = prompt[:, t]
+        if prompt is not None and prompt.shape[1] > 0:
+            self.prefill(self.shift(prompt), state, labels)
+            token = prompt[:, -1]
         out = torch.empty(batch_size, num_samples, dtype=torch.long, device=device)
         for t in tqdm(range(num_samples), desc="generating", unit="sample", disable=not progress):
             logits = self.step(token, state, labels)

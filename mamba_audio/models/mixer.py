@@ -95,11 +95,29 @@ class MambaMixer(nn.Module):
     # -- parallel forward -----------------------------------------------------------------------
     def forward(self, hidden: Tensor) -> Tensor:
         """hidden (B, L, H) -> (B, L, H), causal."""
+        return self._mix(hidden)
+
+    def _mix(self, hidden: Tensor, state: MixerState | None = None) -> Tensor:
+        """The parallel path; with ``state``, continue from it and leave the state after the last position in it."""
         length = hidden.shape[1]
+        if length == 0:
+            return torch.zeros_like(hidden)
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (B, E, L) each
-        x = F.silu(self.conv1d(x)[..., :length])
+        if state is None:
+            x_conv = self.conv1d(x)[..., :length]
+        else:  # the conv sees the last d_conv - 1 inputs before this sequence
+            window = torch.cat([state.conv[..., 1:].to(x.dtype), x], dim=-1)
+            x_conv = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)
+            state.conv.copy_(torch.cat([state.conv, x.to(state.conv.dtype)], dim=-1)[..., -self.config.d_conv:])
+        x = F.silu(x_conv)
         delta, B, C = self._delta_B_C(x)
-        y = selective_scan(x, delta, self.A(), B, C, self.D.float(), z, self.dt_bias.float(), delta_softplus=True)
+        scan_args = (x, delta, self.A(), B, C, self.D.float(), z, self.dt_bias.float())
+        if state is None:
+            y = selective_scan(*scan_args, delta_softplus=True)
+        else:
+            y, final = selective_scan(*scan_args, delta_softplus=True, initial_state=state.ssm,
+                                      return_final_state=True)
+            state.ssm.copy_(final)
         return self.out_proj(y.transpose(1, 2))
 
     # -- streaming ------------------------------------------------------------------------------
@@ -111,6 +129,11 @@ class MambaMixer(nn.Module):
             conv=torch.zeros(batch_size, self.d_inner, self.config.d_conv, device=device, dtype=dtype),
             ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=state_dtype),
         )
+
+    def prefill(self, hidden: Tensor, state: MixerState) -> Tensor:
+        """Positions (B, L, H) -> (B, L, H) by the parallel scan, continuing from ``state`` and updating it in
+        place, so that the state afterwards equals the state after ``step`` through the same positions."""
+        return self._mix(hidden, state)
 
     def step(self, hidden: Tensor, state: MixerState) -> Tensor:
         """One position: hidden (B, H) -> (B, H); updates ``state`` in place."""

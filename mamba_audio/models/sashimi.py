@@ -20,7 +20,7 @@ next every p-th sample, with the pooling buffers part of the streaming state.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 
 import torch
 import torch.nn as nn
@@ -78,6 +78,25 @@ class StageState:
     position: int = 0  # steps taken at this stage's rate
 
 
+def state_tensors(state) -> list[Tensor]:
+    """Every tensor of a streaming state (a tree of dataclasses and lists), in a fixed order.
+
+    Each has the batch as its first dimension, so a stream's part of the state is ``t[i]`` for all of them.
+    """
+    if isinstance(state, Tensor):
+        return [state]
+    if isinstance(state, (list, tuple)):
+        return [t for item in state for t in state_tensors(item)]
+    if is_dataclass(state):
+        return [t for f in fields(state) for t in state_tensors(getattr(state, f.name))]
+    return []
+
+
+def state_positions(state: StageState) -> list[int]:
+    """The position of every stage, outermost first."""
+    return [state.position] + ([] if state.inner is None else state_positions(state.inner))
+
+
 class Stage(nn.Module):
     """Blocks at one rate around an optional pooled inner stage. ``level`` 0 is the outermost."""
 
@@ -122,18 +141,58 @@ class Stage(nn.Module):
             state.pool_out = self.up_pool.expand_step(weight.new_zeros(batch_size, self.up_pool.linear.in_features))
         return state
 
+    def prefill(self, x: Tensor, state: StageState) -> Tensor:
+        """The next L positions at this stage's rate in parallel: x (B, L, H) -> (B, L, H).
+
+        Continues from ``state`` (at any position, mid-group included) and updates it in place,
+        pooling buffers and positions of every inner stage too, so that afterwards it equals the
+        state that ``step`` through the same positions would leave.
+        """
+        if x.shape[1] == 0:
+            return x
+        for block, block_state in zip(self.down_blocks, state.down):
+            x = block.prefill(x, block_state)
+        if self.is_center:
+            state.position += x.shape[1]
+            return x
+        batch, length, _ = x.shape
+        filled = state.position % self.pool  # positions of the current group already in pool_in
+        grouped = torch.cat([state.pool_in[:, :filled], x], dim=1)  # starts at a group boundary
+        full = grouped.shape[1] // self.pool
+        # what the inner stage adds, a group of p positions per pooled step: the current group's
+        # is waiting in pool_out; each later group's comes from the inner output of the group before
+        from_inner = [state.pool_out]
+        if full > 0:
+            pooled = self.down_pool.linear(grouped[:, : full * self.pool].reshape(batch, full, -1))
+            inner = self.up_pool.linear(self.inner.prefill(pooled, state.inner)).reshape(batch, full * self.pool, -1)
+            from_inner.append(inner)
+        from_inner = torch.cat(from_inner, dim=1)[:, filled: filled + length]
+        if full > 0:
+            state.pool_out.copy_(inner[:, -self.pool:])
+            # the slots the partial group has not reached yet still hold the last full group, as after stepping
+            state.pool_in.copy_(grouped[:, (full - 1) * self.pool: full * self.pool])
+        rest = grouped[:, full * self.pool:]
+        state.pool_in[:, : rest.shape[1]] = rest
+        state.position += length
+        x = x + from_inner
+        for block, block_state in zip(self.up_blocks, state.up):
+            x = block.prefill(x, block_state)
+        return x
+
     def step(self, x: Tensor, state: StageState) -> Tensor:
         """One step at this stage's rate: x (B, H) -> (B, H); updates ``state`` in place."""
         for block, block_state in zip(self.down_blocks, state.down):
             x = block.step(x, block_state)
         if self.is_center:
+            state.position += 1
             return x
         slot = state.position % self.pool
-        from_inner = state.pool_out[:, slot]
+        from_inner = state.pool_out[:, slot].clone()  # pool_out is overwritten below when the group completes
         state.pool_in[:, slot] = x
         if slot == self.pool - 1:  # a full group: one inner step, whose output serves the next group
             pooled = self.down_pool.linear(state.pool_in.flatten(1))
-            state.pool_out = self.up_pool.expand_step(self.inner.step(pooled, state.inner))
+            # in place, so the state's tensors keep their storage (a captured CUDA graph reads them there)
+            state.pool_out.copy_(self.up_pool.expand_step(self.inner.step(pooled, state.inner)))
         state.position += 1
         x = x + from_inner
         for block, block_state in zip(self.up_blocks, state.up):
@@ -156,6 +215,10 @@ class SaShiMi(nn.Module):
         if self.config.bidirectional:
             raise RuntimeError("a bidirectional backbone cannot be stepped")
         return self.stage.allocate_inference_cache(batch_size, device, dtype)
+
+    def prefill(self, x: Tensor, state: StageState) -> Tensor:
+        """x (B, L, H) for the next L samples, in parallel -> (B, L, H); updates ``state`` as ``step`` would."""
+        return self.stage.prefill(x, state)
 
     def step(self, x: Tensor, state: StageState) -> Tensor:
         """x (B, H) for one sample -> (B, H)."""
