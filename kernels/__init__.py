@@ -29,6 +29,7 @@ from .selective_scan import (
     selective_scan_chunked,
     selective_scan_ref,
     selective_state_update_ref,
+    seq_idx_from_cu_seqlens,
 )
 from .selective_scan.step_ref import mamba_step_ref
 
@@ -39,13 +40,14 @@ _SCAN_BACKENDS: dict[str, Callable] = {
 
 
 def _selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                           initial_state=None, return_final_state=False):
+                           initial_state=None, return_final_state=False, seq_idx=None):
     """The Triton scan, imported lazily (so TRITON_INTERPRET can still be set first); the chunked
     scan where the Triton kernels do not apply (complex A, time-invariant B or C)."""
     from .selective_scan.triton_scan import selective_scan_triton, supports
 
     fn = selective_scan_triton if supports(A, B, C) else selective_scan_chunked
-    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state)
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state,
+              seq_idx=seq_idx)
 
 
 if importlib.util.find_spec("triton") is not None:
@@ -112,14 +114,20 @@ def selective_scan(
     initial_state=None,
     return_final_state: bool = False,
     backend: str = "auto",
+    seq_idx=None,
 ):
     """Selective scan ``y = scan(u; delta, A, B, C) + D u``, gated by silu(z).
 
     See ``selective_scan.naive`` for shapes and semantics. Returns y (B, D, L) in
     u.dtype, plus the final state (B, D, N) when ``return_final_state``.
+    ``seq_idx`` (B, L) packs several sequences per row: the state restarts from
+    zero wherever it changes (``seq_idx_from_cu_seqlens`` builds it from lengths).
     """
     fn = _resolve(backend, _SCAN_BACKENDS, u)
-    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state)
+    if seq_idx is None:
+        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state)
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state,
+              seq_idx=seq_idx)
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus: bool = False,
@@ -153,4 +161,5 @@ __all__ = [
     "selective_scan_ref",
     "selective_state_update",
     "selective_state_update_ref",
+    "seq_idx_from_cu_seqlens",
 ]

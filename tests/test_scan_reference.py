@@ -142,3 +142,67 @@ def test_shape_errors_name_the_argument(bad, match):
     kw = dict(u=u, delta=delta, A=A, B=B, C=C) | bad
     with pytest.raises(ValueError, match=match):
         selective_scan(**kw)
+
+
+def _packed_row(length, starts):
+    row = torch.zeros(length, dtype=torch.int32)
+    for t in starts:
+        row[t:] += 1
+    return row
+
+
+@pytest.mark.parametrize("impl", [selective_scan_ref, selective_scan_chunked])
+def test_packed_row_equals_sequences_run_alone(impl):
+    """seq_idx semantics: each packed sequence starts from zero, except the first of a row, which starts
+    from initial_state; the final state is the last sequence's."""
+    (u, delta, A, B, C), extras, h0 = make_inputs(batch=2, length=40, bc="grouped")
+    starts = [[8, 9, 31], [16]]
+    seq_idx = torch.stack([_packed_row(40, s) for s in starts])
+    y, final = impl(u, delta, A, B, C, **extras, delta_softplus=True, initial_state=h0, return_final_state=True,
+                    seq_idx=seq_idx)
+    for b, cuts in enumerate(starts):
+        bounds = [0, *cuts, 40]
+        state = h0[b:b + 1]
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            part = [x[b:b + 1, ..., lo:hi] for x in (u, delta)] + [A] + [x[b:b + 1, ..., lo:hi] for x in (B, C)]
+            y_alone, state = selective_scan_ref(*part, D=extras["D"], z=extras["z"][b:b + 1, :, lo:hi],
+                                                delta_bias=extras["delta_bias"], delta_softplus=True,
+                                                initial_state=state if lo == 0 else None, return_final_state=True)
+            torch.testing.assert_close(y[b:b + 1, :, lo:hi], y_alone, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(final[b:b + 1], state, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("length,chunk,starts", [(37, 8, [[8, 16], [3, 4, 36]]), (9, 16, [[1], []])],
+                         ids=["on-and-inside-chunks", "short"])
+def test_chunked_packed_matches_sequential_with_gradients(length, chunk, starts):
+    args, extras, h0 = make_inputs(length=length, bc="variable")
+    seq_idx = torch.stack([_packed_row(length, s) for s in starts]).long()
+    leaves = [t.clone().requires_grad_() for t in (*args, extras["D"], extras["z"], extras["delta_bias"], h0)]
+
+    def run(impl, **kw):
+        ts = [t.detach().clone().requires_grad_() for t in leaves]
+        y, s = impl(*ts[:8], True, ts[8], True, seq_idx=seq_idx, **kw)
+        (y.square().sum() + s.sum()).backward()
+        return [y, s] + [t.grad for t in ts]
+
+    for got, want in zip(run(selective_scan_chunked, chunk_size=chunk), run(selective_scan_ref)):
+        assert rel_err(got, want) < 1e-4
+
+
+def test_seq_idx_from_cu_seqlens_and_errors():
+    from mamba_audio.kernels import seq_idx_from_cu_seqlens
+
+    seq_idx = seq_idx_from_cu_seqlens(torch.tensor([0, 3, 3, 7]), length=9)
+    assert seq_idx.dtype == torch.int32
+    assert seq_idx.tolist() == [[0, 0, 0, 2, 2, 2, 2, 3, 3]]  # the empty second sequence takes no position
+    with pytest.raises(ValueError, match="cu_seqlens must"):
+        seq_idx_from_cu_seqlens(torch.tensor([1, 3]))
+    with pytest.raises(ValueError, match="shorter"):
+        seq_idx_from_cu_seqlens(torch.tensor([0, 5]), length=4)
+    (u, delta, A, B, C), _, _ = make_inputs(batch=1, length=9)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        selective_scan(u, delta, A, B, C, seq_idx=torch.tensor([[0, 1, 0, 1, 1, 1, 1, 1, 1]]))
+    with pytest.raises(ValueError, match="int32 or int64"):
+        selective_scan(u, delta, A, B, C, seq_idx=seq_idx.float())
+    with pytest.raises(ValueError, match="seq_idx must be"):
+        selective_scan(u, delta, A, B, C, seq_idx=seq_idx[:, :5], backend="reference")

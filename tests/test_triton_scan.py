@@ -68,10 +68,12 @@ def rel_err(x, ref):
     return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def run_both(inputs, softplus, want_final, sequential=None, seed=1):
+def run_both(inputs, softplus, want_final, sequential=None, seed=1, seq_idx=None):
     """Forward and backward through ours and the oracle with the same upstream gradients."""
     leaves = {k: (v.detach().clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
     ref_leaves = {k: (v.detach().clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
+    if seq_idx is not None:
+        leaves["seq_idx"] = ref_leaves["seq_idx"] = seq_idx
     results = []
     g = torch.Generator().manual_seed(seed)
     grad_y = grad_h = None
@@ -86,12 +88,13 @@ def run_both(inputs, softplus, want_final, sequential=None, seed=1):
         if want_final:
             loss = loss + (final * grad_h).sum()
         loss.backward()
-        results.append((y, final, {k: v.grad for k, v in lv.items() if v is not None}))
+        results.append((y, final, {k: v.grad for k, v in lv.items() if v is not None and k != "seq_idx"}))
     return results
 
 
-def check_against_ref(inputs, dtype, softplus=True, want_final=True, sequential=None):
-    (y, final, grads), (y_ref, final_ref, grads_ref) = run_both(inputs, softplus, want_final, sequential)
+def check_against_ref(inputs, dtype, softplus=True, want_final=True, sequential=None, seq_idx=None):
+    (y, final, grads), (y_ref, final_ref, grads_ref) = run_both(inputs, softplus, want_final, sequential,
+                                                                seq_idx=seq_idx)
     tol = TOL[dtype]
     assert y.dtype == y_ref.dtype and y.shape == y_ref.shape
     assert torch.isfinite(y).all()
@@ -184,3 +187,68 @@ def test_rejects_what_it_does_not_cover():
         triton_scan.selective_scan_triton(**{**inputs, "A": inputs["A"].to(torch.complex64)})
     with pytest.raises(ValueError, match="delta must match"):
         triton_scan.selective_scan_triton(**{**inputs, "delta": inputs["delta"][..., :-1]})
+
+
+def seq_idx_from_starts(length, starts_per_row, first=0):
+    """(B, L) int32 seq_idx with a new sequence at each listed position of each row."""
+    rows = []
+    for starts in starts_per_row:
+        row = torch.zeros(length, dtype=torch.int32)
+        for t in starts:
+            row[t:] += 1
+        rows.append(row + first)
+    return torch.stack(rows).to(DEVICE)
+
+
+# sequence starts (chunks of 16 here): on chunk boundaries, inside chunks, right after position 0,
+# at the last position, several in one chunk; rows of a batch differ; odd L
+PACKINGS = [
+    pytest.param(2, 37, [[16, 32], [5, 21]], id="L37-boundary-and-inside"),
+    pytest.param(2, 37, [[1, 36], []], id="L37-first-and-last-step"),
+    pytest.param(1, 33, [[2, 3, 4, 16, 17]], id="L33-many-in-a-chunk"),
+    pytest.param(2, 7, [[3], [1, 6]], id="L7-one-chunk"),
+]
+
+
+@pytest.mark.parametrize("sequential", MODES)
+@pytest.mark.parametrize("batch, length, starts", PACKINGS)
+def test_packed_sequences(batch, length, starts, sequential):
+    inputs = make_inputs(batch, 3, length, 4, seed=length + len(starts[0]))
+    # seq_idx need not start at 0: position 0 never resets, initial_state feeds each row's first sequence
+    seq_idx = seq_idx_from_starts(length, starts, first=3)
+    check_against_ref(inputs, torch.float32, sequential=sequential, seq_idx=seq_idx)
+
+
+def test_packed_sequences_grouped_low_precision_int64():
+    inputs = make_inputs(1, 4, 41, 4, 2, dtype=torch.bfloat16, seed=9)
+    seq_idx = seq_idx_from_starts(41, [[16, 20, 40]]).long()
+    check_against_ref(inputs, torch.bfloat16, sequential=False, seq_idx=seq_idx)
+
+
+def test_packed_sequences_are_independent():
+    """A packed row gives each sequence exactly what it gets alone (with a zero start)."""
+    inputs = make_inputs(1, 3, 30, 4, has_h0=False, seed=4)
+    seq_idx = seq_idx_from_starts(30, [[11, 16]])
+    y = triton_scan.selective_scan_triton(**inputs, delta_softplus=True, seq_idx=seq_idx,
+                                          config=dict(T=CHUNK, sequential=False))
+    for lo, hi in ((0, 11), (11, 16), (16, 30)):
+        part = {k: (v[..., lo:hi] if k in ("u", "delta", "z", "B", "C") else v) for k, v in inputs.items()}
+        alone = triton_scan.selective_scan_triton(**part, delta_softplus=True, config=dict(T=CHUNK))
+        assert rel_err(y[..., lo:hi], alone) < TOL[torch.float32], (lo, hi)
+
+
+def test_rejects_bad_seq_idx_and_devices_and_dtypes():
+    inputs = make_inputs(1, 2, 5, 4, has_h0=False, seed=2)
+    scan = triton_scan.selective_scan_triton
+    with pytest.raises(ValueError, match="non-decreasing"):
+        scan(**inputs, seq_idx=torch.tensor([[0, 1, 1, 0, 2]], dtype=torch.int32, device=DEVICE))
+    with pytest.raises(ValueError, match="seq_idx must be \\(batch, length\\)"):
+        scan(**inputs, seq_idx=torch.zeros(1, 4, dtype=torch.int32, device=DEVICE))
+    with pytest.raises(ValueError, match="int32 or int64"):
+        scan(**inputs, seq_idx=torch.zeros(1, 5, device=DEVICE))
+    with pytest.raises(ValueError, match="A must be float32"):
+        scan(**{**inputs, "A": inputs["A"].double()})
+    with pytest.raises(ValueError, match="u must be float32, bfloat16 or float16"):
+        scan(**{**inputs, "u": inputs["u"].double()})
+    with pytest.raises(ValueError, match="is on meta"):
+        scan(**{**inputs, "D": inputs["D"].to("meta")})

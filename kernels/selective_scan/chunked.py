@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .naive import check_scan_inputs, discretize, finish
+from .naive import check_scan_inputs, check_seq_idx, discretize, finish, sequence_starts
 
 Tensor = torch.Tensor
 
@@ -56,10 +56,13 @@ def selective_scan_chunked(
     delta_softplus: bool = False,
     initial_state: Tensor | None = None,
     return_final_state: bool = False,
+    seq_idx: Tensor | None = None,
     chunk_size: int | None = None,
 ):
     """Selective scan with the semantics of ``selective_scan_ref`` in O(sqrt(L)) Python steps."""
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if seq_idx is not None:
+        check_seq_idx(seq_idx, u)
     batch, dim, length = u.shape
     n = A.shape[1]
     T = chunk_size or default_chunk_size(length)
@@ -69,6 +72,12 @@ def selective_scan_chunked(
     delta_c = _time_major_chunks(t.delta[..., None], length, T)  # (T, B, D, chunks, 1)
     dtA = delta_c * t.A[None, None, :, None, :]  # (T, B, D, chunks, N)
     decay = torch.exp(dtA)
+    chunk_decay = torch.exp(dtA.sum(0))  # (B, D, chunks, N): decay across a whole chunk
+    if seq_idx is not None:
+        # a sequence start zeroes the decay into it, and with it the decay across its chunk
+        keep = 1.0 - _time_major_chunks(sequence_starts(seq_idx)[:, None, :, None].float(), length, T)
+        decay = decay * keep
+        chunk_decay = chunk_decay * keep.prod(0)
     dBu = _time_major_chunks((t.delta * u.float())[..., None], length, T) * _time_major_chunks(t.B, length, T)
     C_c = _time_major_chunks(t.C, length, T)
     n_chunks = dtA.shape[3]
@@ -82,7 +91,6 @@ def selective_scan_chunked(
     h = torch.zeros_like(dBu_t[0])
     for i in range(T):
         h = decay_t[i] * h + dBu_t[i]
-    chunk_decay = torch.exp(dtA.sum(0))  # (B, D, chunks, N): decay across a whole chunk
 
     # 2. The state entering each chunk.
     state = torch.zeros(batch, dim, n, dtype=t.state_dtype, device=u.device)

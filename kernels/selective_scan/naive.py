@@ -14,6 +14,14 @@ Shapes (B batch, D channels, L length, N state size, G groups):
                       (D, N)       time-invariant
     D, delta_bias     (D,)
     initial_state     (B, D, N)
+    seq_idx           (B, L)       int32 or int64, non-decreasing along L
+
+Variable-length packed batches: ``seq_idx`` names the sequence each position
+belongs to. Where it changes (a sequence starts at t > 0) the state is reset to
+zero before step t, so no information crosses from one sequence to the next.
+``initial_state`` is the state before position 0, i.e. of the first sequence of
+each batch row only; the final state is the last sequence's. The depthwise
+convolution in front of the scan is the model's job, not the scan's.
 
 With complex ``A`` the output is ``2 * Re(C h)``, the conjugate-pair convention
 of mamba_ssm and S4D, so a model with N complex states behaves like one with 2N
@@ -75,6 +83,43 @@ def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None, initia
         )
 
 
+def check_seq_idx(seq_idx: Tensor, u: Tensor) -> None:
+    """Raise ValueError unless seq_idx is a (B, L) integer tensor on u's device, non-decreasing along L."""
+    batch, _, length = u.shape
+    if seq_idx.shape != (batch, length):
+        raise ValueError(f"seq_idx must be (batch, length)=({batch}, {length}), got {tuple(seq_idx.shape)}")
+    if seq_idx.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"seq_idx must be int32 or int64, got {seq_idx.dtype}")
+    if seq_idx.device != u.device:
+        raise ValueError(f"seq_idx must be on {u.device} like u, got {seq_idx.device}")
+    if length > 1 and bool((seq_idx[:, 1:] < seq_idx[:, :-1]).any()):  # one host sync per call
+        raise ValueError("seq_idx must be non-decreasing along the sequence (packed sequences in order)")
+
+
+def sequence_starts(seq_idx: Tensor) -> Tensor:
+    """(B, L) bool: True at t > 0 where seq_idx changes, the positions whose incoming state is reset."""
+    starts = torch.zeros(seq_idx.shape, dtype=torch.bool, device=seq_idx.device)
+    starts[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
+    return starts
+
+
+def seq_idx_from_cu_seqlens(cu_seqlens: Tensor, length: int | None = None) -> Tensor:
+    """(1, L) int32 seq_idx for one packed row from cumulative lengths [0, l0, l0 + l1, ..., L].
+
+    Positions past ``cu_seqlens[-1]`` (padding up to ``length``) form one more sequence.
+    """
+    cu = cu_seqlens.to("cpu", torch.int64)
+    if cu.dim() != 1 or cu.numel() < 2 or cu[0] != 0 or bool((cu[1:] < cu[:-1]).any()):
+        raise ValueError(f"cu_seqlens must be 1-D, start at 0 and be non-decreasing, got {cu_seqlens.tolist()}")
+    total = int(cu[-1])
+    length = total if length is None else length
+    if length < total:
+        raise ValueError(f"length {length} is shorter than the packed sequences ({total})")
+    positions = torch.arange(length)
+    seq_idx = torch.searchsorted(cu[1:], positions, right=True)
+    return seq_idx.to(device=cu_seqlens.device, dtype=torch.int32)[None]
+
+
 def _channelwise(X: Tensor, dim: int, dtype: torch.dtype) -> Tensor:
     """B or C as a tensor broadcastable to (B, D, L, N)."""
     X = X.to(dtype)
@@ -122,16 +167,21 @@ def selective_scan_ref(
     delta_softplus: bool = False,
     initial_state: Tensor | None = None,
     return_final_state: bool = False,
+    seq_idx: Tensor | None = None,
 ):
     """Selective scan, one time step at a time. The oracle: slow, simple, exact.
 
     Returns ``y`` (B, D, L) in ``u.dtype``, and with ``return_final_state`` also
     the state after the last step, (B, D, N) float32 (complex64 for complex A).
+    With ``seq_idx`` the state restarts from zero at every sequence start.
     """
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     batch, dim, length = u.shape
     t = discretize(u, delta, A, B, C, delta_bias, delta_softplus)
     decay = torch.exp(t.delta[..., None] * t.A[:, None, :])  # (B, D, L, N)
+    if seq_idx is not None:
+        check_seq_idx(seq_idx, u)
+        decay = torch.where(sequence_starts(seq_idx)[:, None, :, None], 0.0, decay)
     dBu = (t.delta * u.float())[..., None] * t.B  # (B, D, L, N)
     C_t = t.C.expand(batch, dim, length, A.shape[1])
     h = torch.zeros(batch, dim, A.shape[1], dtype=t.state_dtype, device=u.device)

@@ -10,6 +10,8 @@ Shapes (B batch, D channels, L length, N state size, G groups, K chunks of T ste
     B, C               (B, N, L) or (B, G, N, L)
     D, delta_bias      (D,)
     initial_state      (B, D, N)
+    seq_idx            (B, L) int32/int64, optional: packed sequences; the decay into
+                       every position where it changes is zero, so the state restarts there
 
 Per channel d and state n the recurrence is h_t = a_t h_{t-1} + x_t with
 a_t = exp(delta_t A_n) and x_t = delta_t u_t B_t. The sequence is cut into K chunks:
@@ -46,7 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .naive import check_scan_inputs
+from .naive import check_scan_inputs, check_seq_idx
 
 Tensor = torch.Tensor
 
@@ -99,6 +101,18 @@ def _load_delta(dt_ptr, s_dt_b, s_dt_d, s_dt_l, bias_ptr, b, d, t, mask2, d_mask
 
 
 @triton.jit
+def _starts_tile(seq_ptr, s_seq_b, s_seq_l, b, t, L, BD: tl.constexpr):
+    """(BD, T) bool, the same row for every channel: True at t > 0 where seq_idx changes
+    (a packed sequence starts there, so the decay into t is zero)."""
+    rows = tl.zeros((BD, 1), dtype=tl.int32)
+    ptrs = seq_ptr + b * s_seq_b + t[None, :] * s_seq_l + rows
+    inside = ((t > 0) & (t < L))[None, :] & (rows == 0)
+    cur = tl.load(ptrs, mask=inside, other=0)
+    prev = tl.load(ptrs - s_seq_l, mask=inside, other=0)
+    return inside & (cur != prev)
+
+
+@triton.jit
 def _channel_range(pid_s, n_per_group, n_split, DS):
     """Group and channel range [d_lo, d_hi) of split ``pid_s``; splits never cross a group."""
     g = pid_s // n_split
@@ -112,26 +126,38 @@ def _channel_range(pid_s, n_per_group, n_split, DS):
 
 @triton.jit
 def _chunk_summary_kernel(
-    u_ptr, dt_ptr, A_ptr, X_ptr, z_ptr, dout_ptr, bias_ptr,
+    u_ptr, dt_ptr, A_ptr, X_ptr, z_ptr, dout_ptr, bias_ptr, seq_ptr,
     decay_ptr, local_ptr,
     L, n_per_group, n_split, DS, n_chunks, dim,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
-    s_X_b, s_X_g, s_X_n, s_X_l, s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
+    s_X_b, s_X_g, s_X_n, s_X_l, s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l, s_seq_b, s_seq_l,
     REVERSE: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BD: tl.constexpr, NS: tl.constexpr, T: tl.constexpr,
+    HAS_SEQ: tl.constexpr, BD: tl.constexpr, NS: tl.constexpr, T: tl.constexpr,
 ):
     """Per chunk k and channel: the decay over the chunk, exp(A sum_t delta_t), and
 
     forward (X = B):  the end state from a zero start, sum_t exp(A sum_{s>t} delta_s) delta_t u_t B_t;
     reverse (X = C):  the adjoint at the start from a zero end, sum_t exp(A sum_{s<=t} delta_s) dy_t C_t,
     with dy = dout * silu(z). Both go to (B, K, D, N) float32 buffers. Tiles are
-    (BD channels, T steps), one state n at a time.
+    (BD channels, T steps), one state n at a time. A packed sequence starting inside
+    the chunk (HAS_SEQ) zeroes the chunk's decay and cuts off the terms it separates.
     """
     pid_k = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     g, d_lo, d_hi = _channel_range(tl.program_id(2), n_per_group, n_split, DS)
-    t = pid_k * T + tl.arange(0, T)
+    t_loc = tl.arange(0, T)
+    t = pid_k * T + t_loc
     t_mask = t < L
+    chunk_open = tl.full((BD,), 1, tl.int1)
+    if HAS_SEQ:
+        starts = _starts_tile(seq_ptr, s_seq_b, s_seq_l, pid_b, t, L, BD)
+        if REVERSE:  # the adjoint at the chunk start sees only the steps before the first start
+            cut = tl.min(tl.where(starts, t_loc[None, :], T), axis=1)
+            keep = t_loc[None, :] < cut[:, None]
+        else:  # the end state sees only the steps from the last start on
+            cut = tl.max(tl.where(starts, t_loc[None, :], -1), axis=1)
+            keep = t_loc[None, :] >= cut[:, None]
+        chunk_open = tl.max(starts.to(tl.int32), axis=1) == 0
     x_ptrs = X_ptr + pid_b * s_X_b + g * s_X_g + t * s_X_l
     out_base = (pid_b * n_chunks + pid_k) * dim * NS
     for d0 in range(d_lo, d_hi, BD):
@@ -152,13 +178,15 @@ def _chunk_summary_kernel(
                         mask=m2, other=0.0).to(tl.float32)
             coef = dt * u
             span = tl.cumsum(dt, axis=1, reverse=True) - dt  # decay after t to the chunk end
+        if HAS_SEQ:
+            coef = tl.where(keep, coef, 0.0)
         total = tl.sum(dt, axis=1)
         for n in tl.static_range(NS):
             A2 = tl.load(A_ptr + d * s_A_d + n * s_A_n, mask=d_mask, other=0.0) * LOG2E
             Xn = tl.load(x_ptrs + n * s_X_n, mask=t_mask, other=0.0).to(tl.float32)
             local = tl.sum(tl.exp2(A2[:, None] * span) * coef * Xn[None, :], axis=1)
             offs = out_base + d * NS + n
-            tl.store(decay_ptr + offs, tl.exp2(A2 * total), mask=d_mask)
+            tl.store(decay_ptr + offs, tl.where(chunk_open, tl.exp2(A2 * total), 0.0), mask=d_mask)
             tl.store(local_ptr + offs, local, mask=d_mask)
 
 
@@ -203,13 +231,15 @@ def _carry_kernel(decay_ptr, local_ptr, states_ptr, n_chunks, rows,
 
 
 @triton.jit
-def _fwd_chunk(u_ptr, dt_ptr, A_ptr, B_ptrs, C_ptrs, D_ptr, z_ptr, bias_ptr, y_ptr, h_in_ptrs, h_out_ptrs,
-               pid_b, d, d_mask, t, t_mask, s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
-               s_B_n, s_C_n, s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l,
+def _fwd_chunk(u_ptr, dt_ptr, A_ptr, B_ptrs, C_ptrs, D_ptr, z_ptr, bias_ptr, seq_ptr, y_ptr, h_in_ptrs, h_out_ptrs,
+               pid_b, d, d_mask, t, L, s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
+               s_B_n, s_C_n, s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l, s_seq_b, s_seq_l,
                HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-               NEED_END: tl.constexpr, BD: tl.constexpr, NS: tl.constexpr, T: tl.constexpr):
+               HAS_SEQ: tl.constexpr, NEED_END: tl.constexpr, BD: tl.constexpr, NS: tl.constexpr,
+               T: tl.constexpr):
     """One chunk of BD channels: scan each state n from h_in (pointers to (BD,) rows of N floats),
     write y (BD, T); with NEED_END write the end states through h_out."""
+    t_mask = t < L
     m2 = d_mask[:, None] & t_mask[None, :]
     t_loc = tl.arange(0, T)
     first = (t_loc == 0)[None, :]
@@ -224,6 +254,8 @@ def _fwd_chunk(u_ptr, dt_ptr, A_ptr, B_ptrs, C_ptrs, D_ptr, z_ptr, bias_ptr, y_p
     u = tl.load(u_ptr + pid_b * s_u_b + d[:, None] * s_u_d + t[None, :] * s_u_l,
                 mask=m2, other=0.0).to(tl.float32)
     dtu = dt * u
+    if HAS_SEQ:
+        starts = _starts_tile(seq_ptr, s_seq_b, s_seq_l, pid_b, t, L, BD)
     y = tl.zeros((BD, T), dtype=tl.float32)
     for n in tl.static_range(NS):
         A2 = tl.load(A_ptr + d * s_A_d + n * s_A_n, mask=d_mask, other=0.0) * LOG2E
@@ -231,6 +263,8 @@ def _fwd_chunk(u_ptr, dt_ptr, A_ptr, B_ptrs, C_ptrs, D_ptr, z_ptr, bias_ptr, y_p
         Cn = tl.load(C_tile + n * s_C_n, mask=m2, other=0.0).to(tl.float32)
         h0 = tl.load(h_in_ptrs + n, mask=d_mask, other=0.0)
         a = tl.exp2(A2[:, None] * dt)
+        if HAS_SEQ:
+            a = tl.where(starts, 0.0, a)
         x = dtu * Bn
         x = tl.where(first, x + a * h0[:, None], x)
         _, h = tl.associative_scan((a, x), axis=1, combine_fn=_linear_combine)
@@ -249,13 +283,13 @@ def _fwd_chunk(u_ptr, dt_ptr, A_ptr, B_ptrs, C_ptrs, D_ptr, z_ptr, bias_ptr, y_p
 
 @triton.jit
 def _scan_fwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, y_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, states_ptr, y_ptr,
     L, n_per_group, n_split, DS, n_chunks, dim,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
-    s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l,
+    s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l, s_seq_b, s_seq_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    SEQUENTIAL: tl.constexpr, SINGLE_CHUNK: tl.constexpr, BD: tl.constexpr, NS: tl.constexpr, T: tl.constexpr,
+    HAS_SEQ: tl.constexpr, SEQUENTIAL: tl.constexpr, SINGLE_CHUNK: tl.constexpr, BD: tl.constexpr, NS: tl.constexpr, T: tl.constexpr,
 ):
     """y for batch b and the channels of one split; states is (B, K+1, D, N) float32.
 
@@ -277,32 +311,32 @@ def _scan_fwd_kernel(
         for k in range(0, n_chunks):
             t = k * T + tl.arange(0, T)
             h_in = st_b + k * dim * NS + d * NS
-            _fwd_chunk(u_ptr, dt_ptr, A_ptr, b_base + t * s_B_l, c_base + t * s_C_l, D_ptr, z_ptr, bias_ptr, y_ptr,
-                       h_in, h_in + dim * NS, pid_b, d, d_mask, t, t < L, s_u_b, s_u_d, s_u_l,
+            _fwd_chunk(u_ptr, dt_ptr, A_ptr, b_base + t * s_B_l, c_base + t * s_C_l, D_ptr, z_ptr, bias_ptr,
+                       seq_ptr, y_ptr, h_in, h_in + dim * NS, pid_b, d, d_mask, t, L, s_u_b, s_u_d, s_u_l,
                        s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n, s_B_n, s_C_n, s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l,
-                       HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, BD, NS, T)
+                       s_seq_b, s_seq_l, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_SEQ, True, BD, NS, T)
             tl.debug_barrier()  # the end states just stored are the next chunk's start, read by other threads
     else:
         t = pid_k * T + tl.arange(0, T)
         for d0 in range(d_lo, d_hi, BD):
             d = d0 + tl.arange(0, BD)
             h_in = st_b + pid_k * dim * NS + d * NS
-            _fwd_chunk(u_ptr, dt_ptr, A_ptr, b_base + t * s_B_l, c_base + t * s_C_l, D_ptr, z_ptr, bias_ptr, y_ptr,
-                       h_in, h_in + dim * NS, pid_b, d, d < d_hi, t, t < L, s_u_b, s_u_d, s_u_l,
+            _fwd_chunk(u_ptr, dt_ptr, A_ptr, b_base + t * s_B_l, c_base + t * s_C_l, D_ptr, z_ptr, bias_ptr,
+                       seq_ptr, y_ptr, h_in, h_in + dim * NS, pid_b, d, d < d_hi, t, L, s_u_b, s_u_d, s_u_l,
                        s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n, s_B_n, s_C_n, s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l,
-                       HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SINGLE_CHUNK, BD, NS, T)
+                       s_seq_b, s_seq_l, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_SEQ, SINGLE_CHUNK, BD, NS, T)
 
 
 @triton.jit
 def _scan_bwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, adj_ptr, dout_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, states_ptr, adj_ptr, dout_ptr,
     du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
     L, n_per_group, n_split, DS, n_chunks, dim, n_groups,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
-    s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l,
+    s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l, s_seq_b, s_seq_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BD: tl.constexpr, NS: tl.constexpr, T: tl.constexpr,
+    HAS_SEQ: tl.constexpr, BD: tl.constexpr, NS: tl.constexpr, T: tl.constexpr,
 ):
     """All gradients of chunk k, batch b, the channels of one split.
 
@@ -328,6 +362,8 @@ def _scan_bwd_kernel(
     part_base = (pid_b * n_chunks + pid_k) * dim
     split_local = pid_s % n_split
     dBC_ptrs = (((split_local * tl.num_programs(1) + pid_b) * n_groups + g) * NS) * L + t
+    if HAS_SEQ:
+        starts = _starts_tile(seq_ptr, s_seq_b, s_seq_l, pid_b, t, L, BD)
     for d0 in range(d_lo, d_hi, BD):
         d = d0 + tl.arange(0, BD)
         d_mask = d < d_hi
@@ -356,6 +392,8 @@ def _scan_bwd_kernel(
             g_end = tl.load(adj_ptr + st_base + dim * NS + d * NS + n, mask=d_mask, other=0.0)
             # forward again: h_t over the chunk
             a = tl.exp2((A * LOG2E)[:, None] * dt)
+            if HAS_SEQ:
+                a = tl.where(starts, 0.0, a)
             x = dtu * Bn
             _, h = tl.associative_scan((a, tl.where(first, x + a * h0[:, None], x)), axis=1,
                                        combine_fn=_linear_combine)
@@ -366,6 +404,8 @@ def _scan_bwd_kernel(
             _, _, gt = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), v), axis=1,
                                            combine_fn=_adjoint_combine, reverse=True)
             w = gt * (h - x)  # g_t a_t h_{t-1}
+            if HAS_SEQ:  # no decay into a sequence start, so no gradient through it
+                w = tl.where(starts, 0.0, w)
             ddt += w * A[:, None] + (gt * u) * Bn
             du += (gt * dt) * Bn
             tl.store(dA_ptr + (part_base + d) * NS + n, tl.sum(w * dt, axis=1), mask=d_mask)
@@ -457,7 +497,14 @@ def _grouped(X: Tensor) -> Tensor:
     return X.unsqueeze(1) if X.dim() == 3 else X
 
 
-def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, cfg):
+def _seq_args(seq_idx):
+    """Pointer and (batch, length) strides of seq_idx, or a placeholder when there is none."""
+    if seq_idx is None:
+        return None, (0, 0)
+    return seq_idx, (seq_idx.stride(0), seq_idx.stride(1))
+
+
+def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, seq_idx, cfg):
     batch, dim, length = u.shape
     n_state = A.shape[1]
     Bg, Cg = _grouped(B), _grouped(C)
@@ -472,7 +519,10 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, cfg):
     y = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
     dummy = u  # pointer for absent optional tensors (never read)
     grid = (K, batch, groups * n_split)
-    flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus))
+    flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
+                 HAS_SEQ=seq_idx is not None)
+    seq_ptr, seq_strides = _seq_args(seq_idx)
+    seq_ptr = dummy if seq_ptr is None else seq_ptr
     if cfg["sequential"]:
         n_split_seq = -(-(dim // groups) // BD)
         grid_seq = (1, batch, groups * n_split_seq)
@@ -481,23 +531,23 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, cfg):
         decay = torch.empty(batch, K, dim, n_state, device=dev, dtype=torch.float32)
         local = torch.empty_like(decay)
         _chunk_summary_kernel[grid](
-            u, delta, A, Bg, dummy, dummy, delta_bias if delta_bias is not None else dummy,
+            u, delta, A, Bg, dummy, dummy, delta_bias if delta_bias is not None else dummy, seq_ptr,
             decay, local,
             length, dim // groups, n_split, DS, K, dim,
             *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
-            *Bg.stride(), 0, 0, 0, 0, 0, 0,
+            *Bg.stride(), 0, 0, 0, 0, 0, 0, *seq_strides,
             REVERSE=False, HAS_Z=False, HAS_BIAS=flags["HAS_BIAS"], SOFTPLUS=flags["SOFTPLUS"],
-            BD=BD, NS=n_state, T=T, num_warps=cfg["num_warps"],
+            HAS_SEQ=flags["HAS_SEQ"], BD=BD, NS=n_state, T=T, num_warps=cfg["num_warps"],
         )
         _carry(decay, local, states, reverse=False)
     if not cfg["sequential"]:
         grid_seq, split_args = grid, (dim // groups, n_split, DS)
     _scan_fwd_kernel[grid_seq](
         u, delta, A, Bg, Cg, D if D is not None else dummy, z if z is not None else dummy,
-        delta_bias if delta_bias is not None else dummy, states, y,
+        delta_bias if delta_bias is not None else dummy, seq_ptr, states, y,
         length, *split_args, K, dim,
         *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
-        *Bg.stride(), *Cg.stride(), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides3(y),
+        *Bg.stride(), *Cg.stride(), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides3(y), *seq_strides,
         HAS_D=D is not None, SEQUENTIAL=cfg["sequential"], SINGLE_CHUNK=K == 1, BD=BD, NS=n_state, T=T,
         num_warps=cfg["num_warps"], **flags,
     )
@@ -512,7 +562,7 @@ def _carry(decay: Tensor, local: Tensor, states: Tensor, reverse: bool) -> None:
         decay, local, states, K, rows, REVERSE=reverse, ROWS=ROWS, CB=CB, num_warps=4)
 
 
-def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, states, cfg):
+def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, seq_idx, states, cfg):
     batch, dim, length = u.shape
     n_state = A.shape[1]
     Bg, Cg = _grouped(B), _grouped(C)
@@ -522,8 +572,11 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, state
     f32 = torch.float32
     dummy = u
     grid = (K, batch, groups * n_split)
-    flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus))
+    flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
+                 HAS_SEQ=seq_idx is not None)
     z_strides = _strides3(z) if z is not None else (0, 0, 0)
+    seq_ptr, seq_strides = _seq_args(seq_idx)
+    seq_ptr = dummy if seq_ptr is None else seq_ptr
 
     adj = torch.empty(batch, K + 1, dim, n_state, device=dev, dtype=f32)
     if dfinal is None:
@@ -535,10 +588,10 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, state
         local = torch.empty_like(decay)
         _chunk_summary_kernel[grid](
             u, delta, A, Cg, z if z is not None else dummy, dout,
-            delta_bias if delta_bias is not None else dummy, decay, local,
+            delta_bias if delta_bias is not None else dummy, seq_ptr, decay, local,
             length, dim // groups, n_split, DS, K, dim,
             *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
-            *Cg.stride(), *z_strides, *_strides3(dout),
+            *Cg.stride(), *z_strides, *_strides3(dout), *seq_strides,
             REVERSE=True, BD=BD, NS=n_state, T=T, num_warps=cfg["num_warps"], **flags,
         )
         _carry(decay, local, adj, reverse=True)
@@ -554,12 +607,12 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, state
     dh0 = torch.empty(batch, dim, n_state, device=dev, dtype=f32)
     _scan_bwd_kernel[grid](
         u, delta, A, Bg, Cg, D if D is not None else dummy, z if z is not None else dummy,
-        delta_bias if delta_bias is not None else dummy, states, adj, dout,
+        delta_bias if delta_bias is not None else dummy, seq_ptr, states, adj, dout,
         du, ddelta, dz if dz is not None else du, dB_part, dC_part, dA_part,
         dD_part if dD_part is not None else dA_part, dbias_part if dbias_part is not None else dA_part, dh0,
         length, dim // groups, n_split, DS, K, dim, groups,
         *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
-        *Bg.stride(), *Cg.stride(), *z_strides, *_strides3(dout),
+        *Bg.stride(), *Cg.stride(), *z_strides, *_strides3(dout), *seq_strides,
         HAS_D=D is not None, BD=BD, NS=n_state, T=T, num_warps=cfg["num_warps"], **flags,
     )
     dB = dB_part.sum(0) if n_split > 1 else dB_part[0]
@@ -579,7 +632,7 @@ class SelectiveScanTriton(torch.autograd.Function):
     """Autograd wrapper: saves the inputs and the per-chunk entering states, recomputes the rest."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, config):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, config):
         batch, dim, length = u.shape
         groups = 1 if B.dim() == 3 else B.shape[1]
         # Off the GPU (the Triton interpreter) every program costs Python time: use the fewest.
@@ -587,8 +640,8 @@ class SelectiveScanTriton(torch.autograd.Function):
         training = any(ctx.needs_input_grad)
         cfg = choose_config(batch, dim, length, A.shape[1], groups, sm_count, training, **(config or {}))
         h0 = None if initial_state is None else initial_state.float()
-        y, states = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, cfg)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
+        y, states = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, seq_idx, cfg)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, seq_idx, states)
         ctx.cfg = cfg
         ctx.delta_softplus = delta_softplus
         ctx.initial_state_dtype = None if initial_state is None else initial_state.dtype
@@ -597,15 +650,15 @@ class SelectiveScanTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dfinal):
-        u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, seq_idx, states = ctx.saved_tensors
         dout = dout if dout is not None else torch.zeros_like(u)
         grads = _backward(dout, None if dfinal is None else dfinal.float(), u, delta, A, B, C, D, z, delta_bias,
-                          ctx.delta_softplus, states, ctx.cfg)
+                          ctx.delta_softplus, seq_idx, states, ctx.cfg)
         dh0 = None
         if ctx.initial_state_dtype is not None:
             dh0 = grads["dh0"].to(ctx.initial_state_dtype)
         return (grads["du"], grads["ddelta"], grads["dA"].to(A.dtype), grads["dB"], grads["dC"], grads["dD"],
-                grads["dz"], grads["dbias"], None, dh0, None)
+                grads["dz"], grads["dbias"], None, dh0, None, None)
 
 
 def selective_scan_triton(
@@ -620,22 +673,45 @@ def selective_scan_triton(
     delta_softplus: bool = False,
     initial_state: Tensor | None = None,
     return_final_state: bool = False,
+    seq_idx: Tensor | None = None,
     config: dict | None = None,
 ):
     """Selective scan on the GPU through Triton; same arguments and results as ``selective_scan_ref``.
 
     Real A with input-dependent B and C ((B, N, L) or grouped (B, G, N, L)). Returns
     y (B, D, L) in u.dtype and, with ``return_final_state``, the final state (B, D, N)
-    float32, which is differentiable too. ``config`` overrides launch parameters of
+    float32, which is differentiable too. ``seq_idx`` (B, L) restarts the state from zero
+    where it changes (packed variable-length sequences; ``initial_state`` feeds the first
+    sequence of each row). ``config`` overrides launch parameters of
     ``choose_config`` (T, BD, num_warps, sequential); tests use small chunks.
     """
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    _check_devices_and_dtypes(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if seq_idx is not None:
+        check_seq_idx(seq_idx, u)
     if not supports(A, B, C):
         raise ValueError("selective_scan_triton takes real A and input-dependent B, C; "
                          "use the chunked backend for complex A or time-invariant B, C")
     y, final = SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                                         config)
+                                         seq_idx, config)
     return (y, final) if return_final_state else y
+
+
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check_devices_and_dtypes(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
+    """Raise ValueError for a tensor on another device than u or of a dtype the kernels do not take."""
+    named = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state)
+    for name, x in named.items():
+        if x is None:
+            continue
+        if x.device != u.device:
+            raise ValueError(f"{name} is on {x.device} but u is on {u.device}")
+        if name != "A" and x.dtype not in _FLOATS:
+            raise ValueError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
+    if not A.is_complex() and A.dtype != torch.float32:
+        raise ValueError(f"A must be float32 (or complex), got {A.dtype}")
 
 
 def supports(A: Tensor, B: Tensor, C: Tensor) -> bool:
