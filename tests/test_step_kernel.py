@@ -155,3 +155,26 @@ def test_reference_step_equals_the_scan_oracle(selective):
                                           delta_softplus=True, return_final_state=True)
     assert rel_err(y_step, y_scan) < 1e-5
     assert rel_err(ssm_step, ssm_scan) < 1e-5
+
+
+@pytest.mark.parametrize("stage_mixers", [None, ["s4d", "mamba"]], ids=["mamba", "s4d-outer"])
+def test_model_steps_through_the_triton_kernel(monkeypatch, stage_mixers):
+    """A SaShiMi LM stepped with the mixer's fused step on the Triton backend gives the parallel forward."""
+    pytest.importorskip("triton")
+    import functools
+
+    from mamba_audio.models import BackboneConfig, LMConfig, MixerConfig, SaShiMiLM
+    from mamba_audio.models import mixer as mixer_module
+
+    triton_step_module()
+    monkeypatch.setattr(mixer_module, "mamba_step", functools.partial(mamba_step, backend="triton"))
+    torch.manual_seed(0)
+    backbone = BackboneConfig(d_model=8, n_layers=1, pool=[2], mixer=MixerConfig(d_state=4),
+                              stage_mixers=stage_mixers)
+    model = SaShiMiLM(LMConfig(backbone=backbone)).eval().to(DEVICE)
+    tokens = torch.randint(0, 256, (2, 6), device=DEVICE)
+    with torch.no_grad():
+        parallel = model(tokens)
+        state = model.allocate_inference_cache(2)
+        stepped = torch.stack([model.step(tokens[:, t], state) for t in range(tokens.shape[1])], dim=1)
+    assert (stepped - parallel).abs().max().item() < 1e-4

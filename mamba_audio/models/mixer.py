@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mamba_audio.kernels import selective_scan, selective_state_update
+from mamba_audio.kernels import mamba_step, selective_scan
 
 from .config import MixerConfig
 
@@ -136,21 +136,16 @@ class MambaMixer(nn.Module):
         return self._mix(hidden, state)
 
     def step(self, hidden: Tensor, state: MixerState) -> Tensor:
-        """One position: hidden (B, H) -> (B, H); updates ``state`` in place."""
+        """One position: hidden (B, H) -> (B, H); updates ``state`` in place.
+
+        Everything between the two projections (conv, x/dt projections, state update, D skip,
+        gate) is one fused ``mamba_step``: a single Triton launch on CUDA, the reference on the CPU.
+        """
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, E) each
-        state.conv.copy_(torch.roll(state.conv, shifts=-1, dims=-1))
-        state.conv[:, :, -1] = x
-        x = (state.conv * self.conv1d.weight[:, 0, :]).sum(-1)
-        if self.conv1d.bias is not None:
-            x = x + self.conv1d.bias
-        x = F.silu(x)
-        delta, B, C = self._delta_B_C(x[..., None])
-        if self.selective:  # (B, N, 1) -> (B, N)
-            B, C, delta = B[..., 0], C[..., 0], delta[..., 0]
-        else:  # per-channel B, C are the grouped case with one group per channel
-            B = B.expand(x.shape[0], *B.shape)
-            C = C.expand(x.shape[0], *C.shape)
-            delta = delta[..., 0]
-        y = selective_state_update(state.ssm, x, delta, self.A(), B, C, self.D.float(), z,
-                                   self.dt_bias.float(), dt_softplus=True)
+        if self.selective:
+            ssm = dict(x_proj_weight=self.x_proj.weight, dt_proj_weight=self.dt_proj.weight)
+        else:
+            ssm = dict(B=self._as_state_values(self.B), C=self._as_state_values(self.C))
+        y = mamba_step(x, z, state.conv, state.ssm, self.conv1d.weight[:, 0, :], self.conv1d.bias, self.A(),
+                       self.D.float(), self.dt_bias.float(), dt_softplus=True, **ssm)
         return self.out_proj(y)
