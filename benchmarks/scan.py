@@ -46,13 +46,20 @@ SWEEP = [
     dict(T=256, BD=4, num_warps=4, sequential=True),
     dict(T=128, BD=8, num_warps=4, sequential=True),
     dict(T=256, BD=8, num_warps=8, sequential=True),
+    dict(T=512, BD=2, num_warps=4, sequential=True),
     dict(T=256, BD=4, num_warps=4, sequential=False),
 ]
 SWEEP_BWD = [
-    dict(T=256, BD=4, num_warps=4),
-    dict(T=128, BD=4, num_warps=4),
-    dict(T=128, BD=2, num_warps=2),
+    dict(T=128, BD=2, num_warps=2, unroll=1),
+    dict(T=128, BD=2, num_warps=2, unroll=2),
+    dict(T=128, BD=1, num_warps=1, unroll=1),
+    dict(T=128, BD=1, num_warps=1, unroll=2),
+    dict(T=128, BD=4, num_warps=4, unroll=1),
+    dict(T=256, BD=2, num_warps=2, unroll=1),
+    dict(T=64, BD=2, num_warps=2, unroll=1),
+    dict(T=64, BD=4, num_warps=2, unroll=2),
 ]
+SEQ_CHECK_SHAPE = (2, 64, 4096, 16)  # packed sequences: ours against the chunked scan in float32, with gradients
 
 
 # ----------------------------------------------------------------------------- mamba_ssm
@@ -142,12 +149,12 @@ def make_inputs(batch, dim, length, n_state, seed=0):
 GRAD_NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 
 
-def ours_fn(config=None):
+def ours_fn(config=None, seq_idx=None):
     from mamba_audio.kernels.selective_scan.triton_scan import selective_scan_triton
 
     def fn(x):
         return selective_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"],
-                                     True, config=config)
+                                     True, seq_idx=seq_idx, config=config)
     return fn
 
 
@@ -183,6 +190,49 @@ def peak_MiB(thunk) -> float:
 def rel_err(a, b) -> float:
     a, b = a.double(), b.double()
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def kernel_breakdown(thunk) -> dict:
+    """GPU time per kernel name (ms) over one call of thunk, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    thunk()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        thunk()
+        torch.cuda.synchronize()
+    times = {}
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+        if t:
+            times[ev.key[:60]] = round(t / 1e3, 4)
+    return dict(sorted(times.items(), key=lambda kv: -kv[1])[:8])
+
+
+def packed_sequences_check() -> dict:
+    """seq_idx on the GPU: ours (float32) against the chunked scan, output, final state and every gradient."""
+    from mamba_audio.kernels.selective_scan import selective_scan_chunked
+    from mamba_audio.kernels.selective_scan.triton_scan import selective_scan_triton
+
+    Bn, Dn, Ln, Nn = SEQ_CHECK_SHAPE
+    x = {k: v.float() if v.is_floating_point() else v for k, v in make_inputs(Bn, Dn, Ln, Nn, seed=99).items()}
+    x["initial_state"] = torch.randn(Bn, Dn, Nn, device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(5)
+    lengths = torch.randint(1, Ln // 3, (Bn, 16), generator=g, device="cuda").cumsum(1)
+    seq_idx = (torch.arange(Ln, device="cuda")[None, :, None] >= lengths[:, None, :]).sum(-1).to(torch.int32)
+    dout = torch.randn(Bn, Dn, Ln, device="cuda")
+    dfinal = torch.randn(Bn, Dn, Nn, device="cuda")
+    names = GRAD_NAMES + ["initial_state"]
+    outs = []
+    for fn in (selective_scan_triton, selective_scan_chunked):
+        xg = with_grad(x)
+        y, final = fn(xg["u"], xg["delta"], xg["A"], xg["B"], xg["C"], xg["D"], xg["z"], xg["delta_bias"], True,
+                      xg["initial_state"], True, seq_idx=seq_idx)
+        grads = torch.autograd.grad((y * dout).sum() + (final * dfinal).sum(), [xg[k] for k in names])
+        outs.append([y, final, *grads])
+    errs = {k: rel_err(a, b) for k, a, b in zip(["y", "final"] + ["d" + n for n in names], *outs)}
+    return dict(shape=list(SEQ_CHECK_SHAPE), sequences_per_row=int(seq_idx[:, -1].min()) + 1,
+                rel_err_vs_chunked_fp32=errs)
 
 
 # ----------------------------------------------------------------------------- main
@@ -231,6 +281,10 @@ def main():
     print(f"{name}: {sms} SMs, device-to-device copy {copy_GBps:.0f} GB/s (read + write)")
     shapes = SHAPES if args.shapes == "all" else [SHAPES[int(i)] for i in args.shapes.split(",")]
     rows, checks, log = [], [], []
+    packed = packed_sequences_check()
+    checks.append(packed)
+    log.append(f"packed sequences {packed}")
+    print(log[-1], flush=True)
     for si, (Bn, Dn, Ln, Nn) in enumerate(shapes):
         x = make_inputs(Bn, Dn, Ln, Nn, seed=si)
         xg = with_grad(x)
@@ -307,6 +361,18 @@ def main():
                     ref["sequential_fwd_ms"] = start.elapsed_time(end)
                 torch.cuda.empty_cache()
 
+        try:
+            breakdown = kernel_breakdown(lambda: fwd_bwd(ours_fb, xg, dout))
+        except Exception as e:  # the profiler is a convenience: never lose the run to it
+            breakdown = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+        checks[-1]["fwd_bwd_kernels_ms"] = breakdown
+        log.append(f"{(Bn, Dn, Ln, Nn)} fwd+bwd kernels (ms): {breakdown}")
+        print(log[-1], flush=True)
+        if si == 0:  # what packed sequences cost: 64 sequences per row, same shape
+            seq_idx = (torch.arange(Ln, device="cuda") * 64 // Ln).to(torch.int32).expand(Bn, Ln).contiguous()
+            ours_seq = ours_fn(bwd_cfg, seq_idx)
+            checks[-1]["fwd_bwd_ms_with_64_sequences_per_row"] = bench_ms(lambda: fwd_bwd(ours_seq, xg, dout))
+
         cfg_used = {k: v for k, v in (fwd_cfg or default).items()}
         rows.append(dict(shape=[Bn, Dn, Ln, Nn], **{"pass": "fwd"}, ours_ms=t_ours, mamba_ssm_ms=t_theirs,
                          speedup=t_theirs / t_ours, ours_GBps=fwd_bytes / t_ours / 1e6,
@@ -333,6 +399,10 @@ def main():
               f"{r.get('ours_peak_MiB', float('nan')):9.0f} {r.get('mamba_ssm_peak_MiB', float('nan')):9.0f} "
               f"{(r.get('chunked_fwd_ms') or float('nan')):10.2f}")
     for c in checks:
+        if "rel_err_vs_chunked_fp32" in c:
+            print(tuple(c["shape"]), f"packed ({c['sequences_per_row']}+ sequences per row) vs chunked fp32:",
+                  " ".join(f"{k}={v:.1e}" for k, v in c["rel_err_vs_chunked_fp32"].items()))
+            continue
         print(tuple(c["shape"]), "deterministic" if c["deterministic"] else "NOT deterministic",
               " ".join(f"{k}={v:.1e}" for k, v in c["rel_err_vs_mamba_ssm"].items()))
     seq = [r for r in rows if r.get("sequential_fwd_ms")]

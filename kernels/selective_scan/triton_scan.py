@@ -336,14 +336,14 @@ def _scan_bwd_kernel(
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l, s_seq_b, s_seq_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_SEQ: tl.constexpr, BD: tl.constexpr, NS: tl.constexpr, T: tl.constexpr,
+    HAS_SEQ: tl.constexpr, BD: tl.constexpr, NS: tl.constexpr, T: tl.constexpr, UNROLL: tl.constexpr,
 ):
     """All gradients of chunk k, batch b, the channels of one split.
 
     states[b, k] is h entering the chunk, adj[b, k+1] the adjoint of h leaving it.
     du, d delta, dz: (B, D, L) contiguous, input dtypes. dB, dC partials:
-    (n_split, B, G, N, L) float32, zeroed, accumulated over this split's channel
-    blocks in order. dA partials (B, K, D, N); dD, d delta_bias (B, K, D).
+    (n_split, B, G, N, L) float32, written by the split's first channel block, then
+    accumulated over its other channel blocks in order. dA partials (B, K, D, N); dD, d delta_bias (B, K, D).
     The first chunk also writes the gradient of the initial state, a_0 g_0, to dh0 (B, D, N).
     """
     pid_k = tl.program_id(0)
@@ -384,40 +384,46 @@ def _scan_bwd_kernel(
         y = tl.zeros((BD, T), dtype=tl.float32)
         ddt = tl.zeros((BD, T), dtype=tl.float32)
         du = tl.zeros((BD, T), dtype=tl.float32)
-        for n in range(NS):  # a loop, not unrolled: the body is long and unrolling it 16 times bloats the code
-            A = tl.load(A_ptr + d * s_A_d + n * s_A_n, mask=d_mask, other=0.0)
-            Bn = tl.load(B_tile + n * s_B_n, mask=m2, other=0.0).to(tl.float32)
-            Cn = tl.load(C_tile + n * s_C_n, mask=m2, other=0.0).to(tl.float32)
-            h0 = tl.load(states_ptr + st_base + d * NS + n, mask=d_mask, other=0.0)
-            g_end = tl.load(adj_ptr + st_base + dim * NS + d * NS + n, mask=d_mask, other=0.0)
-            # forward again: h_t over the chunk
-            a = tl.exp2((A * LOG2E)[:, None] * dt)
-            if HAS_SEQ:
-                a = tl.where(starts, 0.0, a)
-            x = dtu * Bn
-            _, h = tl.associative_scan((a, tl.where(first, x + a * h0[:, None], x)), axis=1,
-                                       combine_fn=_linear_combine)
-            y += h * Cn
-            # adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}, entering from the right with g_end
-            v = dy * Cn
-            v = tl.where(last, v + g_end[:, None], v)
-            _, _, gt = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), v), axis=1,
-                                           combine_fn=_adjoint_combine, reverse=True)
-            w = gt * (h - x)  # g_t a_t h_{t-1}
-            if HAS_SEQ:  # no decay into a sequence start, so no gradient through it
-                w = tl.where(starts, 0.0, w)
-            ddt += w * A[:, None] + (gt * u) * Bn
-            du += (gt * dt) * Bn
-            tl.store(dA_ptr + (part_base + d) * NS + n, tl.sum(w * dt, axis=1), mask=d_mask)
-            # dB, dC: sums over this split's channels, accumulated in its own partial rows
-            row = dBC_ptrs + n * L
-            tl.store(dB_ptr + row, tl.load(dB_ptr + row, mask=t_mask, other=0.0) + tl.sum(gt * dtu, axis=0),
-                     mask=t_mask)
-            tl.store(dC_ptr + row, tl.load(dC_ptr + row, mask=t_mask, other=0.0) + tl.sum(h * dy, axis=0),
-                     mask=t_mask)
-            if pid_k == 0:  # a_0 g_0, stored by the threads holding step 0
-                tl.store(dh0_ptr + ((pid_b * dim + d) * NS + n)[:, None] + t_loc[None, :] * 0, a * gt,
-                         mask=d_mask[:, None] & first)
+        # a loop over the states, UNROLL at a time: the body is long, and unrolling all NS bloats the
+        # code; a few copies give the scheduler independent scans to interleave
+        for n0 in range(0, NS, UNROLL):
+            for j in tl.static_range(UNROLL):
+                n = n0 + j
+                A = tl.load(A_ptr + d * s_A_d + n * s_A_n, mask=d_mask, other=0.0)
+                Bn = tl.load(B_tile + n * s_B_n, mask=m2, other=0.0).to(tl.float32)
+                Cn = tl.load(C_tile + n * s_C_n, mask=m2, other=0.0).to(tl.float32)
+                h0 = tl.load(states_ptr + st_base + d * NS + n, mask=d_mask, other=0.0)
+                g_end = tl.load(adj_ptr + st_base + dim * NS + d * NS + n, mask=d_mask, other=0.0)
+                # this split's dB, dC rows so far, loaded early so the latency hides behind the scans;
+                # the first channel block starts them (the partial buffers are not zeroed)
+                row = dBC_ptrs + n * L
+                dB_prev = tl.load(dB_ptr + row, mask=t_mask & (d0 > d_lo), other=0.0)
+                dC_prev = tl.load(dC_ptr + row, mask=t_mask & (d0 > d_lo), other=0.0)
+                # forward again: h_t over the chunk
+                a = tl.exp2((A * LOG2E)[:, None] * dt)
+                if HAS_SEQ:
+                    a = tl.where(starts, 0.0, a)
+                x = dtu * Bn
+                _, h = tl.associative_scan((a, tl.where(first, x + a * h0[:, None], x)), axis=1,
+                                           combine_fn=_linear_combine)
+                y += h * Cn
+                # adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}, entering from the right with g_end
+                v = dy * Cn
+                v = tl.where(last, v + g_end[:, None], v)
+                _, _, gt = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), v), axis=1,
+                                               combine_fn=_adjoint_combine, reverse=True)
+                w = gt * (h - x)  # g_t a_t h_{t-1}
+                if HAS_SEQ:  # no decay into a sequence start, so no gradient through it
+                    w = tl.where(starts, 0.0, w)
+                ddt += w * A[:, None] + (gt * u) * Bn
+                du += (gt * dt) * Bn
+                tl.store(dA_ptr + (part_base + d) * NS + n, tl.sum(w * dt, axis=1), mask=d_mask)
+                # dB, dC: sums over this split's channels, accumulated in order in its own partial rows
+                tl.store(dB_ptr + row, dB_prev + tl.sum(gt * dtu, axis=0), mask=t_mask)
+                tl.store(dC_ptr + row, dC_prev + tl.sum(h * dy, axis=0), mask=t_mask)
+                if pid_k == 0:  # a_0 g_0, stored by the threads holding step 0
+                    tl.store(dh0_ptr + ((pid_b * dim + d) * NS + n)[:, None] + t_loc[None, :] * 0, a * gt,
+                             mask=d_mask[:, None] & first)
         if HAS_D:
             Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
             y += u * Dv[:, None]
@@ -453,6 +459,7 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
              a carry pass and a second scan (two per element)
     DS       channels per program in the chunk-parallel kernels: as many as still
              gives about four programs per multiprocessor
+    unroll   states per trip of the backward's loop over N (copies of its body)
 
     The entries are the winners of benchmarks/scan.py's sweep on an H100
     (benchmarks/NOTES_scan.md): with gradients, T=128 with 2 channels on 2 warps
@@ -469,8 +476,11 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
         cfg = dict(T=256, BD=4, num_warps=4)
     if length <= 64:
         cfg["T"] = 64
-    cfg.update({k: v for k, v in overrides.items() if k in ("T", "BD", "num_warps") and v is not None})
+    cfg.setdefault("unroll", 1)
+    cfg.update({k: v for k, v in overrides.items() if k in ("T", "BD", "num_warps", "unroll") and v is not None})
     cfg["T"] = _pow2(cfg["T"])
+    if n_state % cfg["unroll"]:  # the backward's state loop takes whole groups of `unroll` states
+        cfg["unroll"] = 1
     per_group = dim // groups
     cfg["BD"] = BD = min(cfg["BD"], _pow2(per_group))
     K = max(1, -(-length // cfg["T"]))
@@ -595,12 +605,13 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, seq_i
             REVERSE=True, BD=BD, NS=n_state, T=T, num_warps=cfg["num_warps"], **flags,
         )
         _carry(decay, local, adj, reverse=True)
+        del decay, local  # freed before the gradients are allocated: the allocator reuses them
 
     du = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
     ddelta = torch.empty(batch, dim, length, device=dev, dtype=delta.dtype)
     dz = torch.empty(batch, dim, length, device=dev, dtype=z.dtype) if z is not None else None
-    dB_part = torch.zeros(n_split, batch, groups, n_state, length, device=dev, dtype=f32)
-    dC_part = torch.zeros_like(dB_part)
+    dB_part = torch.empty(n_split, batch, groups, n_state, length, device=dev, dtype=f32)
+    dC_part = torch.empty_like(dB_part)
     dA_part = torch.empty(batch, K, dim, n_state, device=dev, dtype=f32)
     dD_part = torch.empty(batch, K, dim, device=dev, dtype=f32) if D is not None else None
     dbias_part = torch.empty(batch, K, dim, device=dev, dtype=f32) if delta_bias is not None else None
@@ -613,7 +624,7 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, seq_i
         length, dim // groups, n_split, DS, K, dim, groups,
         *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
         *Bg.stride(), *Cg.stride(), *z_strides, *_strides3(dout), *seq_strides,
-        HAS_D=D is not None, BD=BD, NS=n_state, T=T, num_warps=cfg["num_warps"], **flags,
+        HAS_D=D is not None, BD=BD, NS=n_state, T=T, UNROLL=cfg["unroll"], num_warps=cfg["num_warps"], **flags,
     )
     dB = dB_part.sum(0) if n_split > 1 else dB_part[0]
     dC = dC_part.sum(0) if n_split > 1 else dC_part[0]
