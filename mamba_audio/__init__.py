@@ -27,6 +27,9 @@ _PUBLIC = {
     "load_audio": "mamba_audio.audio",
     "save_audio": "mamba_audio.audio",
     "AudioError": "mamba_audio.audio",
+    "StreamingGenerator": "mamba_audio.streaming",
+    "Stream": "mamba_audio.streaming",
+    "AudioChunk": "mamba_audio.streaming",
 }
 
 __all__ = ["__version__", *_PUBLIC]

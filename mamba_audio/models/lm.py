@@ -13,7 +13,7 @@ from mamba_audio.tokenizers import build_tokenizer
 from .blocks import make_norm
 from .config import LMConfig
 from .pretrained import PretrainedMixin
-from .sampling import sample_logits
+from .sampling import StreamSampler
 from .sashimi import SaShiMi
 
 Tensor = torch.Tensor
@@ -106,7 +106,9 @@ class SaShiMiLM(PretrainedMixin, nn.Module):
     ) -> Tensor:
         """Sample ``num_samples`` new tokens after an optional ``prompt`` (B, P); returns (B, num_samples).
 
-        The prompt is consumed in parallel by ``prefill``; generation then steps.
+        The prompt is consumed in parallel by ``prefill``; generation then steps. Row i draws its
+        random numbers from seed ``seed + i`` alone (see ``sampling.StreamSampler``), so it is the
+        stream that ``mamba_audio.streaming`` produces with that seed, whatever else is in the batch.
         """
         from tqdm.auto import tqdm
 
@@ -119,8 +121,13 @@ class SaShiMiLM(PretrainedMixin, nn.Module):
         if labels is not None:
             labels = torch.as_tensor(labels, device=device).reshape(-1).expand(batch_size)
         self._check_labels(labels, batch_size)
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed if seed is not None else torch.seed())
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()).item())
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        sampler = StreamSampler(batch_size, device)
+        for row in range(batch_size):
+            sampler.set_row(row, seed + row, temperature, top_k, top_p)
         state = self.allocate_inference_cache(batch_size, device)
         token = torch.full((batch_size,), self.tokenizer.silence_token, dtype=torch.long, device=device)
         if prompt is not None and prompt.shape[1] > 0:
@@ -128,7 +135,6 @@ class SaShiMiLM(PretrainedMixin, nn.Module):
             token = prompt[:, -1]
         out = torch.empty(batch_size, num_samples, dtype=torch.long, device=device)
         for t in tqdm(range(num_samples), desc="generating", unit="sample", disable=not progress):
-            logits = self.step(token, state, labels)
-            token = sample_logits(logits, temperature, top_k, top_p, generator)
+            token = sampler.sample(self.step(token, state, labels))
             out[:, t] = token
         return out

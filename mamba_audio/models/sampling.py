@@ -1,4 +1,12 @@
-"""Drawing tokens from logits: temperature, top-k, top-p (nucleus), seeded."""
+"""Drawing tokens from logits: temperature, top-k, top-p (nucleus), seeded per stream.
+
+Every stream of a batch draws its own random numbers from a counter-based
+generator: the uniform for a stream's t-th sample is a hash of (its seed, t).
+So a stream's samples depend on its seed alone, never on which other streams
+share the batch or on the order in which they were drawn, and drawing needs no
+generator object: only integer tensor arithmetic on the device, which a CUDA
+graph can capture (no host synchronisation per sample).
+"""
 
 from __future__ import annotations
 
@@ -6,27 +14,115 @@ import torch
 
 Tensor = torch.Tensor
 
+_MASK32 = 0xFFFFFFFF
+NO_TOP_K = 2**62  # a top-k larger than any vocabulary: keep every token
 
-def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                  generator: torch.Generator | None = None) -> Tensor:
-    """logits (B, V) -> tokens (B,). temperature 0 is greedy."""
-    if temperature < 0:
+
+def _mul32(x, c: int):
+    """(x * c) mod 2**32 for 0 <= x < 2**32, without int64 overflow (Python ints or int64 tensors)."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _MASK32
+
+
+def hash32(x):
+    """A 32-bit integer mixer (xor-shift-multiply) of 0 <= x < 2**32; Python ints or int64 tensors."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def seed_keys(seed: int) -> tuple[int, int]:
+    """Two 32-bit keys from an integer seed (any size; taken modulo 2**64)."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    seed &= 2**64 - 1
+    lo = hash32(hash32(seed & _MASK32) ^ 0x9E3779B9)
+    hi = hash32(hash32((seed >> 32) & _MASK32) ^ lo)
+    return lo, hi
+
+
+def counter_uniforms(key_lo: Tensor, key_hi: Tensor, counters: Tensor) -> Tensor:
+    """Uniforms in (0, 1), float32 (B,), for streams with keys (B,) at sample counters (B,) (int64 tensors)."""
+    h = hash32(hash32((counters & _MASK32) ^ key_lo) ^ key_hi)
+    return ((h >> 8).float() + 0.5) * (1.0 / 2**24)
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Raise ValueError for a sampling setting out of range."""
+    if not temperature >= 0:  # also catches NaN
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+
+
+def sample_tokens(logits: Tensor, uniforms: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor) -> Tensor:
+    """logits (B, V) -> tokens (B,), one uniform (B,) per row; per-row temperature (0: greedy), top_k, top_p.
+
+    Inverse-CDF sampling over the tokens sorted by probability (ties in index order): keep the
+    top_k most likely, then the smallest prefix whose mass reaches top_p, and pick where the
+    uniform falls in what is kept. Pure tensor code without data-dependent shapes or host syncs.
+    """
     logits = logits.float()
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix reaching top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+    scaled = logits / temperature.clamp_min(1e-6)[:, None]
+    sorted_logits, order = scaled.sort(dim=-1, descending=True, stable=True)
+    rank = torch.arange(logits.shape[-1], device=logits.device)
+    keep = rank[None, :] < top_k[:, None]
+    probs = sorted_logits.masked_fill(~keep, float("-inf")).softmax(-1)
+    mass_before = probs.cumsum(-1) - probs
+    keep = keep & ((mass_before < top_p[:, None]) | (top_p[:, None] >= 1))
+    cdf = (probs * keep).cumsum(-1)
+    target = uniforms[:, None] * cdf[:, -1:]
+    index = (cdf <= target).sum(-1).clamp_max(logits.shape[-1] - 1)
+    sampled = order.gather(-1, index[:, None])[:, 0]
+    return torch.where(temperature == 0, logits.argmax(-1), sampled)
+
+
+def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """logits (B, V) -> tokens (B,) with one setting for all rows, uniforms from ``generator``. temperature 0 is greedy."""
+    check_sampling(temperature, top_k, top_p)
+    batch = logits.shape[0]
+    uniforms = torch.rand(batch, generator=generator, device=logits.device)
+    return sample_tokens(logits, uniforms, *sampling_tensors(batch, temperature, top_k, top_p, logits.device))
+
+
+def sampling_tensors(batch: int, temperature: float, top_k: int | None, top_p: float | None, device=None):
+    """One setting as the per-row tensors ``sample_tokens`` takes: temperature, top_k, top_p, each (B,)."""
+    return (torch.full((batch,), float(temperature), device=device),
+            torch.full((batch,), NO_TOP_K if top_k is None else int(top_k), dtype=torch.long, device=device),
+            torch.full((batch,), 1.0 if top_p is None else float(top_p), device=device))
+
+
+class StreamSampler:
+    """Sampling settings and random-number counters of a batch of streams, as device tensors updated in place.
+
+    Row i draws its t-th sample with the uniform ``counter_uniforms(seed keys of row i, t)``; ``sample``
+    advances the counters of the rows it is told to, on the device, so it can run inside a CUDA graph.
+    """
+
+    def __init__(self, batch: int, device=None):
+        long = dict(dtype=torch.long, device=device)
+        self.key_lo = torch.zeros(batch, **long)
+        self.key_hi = torch.zeros(batch, **long)
+        self.counters = torch.zeros(batch, **long)
+        self.temperature, self.top_k, self.top_p = sampling_tensors(batch, 1.0, None, None, device)
+
+    def set_row(self, row: int, seed: int, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None) -> None:
+        """Give row ``row`` a new stream: its seed, its settings, its counter back at 0."""
+        check_sampling(temperature, top_k, top_p)
+        lo, hi = seed_keys(seed)
+        self.key_lo[row], self.key_hi[row], self.counters[row] = lo, hi, 0
+        self.temperature[row] = float(temperature)
+        self.top_k[row] = NO_TOP_K if top_k is None else int(top_k)
+        self.top_p[row] = 1.0 if top_p is None else float(top_p)
+
+    def sample(self, logits: Tensor, advance: Tensor | None = None) -> Tensor:
+        """logits (B, V) -> tokens (B,); then the counters of the rows where ``advance`` (B,) bool (default all) move on."""
+        uniforms = counter_uniforms(self.key_lo, self.key_hi, self.counters)
+        tokens = sample_tokens(logits, uniforms, self.temperature, self.top_k, self.top_p)
+        self.counters.add_(1 if advance is None else advance.long())
+        return tokens
