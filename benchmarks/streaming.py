@@ -1,0 +1,201 @@
+"""Streaming synthesis benchmark: samples per second per stream and real-time factor.
+
+Runs on whichever device it is given (default: CUDA when there is one). For a
+preset (default ``sc09-6m``, randomly initialised: speed does not depend on the
+weights) and each number of concurrent streams it
+
+* starts that many unconditional streams in one ``StreamingGenerator`` (CUDA
+  graph on CUDA, eager elsewhere), runs one untimed block (graph capture,
+  Triton compilation), then times ``--blocks`` blocks of ``--block-samples``;
+* reports samples per second per stream, the real-time factor (per-stream
+  samples per second / sample rate; >= 1 keeps up with real time), aggregate
+  samples per second, and the p50/p99 latency of a block (a chunk of audio);
+* with one stream: the time to first audio of a stream started in a warm
+  generator (its first chunk of ``--block-samples``), and plain eager stepping
+  (``SaShiMiLM.generate`` with the PyTorch reference step, no graph) beside it;
+* the smallest preset (``tiny``) on the CPU, one stream;
+
+then prints a table and writes ``benchmarks/results/streaming_<device>.json``.
+The mamba_ssm ``Mamba.step`` baseline of issue 4 is not measured here (null).
+
+    python benchmarks/streaming.py                                   # GPU: 1, 16, 256, 1024 streams
+    python benchmarks/streaming.py --device cpu --streams 1,4 --blocks 2 --block-samples 160
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mamba_audio.kernels import mamba_step
+from mamba_audio.models import LMConfig, SaShiMiLM, backbone_preset
+from mamba_audio.models import mixer as mixer_module
+from mamba_audio.streaming import StreamingGenerator
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_model(preset: str, device: torch.device, dtype: torch.dtype) -> SaShiMiLM:
+    torch.manual_seed(0)
+    return SaShiMiLM(LMConfig(backbone=backbone_preset(preset))).to(device=device, dtype=dtype).eval()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def time_generator(model: SaShiMiLM, streams: int, block_samples: int, blocks: int, cuda_graph: bool) -> dict:
+    """Per-stream and aggregate rates of ``streams`` concurrent streams, and block latencies."""
+    device = model.head.weight.device
+    generator = StreamingGenerator(model, max_streams=streams, block_samples=block_samples, cuda_graph=cuda_graph)
+    for seed in range(streams):
+        generator.start(seed=seed, chunk_samples=block_samples)
+    generator.advance()  # untimed: graph capture, kernel compilation, allocator warm-up
+    latencies = []
+    for _ in range(blocks):
+        sync(device)
+        start = time.perf_counter()
+        generator.advance()  # ends with the block's tokens on the host: a full synchronisation
+        latencies.append(time.perf_counter() - start)
+    per_stream = blocks * block_samples / sum(latencies)
+    row = dict(streams=streams, per_stream_samples_per_s=per_stream, aggregate_samples_per_s=per_stream * streams,
+               slowest_stream_realtime_factor=per_stream / model.config.sample_rate,
+               chunk_latency_ms=dict(p50=1e3 * percentile(latencies, 50), p99=1e3 * percentile(latencies, 99)),
+               cuda_graph=cuda_graph)
+    if streams == 1:  # a new stream in the warm generator: from start() to its first chunk in hand
+        generator.active_streams[0].stop()
+        sync(device)
+        start = time.perf_counter()
+        next(generator.start(seed=streams, chunk_samples=block_samples))
+        row["time_to_first_audio_ms"] = 1e3 * (time.perf_counter() - start)
+    return row
+
+
+@contextlib.contextmanager
+def reference_step():
+    """Mixers step through the PyTorch reference (plain eager PyTorch, no Triton)."""
+    original = mixer_module.mamba_step
+    mixer_module.mamba_step = functools.partial(mamba_step, backend="reference")
+    try:
+        yield
+    finally:
+        mixer_module.mamba_step = original
+
+
+def time_eager_generate(model: SaShiMiLM, samples: int) -> float:
+    """Samples per second of one stream through ``generate`` with the reference step: the plain eager baseline."""
+    device = model.head.weight.device
+    with reference_step():
+        model.generate(8, seed=0)  # warm-up
+        sync(device)
+        start = time.perf_counter()
+        model.generate(samples, seed=0)
+        sync(device)
+    return samples / (time.perf_counter() - start)
+
+
+def device_label(device: torch.device) -> tuple[str, str]:
+    """(human-readable name, file-name label) of the device."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    label = "cpu" if device.type == "cpu" else re.sub(r"\s+", "_", name.strip().lower())
+    return name, label
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="sc09-6m")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--streams", default=None, help="comma-separated stream counts (default 1,16,256,1024 on "
+                                                    "CUDA, 1,4 on the CPU)")
+    ap.add_argument("--blocks", type=int, default=None, help="timed blocks per configuration (default 20 CUDA, 2 CPU)")
+    ap.add_argument("--block-samples", type=int, default=320, help="samples per block: a chunk (320 = 20 ms)")
+    ap.add_argument("--eager-samples", type=int, default=None, help="samples of the eager baseline")
+    ap.add_argument("--no-eager-graph-comparison", action="store_true",
+                    help="on CUDA, skip timing the generator without its CUDA graph")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for torch (default 1 on the CPU: a step's operations are too small to share)")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    device = torch.device(args.device)
+    if args.threads or device.type == "cpu":
+        torch.set_num_threads(args.threads or 1)
+    on_cuda = device.type == "cuda"
+    dtype = getattr(torch, args.dtype)
+    streams = [int(s) for s in (args.streams or ("1,16,256,1024" if on_cuda else "1,4")).split(",")]
+    blocks = args.blocks or (20 if on_cuda else 2)
+    name, label = device_label(device)
+    model = build_model(args.preset, device, dtype)
+    rate = model.config.sample_rate
+    print(f"{name}: preset {args.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters), "
+          f"{args.dtype}, {rate} Hz, blocks of {args.block_samples} samples", flush=True)
+
+    rows = []
+    for n in streams:
+        rows.append(time_generator(model, n, args.block_samples, blocks, cuda_graph=on_cuda))
+        if on_cuda and n == 1 and not args.no_eager_graph_comparison:
+            rows.append(time_generator(model, n, args.block_samples, blocks, cuda_graph=False))
+        print(rows[-1], flush=True)
+    eager = time_eager_generate(model, args.eager_samples or (2000 if on_cuda else args.block_samples))
+    tiny = time_generator(build_model("tiny", torch.device("cpu"), torch.float32), 1, args.block_samples, blocks,
+                          cuda_graph=False)
+
+    ours = [r for r in rows if r["cuda_graph"] == on_cuda]
+    single = next(r for r in ours if r["streams"] == 1) if any(r["streams"] == 1 for r in ours) else None
+    realtime = [r["streams"] for r in ours if r["slowest_stream_realtime_factor"] >= 1]
+    result = dict(
+        device=name, command="python " + " ".join(sys.argv), preset=args.preset, dtype=args.dtype, sample_rate=rate,
+        block_samples=args.block_samples, timed_blocks=blocks, torch=torch.__version__,
+        cpu_threads=torch.get_num_threads(),
+        cpu_only=not on_cuda, load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        ours_single_stream_samples_per_s=single and single["per_stream_samples_per_s"],
+        mamba_ssm_step_single_stream_samples_per_s=None,  # not measured by this script yet
+        eager_single_stream_samples_per_s=eager,
+        time_to_first_audio_ms=single and single["time_to_first_audio_ms"],
+        chunk_latency_ms=single and single["chunk_latency_ms"],
+        concurrency=[dict(streams=r["streams"], aggregate_samples_per_s=r["aggregate_samples_per_s"],
+                          slowest_stream_realtime_factor=r["slowest_stream_realtime_factor"]) for r in ours],
+        max_realtime_streams=max(realtime) if realtime else 0,  # among the counts measured
+        cpu_smallest_preset_samples_per_s=tiny["per_stream_samples_per_s"],
+        rows=rows,
+    )
+
+    print(f"\n{'streams':>8} {'graph':>6} {'samples/s/stream':>17} {'RTF':>8} {'aggregate/s':>12} "
+          f"{'chunk p50 ms':>13} {'p99 ms':>9}")
+    for r in rows:
+        print(f"{r['streams']:>8} {str(r['cuda_graph']):>6} {r['per_stream_samples_per_s']:>17.1f} "
+              f"{r['slowest_stream_realtime_factor']:>8.4f} {r['aggregate_samples_per_s']:>12.1f} "
+              f"{r['chunk_latency_ms']['p50']:>13.1f} {r['chunk_latency_ms']['p99']:>9.1f}")
+    first_audio = result["time_to_first_audio_ms"]
+    print(f"eager generate (reference step), 1 stream: {eager:.1f} samples/s; time to first audio: "
+          + ("not measured" if first_audio is None else f"{first_audio:.1f} ms")
+          + f"; tiny preset on the CPU, 1 stream: {result['cpu_smallest_preset_samples_per_s']:.1f} samples/s")
+
+    out = args.out or Path(__file__).parent / "results" / f"streaming_{label}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    if os.environ.get("OUT"):
+        (Path(os.environ["OUT"]) / out.name).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
