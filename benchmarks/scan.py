@@ -41,23 +41,20 @@ SHAPES = [  # (B, D, L, N)
     (8, 128, 131072, 16),
     (8, 2048, 2048, 16),
 ]
-# candidate launch parameters tried per shape with --sweep (forward; backward uses T, BD, num_warps)
+# with --sweep, launch parameters tried beside the defaults of choose_config (logged; the rows time the
+# defaults). Forward alone, then forward+backward (T is shared; BD/num_warps are the forward's tiles,
+# bwd_BD/bwd_num_warps the backward's); unset keys keep choose_config's value.
 SWEEP = [
     dict(T=256, BD=4, num_warps=4, sequential=True),
     dict(T=128, BD=8, num_warps=4, sequential=True),
-    dict(T=256, BD=8, num_warps=8, sequential=True),
     dict(T=512, BD=2, num_warps=4, sequential=True),
     dict(T=256, BD=4, num_warps=4, sequential=False),
 ]
 SWEEP_BWD = [
-    dict(T=128, BD=2, num_warps=2, unroll=1),
-    dict(T=128, BD=2, num_warps=2, unroll=2),
-    dict(T=128, BD=1, num_warps=1, unroll=1),
-    dict(T=128, BD=1, num_warps=1, unroll=2),
-    dict(T=128, BD=4, num_warps=4, unroll=1),
-    dict(T=256, BD=2, num_warps=2, unroll=1),
-    dict(T=64, BD=2, num_warps=2, unroll=1),
-    dict(T=64, BD=4, num_warps=2, unroll=2),
+    dict(T=128, BD=4, num_warps=4, bwd_BD=1, bwd_num_warps=1),
+    dict(T=256, BD=4, num_warps=4, bwd_BD=1, bwd_num_warps=1),
+    dict(T=256, BD=4, num_warps=4, bwd_BD=1, bwd_num_warps=1, unroll=2),
+    dict(T=64, BD=4, num_warps=2, bwd_BD=4, bwd_num_warps=2, unroll=2),
 ]
 SEQ_CHECK_SHAPE = (2, 64, 4096, 16)  # packed sequences: ours against the chunked scan in float32, with gradients
 
@@ -291,10 +288,11 @@ def main():
         dout = torch.randn(Bn, Dn, Ln, device="cuda").to(torch.bfloat16)
         fwd_bytes = (4 * Bn * Dn * Ln + 2 * Bn * Nn * Ln) * 2
         fb_bytes = fwd_bytes + (4 * Bn * Dn * Ln + 2 * Bn * Nn * Ln) * 2 + (3 * Bn * Dn * Ln + 2 * Bn * Nn * Ln) * 2
-        default = choose_config(Bn, Dn, Ln, Nn, 1, sms)
+        default_fwd = choose_config(Bn, Dn, Ln, Nn, 1, sms, training=False)
+        default_fb = choose_config(Bn, Dn, Ln, Nn, 1, sms, training=True)
 
-        # launch parameters: the table's choice, or the best of the sweep
-        fwd_cfg, bwd_cfg = None, None
+        # the rows time choose_config's defaults; a sweep is logged beside them
+        sweep_fwd = sweep_fb = None
         if args.sweep:
             timings = []
             for c in SWEEP:
@@ -306,10 +304,9 @@ def main():
                 timings.append((ms, c))
             log.append(f"{(Bn, Dn, Ln, Nn)} fwd sweep: " + ", ".join(f"{c}: {ms:.3f}" for ms, c in timings))
             print(log[-1], flush=True)
-            fwd_cfg = min(timings, key=lambda p: p[0])[1]
+            sweep_fwd = min(timings, key=lambda p: p[0])
             timings = []
             for c in SWEEP_BWD:
-                c = dict(c, sequential=fwd_cfg["sequential"])
                 try:
                     ms = bench_ms(lambda: fwd_bwd(ours_fn(c), xg, dout), warmup=5, rep=30)
                 except Exception as e:
@@ -318,8 +315,8 @@ def main():
                 timings.append((ms, c))
             log.append(f"{(Bn, Dn, Ln, Nn)} fwd+bwd sweep: " + ", ".join(f"{c}: {ms:.3f}" for ms, c in timings))
             print(log[-1], flush=True)
-            bwd_cfg = min(timings, key=lambda p: p[0])[1]
-        ours_fwd, ours_fb = ours_fn(fwd_cfg), ours_fn(bwd_cfg)
+            sweep_fb = min(timings, key=lambda p: p[0])
+        ours_fwd = ours_fb = ours_fn(None)
 
         # correctness against mamba_ssm at this shape
         y_ours = ours_fwd(x)
@@ -370,17 +367,19 @@ def main():
         print(log[-1], flush=True)
         if si == 0:  # what packed sequences cost: 64 sequences per row, same shape
             seq_idx = (torch.arange(Ln, device="cuda") * 64 // Ln).to(torch.int32).expand(Bn, Ln).contiguous()
-            ours_seq = ours_fn(bwd_cfg, seq_idx)
+            ours_seq = ours_fn(None, seq_idx)
             checks[-1]["fwd_bwd_ms_with_64_sequences_per_row"] = bench_ms(lambda: fwd_bwd(ours_seq, xg, dout))
 
-        cfg_used = {k: v for k, v in (fwd_cfg or default).items()}
+        if sweep_fwd:
+            ref.update(sweep_best_ms=sweep_fwd[0], sweep_best_config=sweep_fwd[1])
         rows.append(dict(shape=[Bn, Dn, Ln, Nn], **{"pass": "fwd"}, ours_ms=t_ours, mamba_ssm_ms=t_theirs,
                          speedup=t_theirs / t_ours, ours_GBps=fwd_bytes / t_ours / 1e6,
-                         mamba_ssm_GBps=fwd_bytes / t_theirs / 1e6, config=cfg_used, **ref))
+                         mamba_ssm_GBps=fwd_bytes / t_theirs / 1e6, config=default_fwd, **ref))
         rows.append(dict(shape=[Bn, Dn, Ln, Nn], **{"pass": "fwd_bwd"}, ours_ms=tb_ours, mamba_ssm_ms=tb_theirs,
                          speedup=tb_theirs / tb_ours, ours_GBps=fb_bytes / tb_ours / 1e6,
                          mamba_ssm_GBps=fb_bytes / tb_theirs / 1e6, ours_peak_MiB=m_ours, mamba_ssm_peak_MiB=m_theirs,
-                         config=bwd_cfg or default))
+                         config=default_fb,
+                         **(dict(sweep_best_ms=sweep_fb[0], sweep_best_config=sweep_fb[1]) if sweep_fb else {})))
         print(f"{(Bn, Dn, Ln, Nn)} fwd {t_ours:.3f} vs {t_theirs:.3f} ms; fwd+bwd {tb_ours:.3f} vs {tb_theirs:.3f} ms; "
               f"max rel err {max(errs.values()):.2e}; deterministic {deterministic}", flush=True)
         del x, xg, dout
@@ -391,13 +390,13 @@ def main():
     print("\n".join(log[-40:]))
     print(f"\ncopy {copy_GBps:.0f} GB/s; eff. GB/s = fewest bytes / time; speedup = mamba_ssm ms / ours ms")
     hdr = (f"{'shape (B,D,L,N)':>24} {'pass':>8} {'ours ms':>9} {'mamba ms':>9} {'speedup':>8} {'ours GB/s':>9} "
-           f"{'%copy':>6} {'ours MiB':>9} {'mamba MiB':>9} {'chunked ms':>10}")
+           f"{'%copy':>6} {'ours MiB':>9} {'mamba MiB':>9} {'chunked ms':>10} {'sweep ms':>9}")
     print(hdr)
     for r in rows:
         print(f"{str(tuple(r['shape'])):>24} {r['pass']:>8} {r['ours_ms']:9.3f} {r['mamba_ssm_ms']:9.3f} "
               f"{r['speedup']:8.2f} {r['ours_GBps']:9.0f} {100 * r['ours_GBps'] / copy_GBps:6.1f} "
               f"{r.get('ours_peak_MiB', float('nan')):9.0f} {r.get('mamba_ssm_peak_MiB', float('nan')):9.0f} "
-              f"{(r.get('chunked_fwd_ms') or float('nan')):10.2f}")
+              f"{(r.get('chunked_fwd_ms') or float('nan')):10.2f} {r.get('sweep_best_ms', float('nan')):9.3f}")
     for c in checks:
         if "rel_err_vs_chunked_fp32" in c:
             print(tuple(c["shape"]), f"packed ({c['sequences_per_row']}+ sequences per row) vs chunked fp32:",

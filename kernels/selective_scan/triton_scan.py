@@ -448,53 +448,64 @@ def _pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
 
 
+def _split(batch: int, groups: int, n_chunks: int, per_group: int, BD: int, sm_count: int):
+    """(DS, n_split) for the chunk-parallel kernels: channels per program, a multiple of BD, as many as
+    still gives about four programs per multiprocessor."""
+    n_split = 1
+    while batch * groups * n_chunks * n_split < 4 * sm_count and per_group // (2 * n_split) >= BD:
+        n_split *= 2
+    DS = -(-per_group // n_split)
+    DS = -(-DS // BD) * BD
+    return DS, -(-per_group // DS)
+
+
 def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, sm_count: int = 132,
                   training: bool = True, **overrides) -> dict:
     """Launch parameters from a small table, no autotuning; ``overrides`` replace any entry.
 
-    T        chunk length, a power of two fixed per length range (a new L recompiles nothing)
-    BD       channels per tile (a tile is BD x T, one state at a time)
+    T        chunk length, a power of two fixed per length range (a new L recompiles nothing);
+             forward and backward share it, since the backward starts from the forward's
+             per-chunk states
+    BD, num_warps          the forward's tiles: BD channels x T steps, one state at a time
+    bwd_BD, bwd_num_warps  the backward's tiles
+    unroll   states per trip of the backward's loop over N (copies of its body)
     sequential  forward walks the chunks in order (one exponential per element)
              when batch x channels alone fill the GPU; otherwise chunk summaries,
              a carry pass and a second scan (two per element)
-    DS       channels per program in the chunk-parallel kernels: as many as still
-             gives about four programs per multiprocessor
-    unroll   states per trip of the backward's loop over N (copies of its body)
+    DS, n_split  channels per program and programs per group in the chunk-parallel kernels
+             (forward and chunk summaries); bwd_DS, bwd_n_split the same for the backward
 
-    The entries are the winners of benchmarks/scan.py's sweep on an H100
-    (benchmarks/NOTES_scan.md): with gradients, T=128 with 2 channels on 2 warps
-    (the backward's choice; forward and backward share T, since the backward starts
-    from the forward's per-chunk states); without, T=256 x 4 channels, or 128 x 8
-    when that still gives three programs per multiprocessor.
+    The entries come from benchmarks/scan.py's sweeps on an H100 (benchmarks/NOTES_scan.md).
+    Backward: one channel on one warp (BD 1) beat 2 and 4 channels at every shape. Forward:
+    T=256 x 4 channels on 4 warps, or 128 x 8 when that still gives three programs per
+    multiprocessor. With gradients and sequential chunks T=256 (half the saved states of
+    T=128); chunk-parallel (few sequences) T=128, more chunks to spread.
     """
     sequential = batch * dim >= 12 * sm_count
     if training:
-        cfg = dict(T=128, BD=2, num_warps=2)
+        cfg = dict(T=256 if sequential else 128, BD=4, num_warps=4)
     elif sequential and batch * dim // 8 >= 3 * sm_count:
         cfg = dict(T=128, BD=8, num_warps=4)
     else:
         cfg = dict(T=256, BD=4, num_warps=4)
+    cfg.update(bwd_BD=1, bwd_num_warps=1, unroll=1)
     if length <= 64:
         cfg["T"] = 64
-    cfg.setdefault("unroll", 1)
-    cfg.update({k: v for k, v in overrides.items() if k in ("T", "BD", "num_warps", "unroll") and v is not None})
+    keys = ("T", "BD", "num_warps", "bwd_BD", "bwd_num_warps", "unroll")
+    cfg.update({k: v for k, v in overrides.items() if k in keys and v is not None})
     cfg["T"] = _pow2(cfg["T"])
     if n_state % cfg["unroll"]:  # the backward's state loop takes whole groups of `unroll` states
         cfg["unroll"] = 1
     per_group = dim // groups
-    cfg["BD"] = BD = min(cfg["BD"], _pow2(per_group))
+    cfg["BD"] = min(cfg["BD"], _pow2(per_group))
+    cfg["bwd_BD"] = min(cfg["bwd_BD"], _pow2(per_group))
     K = max(1, -(-length // cfg["T"]))
     cfg["n_chunks"] = K
     cfg["sequential"] = K > 1 and sequential
     if overrides.get("sequential") is not None:
         cfg["sequential"] = bool(overrides["sequential"]) and K > 1
-    target = 4 * sm_count
-    n_split = 1
-    while batch * groups * K * n_split < target and per_group // (2 * n_split) >= BD:
-        n_split *= 2
-    DS = -(-per_group // n_split)
-    cfg["DS"] = DS = -(-DS // BD) * BD
-    cfg["n_split"] = -(-per_group // DS)
+    cfg["DS"], cfg["n_split"] = _split(batch, groups, K, per_group, cfg["BD"], sm_count)
+    cfg["bwd_DS"], cfg["bwd_n_split"] = _split(batch, groups, K, per_group, cfg["bwd_BD"], sm_count)
     return cfg
 
 
@@ -578,6 +589,7 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, seq_i
     Bg, Cg = _grouped(B), _grouped(C)
     groups = Bg.shape[1]
     T, K, BD, DS, n_split = cfg["T"], cfg["n_chunks"], cfg["BD"], cfg["DS"], cfg["n_split"]
+    bBD, bDS, b_split = cfg["bwd_BD"], cfg["bwd_DS"], cfg["bwd_n_split"]
     dev = u.device
     f32 = torch.float32
     dummy = u
@@ -610,24 +622,25 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, seq_i
     du = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
     ddelta = torch.empty(batch, dim, length, device=dev, dtype=delta.dtype)
     dz = torch.empty(batch, dim, length, device=dev, dtype=z.dtype) if z is not None else None
-    dB_part = torch.empty(n_split, batch, groups, n_state, length, device=dev, dtype=f32)
+    dB_part = torch.empty(b_split, batch, groups, n_state, length, device=dev, dtype=f32)
     dC_part = torch.empty_like(dB_part)
     dA_part = torch.empty(batch, K, dim, n_state, device=dev, dtype=f32)
     dD_part = torch.empty(batch, K, dim, device=dev, dtype=f32) if D is not None else None
     dbias_part = torch.empty(batch, K, dim, device=dev, dtype=f32) if delta_bias is not None else None
     dh0 = torch.empty(batch, dim, n_state, device=dev, dtype=f32)
-    _scan_bwd_kernel[grid](
+    _scan_bwd_kernel[(K, batch, groups * b_split)](
         u, delta, A, Bg, Cg, D if D is not None else dummy, z if z is not None else dummy,
         delta_bias if delta_bias is not None else dummy, seq_ptr, states, adj, dout,
         du, ddelta, dz if dz is not None else du, dB_part, dC_part, dA_part,
         dD_part if dD_part is not None else dA_part, dbias_part if dbias_part is not None else dA_part, dh0,
-        length, dim // groups, n_split, DS, K, dim, groups,
+        length, dim // groups, b_split, bDS, K, dim, groups,
         *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
         *Bg.stride(), *Cg.stride(), *z_strides, *_strides3(dout), *seq_strides,
-        HAS_D=D is not None, BD=BD, NS=n_state, T=T, UNROLL=cfg["unroll"], num_warps=cfg["num_warps"], **flags,
+        HAS_D=D is not None, BD=bBD, NS=n_state, T=T, UNROLL=cfg["unroll"], num_warps=cfg["bwd_num_warps"],
+        **flags,
     )
-    dB = dB_part.sum(0) if n_split > 1 else dB_part[0]
-    dC = dC_part.sum(0) if n_split > 1 else dC_part[0]
+    dB = dB_part.sum(0) if b_split > 1 else dB_part[0]
+    dC = dC_part.sum(0) if b_split > 1 else dC_part[0]
     grads = dict(
         du=du, ddelta=ddelta, dz=dz,
         dA=dA_part.sum((0, 1)),
