@@ -19,7 +19,8 @@ all slots must be at the same phase of the pooling (modulo the total pooling T).
 Blocks are whole multiples of T, so a new stream of prompt length P prefills the
 first k = P - P mod T of its inputs in parallel, then feeds the last P mod T
 prompt tokens during its first steps ("forced" steps, whose outputs it drops)
-before it samples. Its tokens equal ``SaShiMiLM.generate`` with the same seed.
+before it samples. ``SaShiMiLM.generate`` splits a prompt the same way, so a stream's
+tokens equal generate's with the same seed, in float32 and in bfloat16 alike.
 
 The per-sample work (model step, sampling, forced tokens) is ``_step_once``.
 On the CPU it runs eagerly; on CUDA one period of T samples is captured once in
@@ -254,8 +255,7 @@ class StreamingGenerator:
         # inputs are the silence token then the prompt; the first k are prefilled, k a multiple of the
         # pooling period (the loop's phase between blocks), the rest fed as forced steps
         inputs = torch.cat([torch.tensor([self.model.tokenizer.silence_token]), tokens]).to(self.device)
-        prompt_length = tokens.shape[0]
-        k = prompt_length - prompt_length % self.period
+        k = self.model.prefill_length(tokens.shape[0])
         labels = None if label_index is None else torch.tensor([label_index], device=self.device)
         fresh = self.model.allocate_inference_cache(1, self.device)
         if k:

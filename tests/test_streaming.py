@@ -55,6 +55,17 @@ def test_streamed_tokens_equal_generate(model, settings, prompt_length):
     assert neighbour.active
 
 
+def test_bfloat16_stream_equals_generate():
+    """Prefill and stepping round differently in bfloat16: generate splits a prompt as streams do, so they agree."""
+    model = tiny_lm().to(torch.bfloat16)
+    prompt = torch.randint(0, 256, (1, 37))
+    expected = model.generate(40, prompt=prompt, seed=6)
+    generator = StreamingGenerator(model, max_streams=2, block_samples=16)
+    generator.start(seed=1)
+    stream = generator.start(prompt_tokens=prompt[0], seed=6, chunk_samples=40, max_samples=40)
+    assert torch.equal(next(stream).tokens, expected[0])
+
+
 def test_class_conditional_and_audio_prompt_streams_equal_generate():
     model = tiny_lm(num_classes=3)
     audio = torch.sin(torch.linspace(0, 40, 27)) * 0.5

@@ -79,6 +79,12 @@ class SaShiMiLM(PretrainedMixin, nn.Module):
     def allocate_inference_cache(self, batch_size: int, device=None, dtype=None):
         return self.backbone.allocate_inference_cache(batch_size, device, dtype)
 
+    def prefill_length(self, prompt_length: int) -> int:
+        """How many of the P + 1 inputs of a P-token prompt generation prefills: the largest whole number of
+        pooling periods <= P, so that the state is at the pooling phase every stream of a batch shares;
+        the remaining inputs are stepped."""
+        return prompt_length - prompt_length % self.config.backbone.total_pool
+
     def prefill(self, inputs: Tensor, state, labels: Tensor | None = None) -> Tensor:
         """inputs (B, L) token ids -> logits (B, L, V) by the parallel scan, continuing from ``state`` and
         updating it in place, so that stepping afterwards continues exactly as after L calls of ``step``."""
@@ -106,7 +112,9 @@ class SaShiMiLM(PretrainedMixin, nn.Module):
     ) -> Tensor:
         """Sample ``num_samples`` new tokens after an optional ``prompt`` (B, P); returns (B, num_samples).
 
-        The prompt is consumed in parallel by ``prefill``; generation then steps. Row i draws its
+        The prompt is consumed in parallel by ``prefill`` up to a whole number of pooling periods
+        (``prefill_length``), the rest by stepping, as ``mamba_audio.streaming`` does: both then
+        compute exactly the same thing in any dtype. Row i draws its
         random numbers from seed ``seed + i`` alone (see ``sampling.StreamSampler``), so it is the
         stream that ``mamba_audio.streaming`` produces with that seed, whatever else is in the batch.
         """
@@ -131,7 +139,12 @@ class SaShiMiLM(PretrainedMixin, nn.Module):
         state = self.allocate_inference_cache(batch_size, device)
         token = torch.full((batch_size,), self.tokenizer.silence_token, dtype=torch.long, device=device)
         if prompt is not None and prompt.shape[1] > 0:
-            self.prefill(self.shift(prompt), state, labels)
+            inputs = torch.cat([token[:, None], prompt], dim=1)  # the silence token, then the prompt
+            k = self.prefill_length(prompt.shape[1])
+            if k:
+                self.prefill(inputs[:, :k], state, labels)
+            for t in range(k, prompt.shape[1]):
+                self.step(inputs[:, t], state, labels)
             token = prompt[:, -1]
         out = torch.empty(batch_size, num_samples, dtype=torch.long, device=device)
         for t in tqdm(range(num_samples), desc="generating", unit="sample", disable=not progress):
