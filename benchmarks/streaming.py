@@ -58,6 +58,34 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+def check_against_generate(model: SaShiMiLM, samples: int, cuda_graph: bool) -> dict:
+    """Before timing: two streams (one with a prompt that is not a whole number of pooling periods) against
+    ``generate`` with the same seeds, and on CUDA the graph against the eager generator.
+
+    The generator must equal itself with and without its graph exactly (same kernels, same batch).
+    Against ``generate`` (batch of 1, the prompt prefilled whole) logits differ in the last bits on a
+    GPU, where a different batch size picks different GEMM kernels, and a rare token can flip; the
+    check reports how many tokens agree before the first difference.
+    """
+    period = model.config.backbone.total_pool
+    prompt = torch.randint(0, 256, (period + 5,), generator=torch.Generator().manual_seed(0))
+
+    def streamed(graph: bool) -> list[torch.Tensor]:
+        generator = StreamingGenerator(model, max_streams=3, block_samples=period * 4, cuda_graph=graph)
+        a = generator.start(seed=1, chunk_samples=samples, max_samples=samples)
+        b = generator.start(seed=2, prompt_tokens=prompt, top_p=0.95, chunk_samples=samples, max_samples=samples)
+        return [next(a).tokens, next(b).tokens]
+
+    ours = streamed(cuda_graph)
+    expected = [model.generate(samples, seed=1)[0].cpu(),
+                model.generate(samples, seed=2, prompt=prompt[None].to(model.head.weight.device), top_p=0.95)[0].cpu()]
+    agree = [int((o != e).nonzero()[0, 0]) if (o != e).any() else samples for o, e in zip(ours, expected)]
+    result = dict(samples=samples, tokens_agreeing_with_generate_before_first_difference=agree)
+    if cuda_graph:
+        result["cuda_graph_equals_eager"] = all(torch.equal(g, e) for g, e in zip(ours, streamed(False)))
+    return result
+
+
 def time_generator(model: SaShiMiLM, streams: int, block_samples: int, blocks: int, cuda_graph: bool) -> dict:
     """Per-stream and aggregate rates of ``streams`` concurrent streams, and block latencies."""
     device = model.head.weight.device
@@ -148,6 +176,8 @@ def main() -> None:
     print(f"{name}: preset {args.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters), "
           f"{args.dtype}, {rate} Hz, blocks of {args.block_samples} samples", flush=True)
 
+    checks = check_against_generate(model, 128, cuda_graph=on_cuda)
+    print(f"checks: {checks}", flush=True)
     rows = []
     for n in streams:
         rows.append(time_generator(model, n, args.block_samples, blocks, cuda_graph=on_cuda))
@@ -175,6 +205,7 @@ def main() -> None:
                           slowest_stream_realtime_factor=r["slowest_stream_realtime_factor"]) for r in ours],
         max_realtime_streams=max(realtime) if realtime else 0,  # among the counts measured
         cpu_smallest_preset_samples_per_s=tiny["per_stream_samples_per_s"],
+        checks=checks,
         rows=rows,
     )
 
