@@ -63,6 +63,25 @@ def test_stepping_equals_parallel_forward(name, length):
     assert (stepped - parallel).abs().max().item() < 1e-4
 
 
+def test_stepping_follows_parameter_updates():
+    """The mixer caches A, D and dt_bias for stepping; an in-place update of the parameters must reach the step."""
+    model = tiny_lm(**BACKBONES["complex"])
+    tokens = torch.randint(0, 256, (2, 20))
+
+    def stepped():
+        state = model.allocate_inference_cache(2)
+        return torch.stack([model.step(tokens[:, t], state) for t in range(tokens.shape[1])], dim=1)
+
+    with torch.no_grad():
+        before = stepped()
+        for name, p in model.named_parameters():
+            if name.endswith(("A_log", "A_imag", ".D", "dt_bias")):
+                p.mul_(1.5)
+        after, parallel = stepped(), model(tokens)
+    assert not torch.allclose(after, before)
+    assert (after - parallel).abs().max() < 1e-4
+
+
 def assert_states_close(a, b, tol=1e-4):
     assert state_positions(a) == state_positions(b)
     ta, tb = state_tensors(a), state_tensors(b)

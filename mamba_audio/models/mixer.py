@@ -68,12 +68,25 @@ class MambaMixer(nn.Module):
         else:  # S4D-Real: A_n = -(n + 1)
             self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1))
         self.D = nn.Parameter(torch.ones(E))
+        self._step_cache: tuple | None = None  # see _step_constants
 
     # -- parameters of the SSM ------------------------------------------------------------------
     def A(self) -> Tensor:
         """(E, N) real or complex, with negative real part."""
         real = -torch.exp(self.A_log.float())
         return torch.complex(real, self.A_imag.float()) if self.is_complex else real
+
+    def _step_constants(self) -> tuple[Tensor, Tensor, Tensor]:
+        """A, D and dt_bias in float32 for ``step``. Outside autograd they are computed once per version of
+        the parameters (an in-place update or a move makes a new one), so a step, or a CUDA graph of steps,
+        launches nothing for them."""
+        if torch.is_grad_enabled():
+            return self.A(), self.D.float(), self.dt_bias.float()
+        params = (self.A_log, self.D, self.dt_bias) + ((self.A_imag,) if self.is_complex else ())
+        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+        if self._step_cache is None or self._step_cache[0] != key:
+            self._step_cache = (key, (self.A(), self.D.float(), self.dt_bias.float()))
+        return self._step_cache[1]
 
     def _as_state_values(self, x: Tensor) -> Tensor:
         """Trailing (real, imag) pairs to complex; real values unchanged."""
@@ -146,6 +159,7 @@ class MambaMixer(nn.Module):
             ssm = dict(x_proj_weight=self.x_proj.weight, dt_proj_weight=self.dt_proj.weight)
         else:
             ssm = dict(B=self._as_state_values(self.B), C=self._as_state_values(self.C))
-        y = mamba_step(x, z, state.conv, state.ssm, self.conv1d.weight[:, 0, :], self.conv1d.bias, self.A(),
-                       self.D.float(), self.dt_bias.float(), dt_softplus=True, **ssm)
+        A, D, dt_bias = self._step_constants()
+        y = mamba_step(x, z, state.conv, state.ssm, self.conv1d.weight[:, 0, :], self.conv1d.bias, A, D, dt_bias,
+                       dt_softplus=True, **ssm)
         return self.out_proj(y)
