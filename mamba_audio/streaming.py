@@ -286,19 +286,20 @@ class StreamingGenerator:
         stream._pending_samples = 0
 
     # -- the step loop ----------------------------------------------------------------------------
-    def _step_once(self, column: int) -> None:
+    def _step_once(self, column: int, uniforms: Tensor) -> None:
         """One sample for every slot, all on the device: model step, sampling or the next forced token."""
         logits = self.model.step(self.tokens, self.state, self.labels)
         forcing = self.forced_index < self.forced_count
-        sampled = self.sampler.sample(logits, advance=~forcing)
+        sampled = self.sampler.sample(logits, advance=~forcing, uniforms=uniforms)
         forced = self.forced.gather(1, self.forced_index.clamp_max(self.period - 1)[:, None])[:, 0]
         self.tokens.copy_(torch.where(forcing, forced, sampled))
         self.forced_index.add_(forcing.long())
         self.period_tokens[:, column].copy_(self.tokens)
 
     def _run_period(self) -> None:
+        uniforms = self.sampler.uniforms_ahead(self.period, skipped=self.forced_count - self.forced_index)
         for column in range(self.period):
-            self._step_once(column)
+            self._step_once(column, uniforms[:, column])
 
     def _buffers(self) -> list[Tensor]:
         """Every tensor a period reads and writes, besides the model's parameters."""

@@ -11,7 +11,14 @@ import torch
 
 from mamba_audio import StreamingGenerator
 from mamba_audio.models import BackboneConfig, ClassifierConfig, LMConfig, MixerConfig, SaShiMiClassifier, SaShiMiLM
-from mamba_audio.models.sampling import counter_uniforms, hash32, sample_tokens, sampling_tensors, seed_keys
+from mamba_audio.models.sampling import (
+    StreamSampler,
+    counter_uniforms,
+    hash32,
+    sample_tokens,
+    sampling_tensors,
+    seed_keys,
+)
 
 
 def tiny_lm(num_classes=0, seed=0) -> SaShiMiLM:
@@ -195,6 +202,20 @@ def test_counter_uniforms_are_per_stream_and_uniform():
     assert draws[:, 0].unique().numel() == 200 and not torch.equal(draws[:, 0], draws[:, 1])
     neighbours = torch.corrcoef(draws.T)[~torch.eye(64, dtype=torch.bool)]
     assert neighbours.abs().max() < 0.35  # no two streams move together (200 draws: |r| ~ 0.07 by chance)
+
+
+def test_uniforms_ahead_are_the_uniforms_sample_would_draw():
+    sampler = StreamSampler(3)
+    for row, seed in enumerate((5, 6, 7)):
+        sampler.set_row(row, seed)
+    sampler.counters += torch.tensor([0, 4, 9])
+    skipped = torch.tensor([0, 3, 7])
+    ahead = sampler.uniforms_ahead(8, skipped)
+    for step in range(8):
+        drawn = counter_uniforms(sampler.key_lo, sampler.key_hi, sampler.counters)
+        advance = step >= skipped
+        assert torch.equal(ahead[advance, step], drawn[advance])
+        sampler.sample(torch.zeros(3, 4), advance=advance)
 
 
 def test_sample_tokens_applies_settings_per_row():

@@ -120,9 +120,17 @@ class StreamSampler:
         self.top_k[row] = NO_TOP_K if top_k is None else int(top_k)
         self.top_p[row] = 1.0 if top_p is None else float(top_p)
 
-    def sample(self, logits: Tensor, advance: Tensor | None = None) -> Tensor:
-        """logits (B, V) -> tokens (B,); then the counters of the rows where ``advance`` (B,) bool (default all) move on."""
-        uniforms = counter_uniforms(self.key_lo, self.key_hi, self.counters)
+    def uniforms_ahead(self, steps: int, skipped: Tensor) -> Tensor:
+        """The uniforms (B, steps) of the next ``steps`` calls of ``sample``, when each row's first ``skipped``
+        (B,) calls do not advance its counter: one batch of hashing instead of one per sample."""
+        ahead = (torch.arange(steps, device=self.counters.device)[None, :] - skipped[:, None]).clamp_min(0)
+        return counter_uniforms(self.key_lo[:, None], self.key_hi[:, None], self.counters[:, None] + ahead)
+
+    def sample(self, logits: Tensor, advance: Tensor | None = None, uniforms: Tensor | None = None) -> Tensor:
+        """logits (B, V) -> tokens (B,); then the counters of the rows where ``advance`` (B,) bool (default all)
+        move on. ``uniforms`` (B,), from ``uniforms_ahead``, saves drawing them here."""
+        if uniforms is None:
+            uniforms = counter_uniforms(self.key_lo, self.key_hi, self.counters)
         tokens = sample_tokens(logits, uniforms, self.temperature, self.top_k, self.top_p)
         self.counters.add_(1 if advance is None else advance.long())
         return tokens
