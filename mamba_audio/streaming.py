@@ -39,7 +39,7 @@ import torch
 
 from mamba_audio.models.lm import SaShiMiLM
 from mamba_audio.models.sampling import StreamSampler, check_sampling
-from mamba_audio.models.sashimi import StageState, state_tensors
+from mamba_audio.models.sashimi import StageState, state_positions, state_tensors
 
 Tensor = torch.Tensor
 
@@ -310,7 +310,7 @@ class StreamingGenerator:
     def _buffers_restored(self):
         """Run periods that must leave no trace (warm-up, capture): every buffer and position is put back."""
         saved = [t.clone() for t in self._buffers()]
-        positions = _positions(self.state)
+        positions = state_positions(self.state)
         try:
             yield
         finally:
@@ -369,10 +369,6 @@ class StreamingGenerator:
             if not self.active_streams:
                 return
             self.advance()
-
-
-def _positions(state: StageState) -> list[int]:
-    return [state.position] + ([] if state.inner is None else _positions(state.inner))
 
 
 def _set_positions(state: StageState, positions: list[int]) -> None:
