@@ -45,16 +45,20 @@ SHAPES = [  # (B, D, L, N)
 # defaults). Forward alone, then forward+backward (T is shared; BD/num_warps are the forward's tiles,
 # bwd_BD/bwd_num_warps the backward's); unset keys keep choose_config's value.
 SWEEP = [
-    dict(T=256, BD=4, num_warps=4, sequential=True),
-    dict(T=128, BD=8, num_warps=4, sequential=True),
-    dict(T=512, BD=2, num_warps=4, sequential=True),
-    dict(T=256, BD=4, num_warps=4, sequential=False),
+    dict(T=256, BD=4, num_warps=4),
+    dict(T=256, BD=2, num_warps=1),
+    dict(T=256, BD=4, num_warps=2),
+    dict(T=128, BD=4, num_warps=1),
+    dict(T=128, BD=8, num_warps=4),
+    dict(T=512, BD=2, num_warps=4),
 ]
 SWEEP_BWD = [
-    dict(T=128, BD=4, num_warps=4, bwd_BD=1, bwd_num_warps=1),
-    dict(T=256, BD=4, num_warps=4, bwd_BD=1, bwd_num_warps=1),
-    dict(T=256, BD=4, num_warps=4, bwd_BD=1, bwd_num_warps=1, unroll=2),
-    dict(T=64, BD=4, num_warps=2, bwd_BD=4, bwd_num_warps=2, unroll=2),
+    dict(T=256, bwd_BD=1, bwd_num_warps=1),
+    dict(T=256, bwd_BD=2, bwd_num_warps=1),
+    dict(T=256, bwd_BD=2, bwd_num_warps=1, unroll=2),
+    dict(T=128, bwd_BD=2, bwd_num_warps=1),
+    dict(T=128, bwd_BD=4, bwd_num_warps=1),
+    dict(T=512, BD=2, bwd_BD=1, bwd_num_warps=1),
 ]
 SEQ_CHECK_SHAPE = (2, 64, 4096, 16)  # packed sequences: ours against the chunked scan in float32, with gradients
 
@@ -254,6 +258,7 @@ def main():
     ap.add_argument("--build-root", type=Path, default=Path("/tmp/mamba_ssm_build"))
     ap.add_argument("--shapes", type=str, default="all", help="'all' or indices like 0,3")
     ap.add_argument("--sweep", action="store_true", help="try the candidate launch parameters per shape")
+    ap.add_argument("--sweep-only", action="store_true", help="only the sweep (no mamba_ssm, no rows); log to $OUT")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--no-reference", action="store_true", help="skip the PyTorch references")
     args = ap.parse_args()
@@ -262,13 +267,15 @@ def main():
     name = torch.cuda.get_device_name()
     gpu = re.sub(r"\s+", "_", name.strip().lower())
     src = None
+    args.sweep = args.sweep or args.sweep_only
     try:
         import selective_scan_cuda  # noqa: F401
     except ImportError:
-        if args.mamba_sdist is None:
+        if args.mamba_sdist is None and not args.sweep_only:
             raise SystemExit("mamba_ssm is not importable: pass --mamba-sdist")
-        src = build_mamba_ssm(args.mamba_sdist, args.build_root)
-    their_scan = theirs_fn(import_mamba_selective_scan(src))
+        if not args.sweep_only:
+            src = build_mamba_ssm(args.mamba_sdist, args.build_root)
+    their_scan = None if args.sweep_only else theirs_fn(import_mamba_selective_scan(src))
 
     from mamba_audio.kernels.selective_scan import selective_scan_chunked, selective_scan_ref
     from mamba_audio.kernels.selective_scan.triton_scan import choose_config
@@ -278,10 +285,11 @@ def main():
     print(f"{name}: {sms} SMs, device-to-device copy {copy_GBps:.0f} GB/s (read + write)")
     shapes = SHAPES if args.shapes == "all" else [SHAPES[int(i)] for i in args.shapes.split(",")]
     rows, checks, log = [], [], []
-    packed = packed_sequences_check()
-    checks.append(packed)
-    log.append(f"packed sequences {packed}")
-    print(log[-1], flush=True)
+    if not args.sweep_only:
+        packed = packed_sequences_check()
+        checks.append(packed)
+        log.append(f"packed sequences {packed}")
+        print(log[-1], flush=True)
     for si, (Bn, Dn, Ln, Nn) in enumerate(shapes):
         x = make_inputs(Bn, Dn, Ln, Nn, seed=si)
         xg = with_grad(x)
@@ -316,6 +324,10 @@ def main():
             log.append(f"{(Bn, Dn, Ln, Nn)} fwd+bwd sweep: " + ", ".join(f"{c}: {ms:.3f}" for ms, c in timings))
             print(log[-1], flush=True)
             sweep_fb = min(timings, key=lambda p: p[0])
+        if args.sweep_only:
+            if os.environ.get("OUT"):
+                (Path(os.environ["OUT"]) / "sweep.log").write_text("\n".join(log) + "\n")
+            continue
         ours_fwd = ours_fb = ours_fn(None)
 
         # correctness against mamba_ssm at this shape
@@ -386,6 +398,8 @@ def main():
         torch.cuda.empty_cache()
         write_result(args, name, gpu, copy_GBps, sms, rows, checks, log)
 
+    if args.sweep_only:
+        return
     out = write_result(args, name, gpu, copy_GBps, sms, rows, checks, log)
     print("\n".join(log[-40:]))
     print(f"\ncopy {copy_GBps:.0f} GB/s; eff. GB/s = fewest bytes / time; speedup = mamba_ssm ms / ours ms")

@@ -476,19 +476,20 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
              (forward and chunk summaries); bwd_DS, bwd_n_split the same for the backward
 
     The entries come from benchmarks/scan.py's sweeps on an H100 (benchmarks/NOTES_scan.md).
-    Backward: one channel on one warp (BD 1) beat 2 and 4 channels at every shape. Forward:
-    T=256 x 4 channels on 4 warps, or 128 x 8 when that still gives three programs per
-    multiprocessor. With gradients and sequential chunks T=256 (half the saved states of
-    T=128); chunk-parallel (few sequences) T=128, more chunks to spread.
+    Backward: two channels in one warp (the sums over channels stay inside each thread)
+    beat one channel per warp by up to 30% and two or four warps per tile by more; unroll 2
+    did not pay. Forward: T=256 x 4 channels on 4 warps, or 128 x 8 when that still gives
+    three programs per multiprocessor. With gradients T=128, except T=256 (half the saved
+    states, the same speed) where the chunks run sequentially and L >= 2048.
     """
     sequential = batch * dim >= 12 * sm_count
     if training:
-        cfg = dict(T=256 if sequential else 128, BD=4, num_warps=4)
+        cfg = dict(T=256 if sequential and length >= 2048 else 128, BD=4, num_warps=4)
     elif sequential and batch * dim // 8 >= 3 * sm_count:
         cfg = dict(T=128, BD=8, num_warps=4)
     else:
         cfg = dict(T=256, BD=4, num_warps=4)
-    cfg.update(bwd_BD=1, bwd_num_warps=1, unroll=1)
+    cfg.update(bwd_BD=2, bwd_num_warps=1, unroll=1)
     if length <= 64:
         cfg["T"] = 64
     keys = ("T", "BD", "num_warps", "bwd_BD", "bwd_num_warps", "unroll")
