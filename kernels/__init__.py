@@ -12,9 +12,10 @@ Backends of ``selective_scan``:
     "auto"       the fastest backend available for the inputs' device
 
 Backends of ``mamba_step`` (one fused conv + SSM step of a Mamba mixer for a batch
-of streams, see ``selective_scan.step_ref``): "reference" (PyTorch, the CPU
-default) and "triton" (one launch per step, the CUDA default; complex A falls
-back to the reference).
+of streams, see ``selective_scan.step_ref``) and of ``mamba_block_step`` (the same
+inside a whole pre-norm residual block: norm, in_proj, step, out_proj, residual):
+"reference" (PyTorch, the CPU default) and "triton" (one launch per step, the CUDA
+default; complex A falls back to the reference).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .selective_scan import (
     selective_state_update_ref,
     seq_idx_from_cu_seqlens,
 )
-from .selective_scan.step_ref import mamba_step_ref
+from .selective_scan.step_ref import mamba_block_step_ref, mamba_step_ref
 
 _SCAN_BACKENDS: dict[str, Callable] = {
     "reference": selective_scan_ref,
@@ -75,6 +76,23 @@ def _mamba_step_triton(x, z, conv_state, ssm_state, conv_weight, conv_bias, A, D
 
 if importlib.util.find_spec("triton") is not None:
     _MAMBA_STEP_BACKENDS["triton"] = _mamba_step_triton
+
+
+_BLOCK_STEP_BACKENDS: dict[str, Callable] = {
+    "reference": mamba_block_step_ref,
+}
+
+
+def _mamba_block_step_triton(*args, **kwargs):
+    """The Triton whole-block step, imported lazily; the reference for complex A."""
+    from .selective_scan.triton_step import mamba_block_step_triton, supports
+
+    A = args[13] if len(args) > 13 else kwargs["A"]
+    return (mamba_block_step_triton if supports(A) else mamba_block_step_ref)(*args, **kwargs)
+
+
+if importlib.util.find_spec("triton") is not None:
+    _BLOCK_STEP_BACKENDS["triton"] = _mamba_block_step_triton
 
 
 def step_backends() -> list[str]:
@@ -150,8 +168,22 @@ def mamba_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, A, D=None, d
               B, C, dt_softplus)
 
 
+def mamba_block_step(x, norm_weight, norm_bias, norm_eps, rms_norm, in_proj_weight, in_proj_bias, out_proj_weight,
+                     out_proj_bias, conv_state, ssm_state, conv_weight, conv_bias, A, D=None, dt_bias=None,
+                     x_proj_weight=None, dt_proj_weight=None, B=None, C=None, dt_softplus: bool = True,
+                     backend: str = "auto"):
+    """One step of a pre-norm residual Mamba block, x + out_proj(mamba_step(in_proj(norm(x)))), for a batch
+    of streams: x (B, H) -> (B, H), states updated in place; see ``selective_scan.step_ref``. Same backends
+    as ``mamba_step``."""
+    fn = _resolve(backend, _BLOCK_STEP_BACKENDS, x)
+    return fn(x, norm_weight, norm_bias, norm_eps, rms_norm, in_proj_weight, in_proj_bias, out_proj_weight,
+              out_proj_bias, conv_state, ssm_state, conv_weight, conv_bias, A, D, dt_bias, x_proj_weight,
+              dt_proj_weight, B, C, dt_softplus)
+
+
 __all__ = [
     "default_chunk_size",
+    "mamba_block_step",
     "mamba_step",
     "mamba_step_ref",
     "scan_backends",

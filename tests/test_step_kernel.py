@@ -18,9 +18,9 @@ import torch.nn.functional as F
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are defined
 
-from mamba_audio.kernels import mamba_step, step_backends  # noqa: E402
+from mamba_audio.kernels import mamba_block_step, mamba_step, step_backends  # noqa: E402
 from mamba_audio.kernels.selective_scan import selective_scan_ref  # noqa: E402
-from mamba_audio.kernels.selective_scan.step_ref import mamba_step_ref  # noqa: E402
+from mamba_audio.kernels.selective_scan.step_ref import mamba_block_step_ref, mamba_step_ref  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}  # y is rounded to the input dtype
@@ -133,6 +133,75 @@ def test_triton_step_rejects_complex_A_and_bad_shapes():
         run_steps(mamba_step_ref, dict(inputs, ssm_state=inputs["ssm_state"].half()))
 
 
+def make_block_inputs(batch, hidden, dim, *, rms_norm=False, proj_bias=True, dtype=torch.float32, seed=1, **kw):
+    """A residual stream x per step plus the block's norm and projections around ``make_step_inputs``."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0, dt=dtype):
+        return (torch.randn(*shape, generator=g) * scale).to(dt).to(DEVICE)
+
+    inputs = make_step_inputs(batch, dim, dtype=dtype, seed=seed, **kw)
+    inputs.pop("zs")
+    inputs["xs"] = [rand(batch, hidden) for _ in range(STEPS)]
+    inputs.update(norm_weight=1 + rand(hidden, scale=0.1), norm_bias=None if rms_norm else rand(hidden, scale=0.1),
+                  norm_eps=1e-5, rms_norm=rms_norm,
+                  in_proj_weight=rand(2 * dim, hidden, scale=hidden**-0.5),
+                  in_proj_bias=rand(2 * dim, scale=0.1) if proj_bias else None,
+                  out_proj_weight=rand(hidden, dim, scale=dim**-0.5),
+                  out_proj_bias=rand(hidden, scale=0.1) if proj_bias else None)
+    return inputs
+
+
+def run_block_steps(fn, inputs, **kw):
+    conv, ssm = inputs["conv_state"].clone(), inputs["ssm_state"].clone()
+    params = {k: v for k, v in inputs.items() if k not in ("xs", "conv_state", "ssm_state")}
+    outs = [fn(x, conv_state=conv, ssm_state=ssm, **params, **kw) for x in inputs["xs"]]
+    return torch.stack(outs, dim=-1), conv, ssm
+
+
+BLOCK_CASES = [
+    pytest.param(dict(batch=1, hidden=12, dim=23), id="B1-H12-E23-layernorm"),
+    pytest.param(dict(batch=3, hidden=20, dim=40, rms_norm=True, proj_bias=False), id="B3-H20-E40-rmsnorm"),
+    pytest.param(dict(batch=2, hidden=9, dim=17, n_state=16, rank=2, has_z=False), id="B2-H9-E17-N16"),
+    pytest.param(dict(batch=2, hidden=16, dim=32, selective=False, has_D=False, has_bias=False),
+                 id="time-invariant-bare"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", BLOCK_CASES)
+def test_triton_block_step_matches_reference(case, dtype):
+    pytest.importorskip("triton")
+    triton_step = triton_step_module()
+    inputs = make_block_inputs(**case, dtype=dtype)
+    out_ref, conv_ref, ssm_ref = run_block_steps(mamba_block_step_ref, inputs)
+    out, conv, ssm = run_block_steps(triton_step.mamba_block_step_triton, inputs, block_e=8)
+    assert out.dtype == dtype and conv.dtype == dtype
+    # the SSM input is rounded to the conv state's dtype: a last-bit difference there is one ulp of it
+    assert rel_err(conv, conv_ref) < (1e-6 if dtype == torch.float32 else 1e-2)
+    assert rel_err(ssm, ssm_ref) < (2e-5 if dtype == torch.float32 else 1e-2)
+    assert rel_err(out, out_ref) < TOL[dtype]
+
+
+def test_reference_block_step_is_norm_step_and_residual():
+    """The block reference against its parts: a LayerNorm module, the projections, the fused step reference."""
+    inputs = make_block_inputs(2, 12, 23)
+    out, conv, ssm = run_block_steps(mamba_block_step_ref, inputs)
+    norm = torch.nn.LayerNorm(12).to(DEVICE)
+    with torch.no_grad():
+        norm.weight.copy_(inputs["norm_weight"])
+        norm.bias.copy_(inputs["norm_bias"])
+    conv2, ssm2 = inputs["conv_state"].clone(), inputs["ssm_state"].clone()
+    step_params = {k: inputs[k] for k in ("conv_weight", "conv_bias", "A", "D", "dt_bias", "x_proj_weight",
+                                          "dt_proj_weight")}
+    for t, x in enumerate(inputs["xs"]):
+        u, z = torch.nn.functional.linear(norm(x), inputs["in_proj_weight"], inputs["in_proj_bias"]).chunk(2, -1)
+        y = mamba_step_ref(u, z, conv2, ssm2, **step_params)
+        expected = x + torch.nn.functional.linear(y, inputs["out_proj_weight"], inputs["out_proj_bias"])
+        assert rel_err(out[..., t], expected) < 1e-6
+    assert rel_err(ssm, ssm2) < 1e-6 and torch.equal(conv, conv2)
+
+
 @pytest.mark.parametrize("selective", [True, False], ids=["selective", "time-invariant"])
 def test_reference_step_equals_the_scan_oracle(selective):
     """Stepping the fused reference from zero states reproduces conv1d + selective_scan_ref over a sequence."""
@@ -159,7 +228,7 @@ def test_reference_step_equals_the_scan_oracle(selective):
 
 @pytest.mark.parametrize("stage_mixers", [None, ["s4d", "mamba"]], ids=["mamba", "s4d-outer"])
 def test_model_steps_through_the_triton_kernel(monkeypatch, stage_mixers):
-    """A SaShiMi LM stepped with the mixer's fused step on the Triton backend gives the parallel forward."""
+    """A SaShiMi LM stepped with the fused block step on the Triton backend gives the parallel forward."""
     pytest.importorskip("triton")
     import functools
 
@@ -168,9 +237,10 @@ def test_model_steps_through_the_triton_kernel(monkeypatch, stage_mixers):
 
     triton_step_module()
     monkeypatch.setattr(mixer_module, "mamba_step", functools.partial(mamba_step, backend="triton"))
+    monkeypatch.setattr(mixer_module, "mamba_block_step", functools.partial(mamba_block_step, backend="triton"))
     torch.manual_seed(0)
     backbone = BackboneConfig(d_model=8, n_layers=1, pool=[2], mixer=MixerConfig(d_state=4),
-                              stage_mixers=stage_mixers)
+                              stage_mixers=stage_mixers, norm="rmsnorm" if stage_mixers else "layernorm")
     model = SaShiMiLM(LMConfig(backbone=backbone)).eval().to(DEVICE)
     tokens = torch.randint(0, 256, (2, 6), device=DEVICE)
     with torch.no_grad():
@@ -185,32 +255,45 @@ import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from mamba_audio.kernels.selective_scan.triton_step import _mamba_step_kernel as fn
+from mamba_audio.kernels.selective_scan import triton_step
 
-act, selective, flags = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1"
-signature = {name: "*fp32" for name in fn.arg_names[:14]}
-signature.update({name: f"*{act}" for name in ("x_ptr", "z_ptr", "y_ptr", "conv_ptr", "convw_ptr", "xproj_ptr",
-                                                 "dtproj_ptr")})
-signature.update({name: "i32" for name in fn.arg_names[14:42]})
+kernel_name, act, selective, flags = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4] == "1"
+fn = getattr(triton_step, kernel_name)
+in_act_dtype = {"x_ptr", "z_ptr", "y_ptr", "out_ptr", "conv_ptr", "convw_ptr", "xproj_ptr", "dtproj_ptr", "win_ptr",
+                "wout_ptr", "normw_ptr", "normb_ptr", "bin_ptr", "bout_ptr"}
 constants = dict(HAS_Z=flags, HAS_CONV_BIAS=flags, HAS_D=flags, HAS_DT_BIAS=flags, SELECTIVE=selective,
-                 DT_SOFTPLUS=True, BLOCK_E=128, BLOCK_N=16, BLOCK_R=16, BLOCK_W=4)
-signature.update({name: "constexpr" for name in constants})
+                 DT_SOFTPLUS=True, RMS_NORM=not flags, HAS_NORM_BIAS=flags, HAS_IN_BIAS=flags, HAS_OUT_BIAS=flags,
+                 BLOCK_H=64, BLOCK_E=64, BLOCK_N=16, BLOCK_R=8, BLOCK_W=4)
+constants = {k: v for k, v in constants.items() if k in fn.arg_names}
+signature = {}
+for name in fn.arg_names:
+    if name in constants:
+        signature[name] = "constexpr"
+    elif name.endswith("_ptr"):
+        signature[name] = f"*{act}" if name in in_act_dtype else "*fp32"
+    else:
+        signature[name] = "fp32" if name == "eps" else "i32"
 kernel = triton.compile(ASTSource(fn, signature, constexprs=constants), target=GPUTarget("cuda", 90, 32),
                         options=dict(num_warps=4))
-assert "bar.sync" in kernel.asm["ptx"]  # the barrier between reading and rewriting the conv window
+assert "bar.sync" in kernel.asm["ptx"]  # the barriers around rewriting the conv window
 print("compiled")
 """
 
 
-@pytest.mark.parametrize("act,selective,flags", [("bf16", "1", "1"), ("fp32", "0", "0")],
-                         ids=["bf16-selective-all-operands", "fp32-time-invariant-bare"])
-def test_triton_step_compiles_for_sm90_without_a_gpu(act, selective, flags):
-    """The interpreter runs the kernel as Python; this compiles it to PTX (layouts, constexpr branches, types)."""
+@pytest.mark.parametrize("kernel,act,selective,flags", [
+    ("_mamba_step_kernel", "bf16", "1", "1"),
+    ("_mamba_step_kernel", "fp32", "0", "0"),
+    ("_mamba_block_step_kernel", "bf16", "1", "1"),
+    ("_mamba_block_step_kernel", "fp32", "0", "0"),
+], ids=["step-bf16-selective-all-operands", "step-fp32-time-invariant-bare", "block-bf16-selective-layernorm",
+        "block-fp32-time-invariant-rmsnorm-bare"])
+def test_triton_kernels_compile_for_sm90_without_a_gpu(kernel, act, selective, flags):
+    """The interpreter runs the kernels as Python; this compiles them to PTX (layouts, constexpr branches, types)."""
     pytest.importorskip("triton")
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90, act, selective, flags], env=env,
+    result = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90, kernel, act, selective, flags], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-2000:]

@@ -131,3 +131,55 @@ def mamba_step_ref(
         B_t, C_t = B.expand(batch, *B.shape), C.expand(batch, *C.shape)
     y = selective_state_update_ref(ssm_state, xc, dt, A, B_t, C_t, D, z, dt_bias, dt_softplus)
     return y.to(x.dtype)
+
+
+def mamba_block_step_ref(
+    x: Tensor,
+    norm_weight: Tensor,
+    norm_bias: Tensor | None,
+    norm_eps: float,
+    rms_norm: bool,
+    in_proj_weight: Tensor,
+    in_proj_bias: Tensor | None,
+    out_proj_weight: Tensor,
+    out_proj_bias: Tensor | None,
+    conv_state: Tensor,
+    ssm_state: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    A: Tensor,
+    D: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    x_proj_weight: Tensor | None = None,
+    dt_proj_weight: Tensor | None = None,
+    B: Tensor | None = None,
+    C: Tensor | None = None,
+    dt_softplus: bool = True,
+) -> Tensor:
+    """One step of a pre-norm residual Mamba block: x + out_proj(mamba_step(in_proj(norm(x)))).
+
+    x (B, H) float32 / bfloat16 / float16; norm over H, LayerNorm (weight, optional bias) or
+    RMSNorm (``rms_norm``, weight only); in_proj_weight (2E, H) whose first E outputs are the
+    SSM input and last E the gate z; out_proj_weight (H, E); optional biases (2E,) and (H,).
+    The rest as ``mamba_step_ref``. All in float32; returns (B, H) in x.dtype, states updated in place.
+    """
+    if x.dim() != 2 or norm_weight.shape != (x.shape[1],):
+        raise ValueError(f"x must be (batch, hidden) and norm_weight (hidden,), got {tuple(x.shape)} and "
+                         f"{tuple(norm_weight.shape)}")
+    hidden, dim = x.shape[1], conv_weight.shape[0]
+    if in_proj_weight.shape != (2 * dim, hidden) or out_proj_weight.shape != (hidden, dim):
+        raise ValueError(f"in_proj_weight must be (2 * channels, hidden)=({2 * dim}, {hidden}) and out_proj_weight "
+                         f"(hidden, channels)=({hidden}, {dim}); got {tuple(in_proj_weight.shape)} and "
+                         f"{tuple(out_proj_weight.shape)}")
+    residual = x.float()
+    if rms_norm:
+        normed = residual * torch.rsqrt(residual.pow(2).mean(-1, keepdim=True) + norm_eps) * norm_weight.float()
+    else:
+        normed = F.layer_norm(residual, (hidden,), norm_weight.float(),
+                              None if norm_bias is None else norm_bias.float(), norm_eps)
+    xz = F.linear(normed, in_proj_weight.float(), None if in_proj_bias is None else in_proj_bias.float())
+    u, z = xz.chunk(2, dim=-1)
+    y = mamba_step_ref(u, z, conv_state, ssm_state, conv_weight, conv_bias, A, D, dt_bias, x_proj_weight,
+                       dt_proj_weight, B, C, dt_softplus)
+    out = F.linear(y, out_proj_weight.float(), None if out_proj_bias is None else out_proj_bias.float())
+    return (residual + out).to(x.dtype)

@@ -20,6 +20,12 @@ BLOCK_E:
 The kernel's registers hold one (BLOCK_E x N) state tile and one projection tile
 at a time, so wide mixers (E = 512 in the SC09 model's center stage) need no
 more registers than narrow ones.
+
+``_mamba_block_step_kernel`` does the same inside a whole pre-norm residual block
+(``step_ref.mamba_block_step_ref``): the norm of the row (H values, in registers),
+in_proj by tiles of channels, the step, and out_proj accumulated tile by tile
+into the residual, so a block costs one launch instead of five. Its first pass
+stores the new conv windows, which the second pass reads back after a barrier.
 """
 
 from __future__ import annotations
@@ -212,3 +218,215 @@ def mamba_step_triton(
         num_warps=4,
     )
     return y
+
+
+# ----------------------------------------------------------------------------- the whole residual block
+
+
+@triton.jit
+def _mamba_block_step_kernel(
+    x_ptr, out_ptr, normw_ptr, normb_ptr, win_ptr, bin_ptr, wout_ptr, bout_ptr,
+    conv_ptr, ssm_ptr, convw_ptr, convb_ptr, A_ptr, D_ptr, dtb_ptr, xproj_ptr, dtproj_ptr, B_ptr, C_ptr,
+    hidden, dim, rank, n_state, width, eps,
+    s_xb, s_xh, s_ob, s_oh, s_wir, s_wih, s_woh, s_woe,
+    s_cb, s_ce, s_cw, s_hb, s_he, s_hn,
+    s_we, s_ww, s_ae, s_an,
+    s_xpr, s_xpe, s_dpe, s_dpr,
+    s_Be, s_Bn, s_Ce, s_Cn,
+    RMS_NORM: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_OUT_BIAS: tl.constexpr,
+    HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
+    SELECTIVE: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    row = tl.program_id(0)
+    offs_h = tl.arange(0, BLOCK_H)
+    mask_h = offs_h < hidden
+    offs_w = tl.arange(0, BLOCK_W)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_n = offs_n < n_state
+    mask_r = offs_r < rank
+
+    # the norm of the whole row, kept in registers
+    residual = tl.load(x_ptr + row * s_xb + offs_h * s_xh, mask=mask_h, other=0.0).to(tl.float32)
+    if RMS_NORM:
+        normed = residual * tl.rsqrt(tl.sum(residual * residual, axis=0) / hidden + eps)
+    else:
+        centred = tl.where(mask_h, residual - tl.sum(residual, axis=0) / hidden, 0.0)
+        normed = centred * tl.rsqrt(tl.sum(centred * centred, axis=0) / hidden + eps)
+    normed *= tl.load(normw_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    if HAS_NORM_BIAS:
+        normed += tl.load(normb_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    normed = tl.where(mask_h, normed, 0.0)
+
+    # pass 1: SSM input u = in_proj[:E] @ normed, shifted into the conv state (the new windows are
+    # stored here), and for the selective SSM the projections of the conv output
+    dt_low = tl.zeros([BLOCK_R], dtype=tl.float32)
+    B_sel = tl.zeros([BLOCK_N], dtype=tl.float32)
+    C_sel = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for e0 in range(0, dim, BLOCK_E):
+        offs_e = e0 + tl.arange(0, BLOCK_E)
+        mask_e = offs_e < dim
+        w_in = tl.load(win_ptr + offs_e[:, None] * s_wir + offs_h[None, :] * s_wih,
+                       mask=mask_e[:, None] & mask_h[None, :], other=0.0).to(tl.float32)
+        u = tl.sum(w_in * normed[None, :], axis=1)
+        if HAS_IN_BIAS:
+            u += tl.load(bin_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+        old = tl.load(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + (offs_w[None, :] + 1) * s_cw,
+                      mask=mask_e[:, None] & (offs_w[None, :] + 1 < width), other=0.0)
+        window = tl.where(offs_w[None, :] == width - 1, u.to(conv_ptr.dtype.element_ty)[:, None], old)
+        tl.debug_barrier()  # the old window is read everywhere before it is overwritten
+        tl.store(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + offs_w[None, :] * s_cw, window,
+                 mask=mask_e[:, None] & (offs_w[None, :] < width))
+        if SELECTIVE:
+            weight = tl.load(convw_ptr + offs_e[:, None] * s_we + offs_w[None, :] * s_ww,
+                             mask=mask_e[:, None] & (offs_w[None, :] < width), other=0.0).to(tl.float32)
+            acc = tl.sum(window.to(tl.float32) * weight, axis=1)
+            if HAS_CONV_BIAS:
+                acc += tl.load(convb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+            xc = acc * tl.sigmoid(acc)
+            cols = offs_e[None, :] * s_xpe
+            w_dt = tl.load(xproj_ptr + offs_r[:, None] * s_xpr + cols, mask=mask_r[:, None] & mask_e[None, :],
+                           other=0.0).to(tl.float32)
+            dt_low += tl.sum(w_dt * xc[None, :], axis=1)
+            w_B = tl.load(xproj_ptr + (rank + offs_n[:, None]) * s_xpr + cols, mask=mask_n[:, None] & mask_e[None, :],
+                          other=0.0).to(tl.float32)
+            B_sel += tl.sum(w_B * xc[None, :], axis=1)
+            w_C = tl.load(xproj_ptr + (rank + n_state + offs_n[:, None]) * s_xpr + cols,
+                          mask=mask_n[:, None] & mask_e[None, :], other=0.0).to(tl.float32)
+            C_sel += tl.sum(w_C * xc[None, :], axis=1)
+    tl.debug_barrier()  # pass 2 reads the windows pass 1 stored, across threads
+
+    # pass 2: conv output from the new window, delta, state update, gate, out_proj accumulated
+    out = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for e0 in range(0, dim, BLOCK_E):
+        offs_e = e0 + tl.arange(0, BLOCK_E)
+        mask_e = offs_e < dim
+        window = tl.load(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + offs_w[None, :] * s_cw,
+                         mask=mask_e[:, None] & (offs_w[None, :] < width), other=0.0).to(tl.float32)
+        weight = tl.load(convw_ptr + offs_e[:, None] * s_we + offs_w[None, :] * s_ww,
+                         mask=mask_e[:, None] & (offs_w[None, :] < width), other=0.0).to(tl.float32)
+        acc = tl.sum(window * weight, axis=1)
+        if HAS_CONV_BIAS:
+            acc += tl.load(convb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+        xc = acc * tl.sigmoid(acc)
+
+        if SELECTIVE:
+            w_dt = tl.load(dtproj_ptr + offs_e[:, None] * s_dpe + offs_r[None, :] * s_dpr,
+                           mask=mask_e[:, None] & mask_r[None, :], other=0.0).to(tl.float32)
+            delta = tl.sum(w_dt * dt_low[None, :], axis=1)
+        else:
+            delta = tl.zeros([BLOCK_E], dtype=tl.float32)
+        if HAS_DT_BIAS:
+            delta += tl.load(dtb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+        if DT_SOFTPLUS:
+            delta = _softplus(delta)
+
+        tile = mask_e[:, None] & mask_n[None, :]
+        A = tl.load(A_ptr + offs_e[:, None] * s_ae + offs_n[None, :] * s_an, mask=tile, other=0.0)
+        h_ptrs = ssm_ptr + row * s_hb + offs_e[:, None] * s_he + offs_n[None, :] * s_hn
+        h = tl.load(h_ptrs, mask=tile, other=0.0)
+        if SELECTIVE:
+            B_t = B_sel[None, :]
+            C_t = C_sel[None, :]
+        else:
+            B_t = tl.load(B_ptr + offs_e[:, None] * s_Be + offs_n[None, :] * s_Bn, mask=tile, other=0.0).to(tl.float32)
+            C_t = tl.load(C_ptr + offs_e[:, None] * s_Ce + offs_n[None, :] * s_Cn, mask=tile, other=0.0).to(tl.float32)
+        h = tl.exp(delta[:, None] * A) * h + (delta * xc)[:, None] * B_t
+        tl.store(h_ptrs, h, mask=tile)
+        y = tl.sum(h * C_t, axis=1)
+        if HAS_D:
+            y += tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32) * xc
+
+        w_z = tl.load(win_ptr + (dim + offs_e[:, None]) * s_wir + offs_h[None, :] * s_wih,
+                      mask=mask_e[:, None] & mask_h[None, :], other=0.0).to(tl.float32)
+        z = tl.sum(w_z * normed[None, :], axis=1)
+        if HAS_IN_BIAS:
+            z += tl.load(bin_ptr + dim + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+        y = tl.where(mask_e, y * z * tl.sigmoid(z), 0.0)
+
+        w_out = tl.load(wout_ptr + offs_h[:, None] * s_woh + offs_e[None, :] * s_woe,
+                        mask=mask_h[:, None] & mask_e[None, :], other=0.0).to(tl.float32)
+        out += tl.sum(w_out * y[None, :], axis=1)
+
+    if HAS_OUT_BIAS:
+        out += tl.load(bout_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * s_ob + offs_h * s_oh, (residual + out).to(out_ptr.dtype.element_ty), mask=mask_h)
+
+
+def mamba_block_step_triton(
+    x: Tensor,
+    norm_weight: Tensor,
+    norm_bias: Tensor | None,
+    norm_eps: float,
+    rms_norm: bool,
+    in_proj_weight: Tensor,
+    in_proj_bias: Tensor | None,
+    out_proj_weight: Tensor,
+    out_proj_bias: Tensor | None,
+    conv_state: Tensor,
+    ssm_state: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    A: Tensor,
+    D: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    x_proj_weight: Tensor | None = None,
+    dt_proj_weight: Tensor | None = None,
+    B: Tensor | None = None,
+    C: Tensor | None = None,
+    dt_softplus: bool = True,
+    block_e: int | None = None,
+) -> Tensor:
+    """A whole residual block's step (``step_ref.mamba_block_step_ref``) in one launch: norm, in_proj, the
+    fused Mamba step, out_proj, residual. One program per stream; it walks the channels twice (as
+    ``_mamba_step_kernel``), the conv state holding the new windows between the passes."""
+    batch, hidden = x.shape
+    dim = conv_weight.shape[0]
+    if in_proj_weight.shape != (2 * dim, hidden) or out_proj_weight.shape != (hidden, dim):
+        raise ValueError(f"in_proj_weight must be (2 * channels, hidden)=({2 * dim}, {hidden}) and out_proj_weight "
+                         f"(hidden, channels)=({hidden}, {dim}); got {tuple(in_proj_weight.shape)} and "
+                         f"{tuple(out_proj_weight.shape)}")
+    check_step_inputs(x.new_empty(batch, dim), None, conv_state, ssm_state, conv_weight, conv_bias, A, D, dt_bias,
+                      x_proj_weight, dt_proj_weight, B, C)
+    if norm_weight.shape != (hidden,):
+        raise ValueError(f"norm_weight must be (hidden,)=({hidden},), got {tuple(norm_weight.shape)}")
+    if not supports(A) or A.dtype != torch.float32:
+        raise ValueError("the Triton step takes real float32 A; complex A runs on the reference")
+    selective = x_proj_weight is not None
+    n_state, width = A.shape[1], conv_weight.shape[1]
+    rank = dt_proj_weight.shape[1] if selective else 1
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if batch == 0:
+        return out
+    block_h = triton.next_power_of_2(hidden)
+    # (channels x hidden) weight tiles of about 2048 elements: ptxas (sm_90, 4 warps) then spills nothing for
+    # hidden 64, 128 and 256 (the SC09 model's stages); untuned: the GPU benchmark has the last word
+    block_e = block_e or max(16, min(triton.next_power_of_2(dim), 2048 // block_h))
+
+    def strides(t: Tensor | None, ndim: int) -> tuple[int, ...]:
+        return tuple(t.stride()) if t is not None else (0,) * ndim
+
+    unused = x
+    _mamba_block_step_kernel[(batch,)](
+        x, out, norm_weight, norm_bias if norm_bias is not None else unused, in_proj_weight,
+        in_proj_bias if in_proj_bias is not None else unused, out_proj_weight,
+        out_proj_bias if out_proj_bias is not None else unused,
+        conv_state, ssm_state, conv_weight, conv_bias if conv_bias is not None else unused, A,
+        D if D is not None else unused, dt_bias if dt_bias is not None else unused,
+        x_proj_weight if selective else unused, dt_proj_weight if selective else unused,
+        B if not selective else unused, C if not selective else unused,
+        hidden, dim, rank, n_state, width, float(norm_eps),
+        *x.stride(), *out.stride(), *in_proj_weight.stride(), *out_proj_weight.stride(),
+        *conv_state.stride(), *ssm_state.stride(), *conv_weight.stride(), *A.stride(),
+        *strides(x_proj_weight, 2), *strides(dt_proj_weight, 2),
+        *strides(None if selective else B, 2), *strides(None if selective else C, 2),
+        RMS_NORM=rms_norm, HAS_NORM_BIAS=norm_bias is not None, HAS_IN_BIAS=in_proj_bias is not None,
+        HAS_OUT_BIAS=out_proj_bias is not None, HAS_CONV_BIAS=conv_bias is not None, HAS_D=D is not None,
+        HAS_DT_BIAS=dt_bias is not None, SELECTIVE=selective, DT_SOFTPLUS=dt_softplus,
+        BLOCK_H=block_h, BLOCK_E=block_e, BLOCK_N=triton.next_power_of_2(n_state),
+        BLOCK_R=triton.next_power_of_2(rank), BLOCK_W=triton.next_power_of_2(width),
+        num_warps=4,
+    )
+    return out

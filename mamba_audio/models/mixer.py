@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mamba_audio.kernels import mamba_step, selective_scan
+from mamba_audio.kernels import mamba_block_step, mamba_step, selective_scan
 
 from .config import MixerConfig
 
@@ -148,6 +148,12 @@ class MambaMixer(nn.Module):
         place, so that the state afterwards equals the state after ``step`` through the same positions."""
         return self._mix(hidden, state)
 
+    def _step_ssm(self) -> dict[str, Tensor]:
+        """How the fused step gets delta, B and C: the two projections (selective) or B and C (time-invariant)."""
+        if self.selective:
+            return dict(x_proj_weight=self.x_proj.weight, dt_proj_weight=self.dt_proj.weight)
+        return dict(B=self._as_state_values(self.B), C=self._as_state_values(self.C))
+
     def step(self, hidden: Tensor, state: MixerState) -> Tensor:
         """One position: hidden (B, H) -> (B, H); updates ``state`` in place.
 
@@ -155,11 +161,17 @@ class MambaMixer(nn.Module):
         gate) is one fused ``mamba_step``: a single Triton launch on CUDA, the reference on the CPU.
         """
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, E) each
-        if self.selective:
-            ssm = dict(x_proj_weight=self.x_proj.weight, dt_proj_weight=self.dt_proj.weight)
-        else:
-            ssm = dict(B=self._as_state_values(self.B), C=self._as_state_values(self.C))
         A, D, dt_bias = self._step_constants()
         y = mamba_step(x, z, state.conv, state.ssm, self.conv1d.weight[:, 0, :], self.conv1d.bias, A, D, dt_bias,
-                       dt_softplus=True, **ssm)
+                       dt_softplus=True, **self._step_ssm())
         return self.out_proj(y)
+
+    def step_residual(self, hidden: Tensor, norm: nn.Module, state: MixerState) -> Tensor:
+        """``hidden + self.step(norm(hidden))`` for one position (B, H), as one fused ``mamba_block_step``
+        (a single Triton launch on CUDA). ``norm`` is an affine ``nn.LayerNorm`` or an RMSNorm over H."""
+        layer_norm = isinstance(norm, nn.LayerNorm)
+        A, D, dt_bias = self._step_constants()
+        return mamba_block_step(hidden, norm.weight, norm.bias if layer_norm else None, norm.eps, not layer_norm,
+                                self.in_proj.weight, self.in_proj.bias, self.out_proj.weight, self.out_proj.bias,
+                                state.conv, state.ssm, self.conv1d.weight[:, 0, :], self.conv1d.bias, A, D, dt_bias,
+                                dt_softplus=True, **self._step_ssm())
