@@ -12,7 +12,8 @@ weights) and each number of concurrent streams it
   samples per second, and the p50/p99 latency of a block (a chunk of audio);
 * with one stream: the time to first audio of a stream started in a warm
   generator (its first chunk of ``--block-samples``), and plain eager stepping
-  (``SaShiMiLM.generate`` with the PyTorch reference step, no graph) beside it;
+  (``SaShiMiLM.generate`` with the PyTorch reference block step, no Triton, no
+  graph) beside it;
 * the smallest preset (``tiny``) on the CPU, one stream;
 
 then prints a table and writes ``benchmarks/results/streaming_<device>.json``.
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from mamba_audio.kernels import mamba_step
+from mamba_audio.kernels import mamba_block_step, mamba_step
 from mamba_audio.models import LMConfig, SaShiMiLM, backbone_preset
 from mamba_audio.models import mixer as mixer_module
 from mamba_audio.streaming import StreamingGenerator
@@ -115,13 +116,14 @@ def time_generator(model: SaShiMiLM, streams: int, block_samples: int, blocks: i
 
 @contextlib.contextmanager
 def reference_step():
-    """Mixers step through the PyTorch reference (plain eager PyTorch, no Triton)."""
-    original = mixer_module.mamba_step
+    """Blocks and mixers step through the PyTorch references (plain eager PyTorch, no Triton)."""
+    originals = mixer_module.mamba_step, mixer_module.mamba_block_step
     mixer_module.mamba_step = functools.partial(mamba_step, backend="reference")
+    mixer_module.mamba_block_step = functools.partial(mamba_block_step, backend="reference")
     try:
         yield
     finally:
-        mixer_module.mamba_step = original
+        mixer_module.mamba_step, mixer_module.mamba_block_step = originals
 
 
 def time_eager_generate(model: SaShiMiLM, samples: int) -> float:
