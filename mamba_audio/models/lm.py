@@ -114,9 +114,9 @@ class SaShiMiLM(PretrainedMixin, nn.Module):
 
         The prompt is consumed in parallel by ``prefill`` up to a whole number of pooling periods
         (``prefill_length``), the rest by stepping, as ``mamba_audio.streaming`` does: both then
-        compute exactly the same thing in any dtype. Row i draws its
-        random numbers from seed ``seed + i`` alone (see ``sampling.StreamSampler``), so it is the
-        stream that ``mamba_audio.streaming`` produces with that seed, whatever else is in the batch.
+        compute exactly the same thing in any dtype. Row i draws its random numbers from seed
+        ``seed + i`` alone (see ``sampling.StreamSampler``), so it is the stream that
+        ``mamba_audio.streaming`` produces with that seed, whatever else is in the batch.
         """
         from tqdm.auto import tqdm
 
