@@ -17,7 +17,9 @@ weights) and each number of concurrent streams it
 * the smallest preset (``tiny``) on the CPU, one stream;
 
 then prints a table and writes ``benchmarks/results/streaming_<device>.json``.
-The mamba_ssm ``Mamba.step`` baseline of issue 4 is not measured here (null).
+* on CUDA, the same network with every block stepped through mamba_ssm's
+  ``Mamba.step`` (weights copied in) inside the same CUDA-graph generator: the
+  baseline of issue 4 (needs mamba_ssm importable; ``--no-mamba-ssm`` skips it);
 
     python benchmarks/streaming.py                                   # GPU: 1, 16, 256, 1024 streams
     python benchmarks/streaming.py --device cpu --streams 1,4 --blocks 2 --block-samples 160
@@ -126,6 +128,70 @@ def reference_step():
         mixer_module.mamba_step, mixer_module.mamba_block_step = originals
 
 
+def make_mamba_ssm_importable(sdist: Path | None, build_root: Path) -> None:
+    """Import mamba_ssm as installed, or build it from its sdist (as benchmarks/scan.py does) and put it on the path."""
+    try:
+        import mamba_ssm.modules.mamba_simple  # noqa: F401
+        return
+    except ImportError:
+        if sdist is None:
+            raise SystemExit("mamba_ssm is not importable: pass --mamba-sdist (or --no-mamba-ssm)")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from scan import build_mamba_ssm, import_mamba_selective_scan
+
+    import_mamba_selective_scan(build_mamba_ssm(sdist, build_root))  # the package, without its model zoo
+
+
+@contextlib.contextmanager
+def mamba_ssm_step(model: SaShiMiLM):
+    """Every residual block steps through mamba_ssm's ``Mamba.step`` (its Triton ``selective_state_update``)
+    with this block's weights copied in: the same network, stepped the way mamba_ssm steps it."""
+    from mamba_ssm.modules.mamba_simple import Mamba
+
+    from mamba_audio.models.blocks import ResidualBlock
+
+    patched = []
+    for block in model.modules():
+        if not isinstance(block, ResidualBlock) or block.mlp is not None:
+            continue
+        ours = block.mixer
+        theirs = Mamba(ours.d_model, d_state=ours.d_state, d_conv=ours.config.d_conv, expand=ours.config.expand,
+                       dt_rank=ours.dt_rank, conv_bias=ours.conv1d.bias is not None, bias=ours.config.bias,
+                       layer_idx=0, device=ours.in_proj.weight.device, dtype=ours.in_proj.weight.dtype)
+        with torch.no_grad():
+            for name in ("in_proj", "conv1d", "x_proj", "out_proj"):
+                getattr(theirs, name).load_state_dict(getattr(ours, name).state_dict())
+            theirs.dt_proj.weight.copy_(ours.dt_proj.weight)
+            theirs.dt_proj.bias.copy_(ours.dt_bias)
+            theirs.A_log.copy_(ours.A_log)
+            theirs.D.copy_(ours.D)
+
+        def step(x, state, norm=block.norm, theirs=theirs):
+            out, _, _ = theirs.step(norm(x)[:, None], state.mixer.conv, state.mixer.ssm)
+            return x + out[:, 0]
+
+        block.step = step
+        patched.append(block)
+    try:
+        yield
+    finally:
+        for block in patched:
+            del block.step
+
+
+def time_mamba_ssm_baseline(model: SaShiMiLM, block_samples: int, blocks: int) -> dict:
+    """One stream through mamba_ssm's Mamba.step in a CUDA graph, and whether its first tokens match ours."""
+    with mamba_ssm_step(model):
+        row = time_generator(model, 1, block_samples, blocks, cuda_graph=True)
+        generator = StreamingGenerator(model, max_streams=1, block_samples=block_samples, cuda_graph=True)
+        theirs = next(generator.start(seed=7, chunk_samples=128, max_samples=128)).tokens
+    generator = StreamingGenerator(model, max_streams=1, block_samples=block_samples, cuda_graph=True)
+    ours = next(generator.start(seed=7, chunk_samples=128, max_samples=128)).tokens
+    differ = (ours != theirs).nonzero()
+    row["tokens_agreeing_with_ours_before_first_difference"] = int(differ[0, 0]) if len(differ) else 128
+    return row
+
+
 def time_eager_generate(model: SaShiMiLM, samples: int) -> float:
     """Samples per second of one stream through ``generate`` with the reference step: the plain eager baseline."""
     device = model.head.weight.device
@@ -160,6 +226,10 @@ def main() -> None:
     ap.add_argument("--eager-samples", type=int, default=None, help="samples of the eager baseline")
     ap.add_argument("--no-eager-graph-comparison", action="store_true",
                     help="on CUDA, skip timing the generator without its CUDA graph")
+    ap.add_argument("--no-mamba-ssm", action="store_true",
+                    help="on CUDA, skip the baseline through mamba_ssm's Mamba.step (needs mamba_ssm importable)")
+    ap.add_argument("--mamba-sdist", type=Path, default=None, help="build mamba_ssm from this sdist if needed")
+    ap.add_argument("--build-root", type=Path, default=Path("/tmp/mamba_ssm_build"))
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for torch (default 1 on the CPU: a step's operations are too small to share)")
     ap.add_argument("--out", type=Path, default=None)
@@ -186,6 +256,11 @@ def main() -> None:
         if on_cuda and n == 1 and not args.no_eager_graph_comparison:
             rows.append(time_generator(model, n, args.block_samples, blocks, cuda_graph=False))
         print(rows[-1], flush=True)
+    baseline = None
+    if on_cuda and not args.no_mamba_ssm:
+        make_mamba_ssm_importable(args.mamba_sdist, args.build_root)
+        baseline = time_mamba_ssm_baseline(model, args.block_samples, blocks)
+        print(f"mamba_ssm Mamba.step baseline: {baseline}", flush=True)
     eager = time_eager_generate(model, args.eager_samples or (2000 if on_cuda else args.block_samples))
     tiny = time_generator(build_model("tiny", torch.device("cpu"), torch.float32), 1, args.block_samples, blocks,
                           cuda_graph=False)
@@ -199,7 +274,8 @@ def main() -> None:
         cpu_threads=torch.get_num_threads(),
         cpu_only=not on_cuda, load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         ours_single_stream_samples_per_s=single and single["per_stream_samples_per_s"],
-        mamba_ssm_step_single_stream_samples_per_s=None,  # not measured by this script yet
+        mamba_ssm_step_single_stream_samples_per_s=baseline and baseline["per_stream_samples_per_s"],
+        mamba_ssm_baseline=baseline,
         eager_single_stream_samples_per_s=eager,
         time_to_first_audio_ms=single and single["time_to_first_audio_ms"],
         chunk_latency_ms=single and single["chunk_latency_ms"],
