@@ -60,7 +60,8 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 @triton.jit
 def _softplus(x):
-    """log(1 + exp(x)) as torch computes it (threshold 20), accurate for very negative x."""
+    """log(1 + exp(x)) as torch computes it (threshold 20), accurate for very negative x: log1p(e) is
+    computed as log(1 + e) e / ((1 + e) - 1), which stays exact where 1 + e rounds. Shared with the step kernel."""
     e = tl.exp(-tl.abs(x))
     w = 1.0 + e
     log1p_e = tl.where(w == 1.0, e, tl.log(w) * e / (w - 1.0))

@@ -35,17 +35,9 @@ import triton
 import triton.language as tl
 
 from .step_ref import check_step_inputs
+from .triton_scan import _softplus
 
 Tensor = torch.Tensor
-
-
-@triton.jit
-def _softplus(x):
-    """log(1 + exp(x)) with torch's threshold of 20; log1p(e) = log(1 + e) e / ((1 + e) - 1) keeps small e exact."""
-    e = tl.exp(-tl.abs(x))
-    w = 1.0 + e
-    log1p_e = tl.where(w == 1.0, e, tl.log(w) * e / (w - 1.0))
-    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + log1p_e)
 
 
 @triton.jit
