@@ -39,7 +39,7 @@ def test_labels_from_sorted_folders_and_items(speech_commands):
     assert data.classes == ["no", "yes"]  # sorted; "_background_noise_" is not a class
     assert len(data) == 8
     item = data[0]
-    assert set(item) == {"audio", "length", "label", "path"}
+    assert set(item) == {"audio", "length", "label", "path", "sample_rate"} and item["sample_rate"] == RATE
     assert item["audio"].dtype == torch.float32 and item["audio"].shape == (800,) and item["length"] == 800
     assert data.classes[item["label"]] == "no" and item["path"].endswith("no/spk0_nohash_0.wav")
     assert [data[i]["label"] for i in range(len(data))] == [0] * 4 + [1] * 4

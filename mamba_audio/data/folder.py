@@ -14,12 +14,13 @@ The training split is every file in neither list, as in Speech Commands.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
 from mamba_audio.audio import AUDIO_SUFFIXES, list_audio_files, load_audio
+from mamba_audio.data.clips import Augment, ClipDataset
 from mamba_audio.tokenizers import Tokenizer
 
 SPLIT_LISTS = {"validation": "validation_list.txt", "test": "testing_list.txt"}
@@ -40,7 +41,13 @@ def _read_list(path: Path) -> set[str]:
     return {line.strip().replace("\\", "/") for line in path.read_text().splitlines() if line.strip()}
 
 
-class AudioFolder(Dataset):
+def unlabelled_audio_files(root: Path) -> list[Path]:
+    """Every audio file under ``root`` at any depth, sorted, except in folders starting with "_" or "."."""
+    return [f for f in list_audio_files(root)
+            if not any(part.startswith(("_", ".")) for part in f.relative_to(root).parts[:-1])]
+
+
+class AudioFolder(ClipDataset):
     """Audio files under ``root``, optionally labelled by sub-folder and tokenized.
 
     Args:
@@ -50,23 +57,22 @@ class AudioFolder(Dataset):
             Without lists, "train" is every file and the others are errors.
         labels: labels from the first folder level under root; without, every audio file under
             root is an item, at any depth.
-        segment_samples: crop longer clips and zero-pad shorter ones to this many samples.
-        tokenizer: also return ``tokens``, the tokenized (cropped, padded) audio.
-        mix_to_mono: average the channels of multichannel files (otherwise they are errors).
-        random_crop: crop at a random start drawn from ``generator`` (training); otherwise from
-            the start of the clip, so evaluation is deterministic.
-        generator: torch.Generator for the random crops.
-        max_seconds: refuse files longer than this (see :func:`mamba_audio.audio.load_audio`).
+        classes: with labels, the label folders to use, in this order (label i is
+            ``classes[i]``); files in other folders are ignored. Default: every folder, sorted.
+        segment_samples, tokenizer, mix_to_mono, random_crop, generator, max_seconds,
+            loudness, loudness_db, augment: see :class:`mamba_audio.data.clips.ClipDataset`.
 
     Attributes:
-        classes: sorted label names; ``classes[item["label"]]`` is an item's folder. Empty
-            without labels.
+        classes: label names; ``classes[item["label"]]`` is an item's folder. Empty without
+            labels.
         files: the audio files of this split, sorted.
 
     Items are dicts: ``audio`` Tensor[L] float32, ``length`` int (samples of real audio
-    before padding), ``path`` str, ``tokens`` Tensor[L] long with a tokenizer, ``label`` int
-    with labels.
+    before padding), ``path`` str, ``sample_rate`` int, ``tokens`` Tensor[L] long with a
+    tokenizer, ``label`` int with labels.
     """
+
+    expected_layout = EXPECTED_LAYOUT
 
     def __init__(
         self,
@@ -75,44 +81,50 @@ class AudioFolder(Dataset):
         *,
         split: str | None = None,
         labels: bool = True,
+        classes: Sequence[str] | None = None,
         segment_samples: int | None = None,
         tokenizer: Tokenizer | None = None,
         mix_to_mono: bool = False,
         random_crop: bool = False,
         generator: torch.Generator | None = None,
         max_seconds: float | None = None,
+        loudness: str | None = None,
+        loudness_db: float | None = None,
+        augment: Augment | None = None,
     ):
+        super().__init__(sample_rate, segment_samples=segment_samples, tokenizer=tokenizer,
+                         mix_to_mono=mix_to_mono, random_crop=random_crop, generator=generator,
+                         max_seconds=max_seconds, loudness=loudness, loudness_db=loudness_db, augment=augment)
         self.root = Path(root)
-        self.sample_rate = sample_rate
         self.split = split
         self.labels = labels
-        self.segment_samples = segment_samples
-        self.tokenizer = tokenizer
-        self.mix_to_mono = mix_to_mono
-        self.random_crop = random_crop
-        self.generator = generator
-        self.max_seconds = max_seconds
         if split is not None and split not in SPLITS:
             raise ValueError(f"split must be None or one of {SPLITS}, got {split!r}")
-        if segment_samples is not None and segment_samples < 1:
-            raise ValueError(f"segment_samples must be positive, got {segment_samples}")
+        if classes is not None and not labels:
+            raise ValueError("classes needs labels=True")
         if not self.root.is_dir():
-            raise DataLayoutError(f"{self.root}: no such folder; {EXPECTED_LAYOUT}")
+            raise DataLayoutError(f"{self.root}: no such folder; {self.expected_layout}")
 
         if labels:
-            self.classes = sorted(
-                d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(("_", "."))
-                and list_audio_files(d)
-            )
+            if classes is None:
+                self.classes = sorted(
+                    d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(("_", "."))
+                    and list_audio_files(d)
+                )
+            else:
+                self.classes = list(classes)
+                missing = [name for name in self.classes if not list_audio_files(self.root / name)]
+                if missing:
+                    raise DataLayoutError(f"{self.root}: no audio files in the folders of {len(missing)} of the "
+                                          f"{len(self.classes)} classes: {missing}; {self.expected_layout}")
             files = [f for label in self.classes for f in list_audio_files(self.root / label)]
         else:
             self.classes = []
-            files = [f for f in list_audio_files(self.root)
-                     if not any(part.startswith(("_", ".")) for part in f.relative_to(self.root).parts[:-1])]
+            files = unlabelled_audio_files(self.root)
         if not files:
             loose = [f.name for f in self.root.iterdir() if f.suffix.lower() in AUDIO_SUFFIXES]
             hint = f" ({len(loose)} audio files lie directly in root: give them label folders)" if labels and loose else ""
-            raise DataLayoutError(f"{self.root}: no audio files found{hint}; {EXPECTED_LAYOUT}")
+            raise DataLayoutError(f"{self.root}: no audio files found{hint}; {self.expected_layout}")
         self._class_index = {name: i for i, name in enumerate(self.classes)}
         self.files = self._select_split(files)
 
@@ -125,7 +137,7 @@ class AudioFolder(Dataset):
             held_out[split] = _read_list(list_path) if list_path.exists() else None
         if self.split != "train" and held_out[self.split] is None:
             raise DataLayoutError(f"{self.root}: split={self.split!r} needs {SPLIT_LISTS[self.split]}, "
-                                  f"which is missing; {EXPECTED_LAYOUT}")
+                                  f"which is missing; {self.expected_layout}")
         relative = [f.relative_to(self.root).as_posix() for f in files]
         if self.split == "train":
             excluded = set().union(*(names for names in held_out.values() if names is not None))
@@ -134,7 +146,7 @@ class AudioFolder(Dataset):
             chosen = [f for f, name in zip(files, relative) if name in held_out[self.split]]
         if not chosen:
             raise DataLayoutError(f"{self.root}: split={self.split!r} holds none of the {len(files)} audio files "
-                                  f"(do the paths in the split lists match the files?); {EXPECTED_LAYOUT}")
+                                  f"(do the paths in the split lists match the files?); {self.expected_layout}")
         return chosen
 
     def __len__(self) -> int:
@@ -143,39 +155,28 @@ class AudioFolder(Dataset):
     def __getitem__(self, index: int) -> dict:
         path = self.files[index]
         audio = load_audio(path, self.sample_rate, mix_to_mono=self.mix_to_mono, max_seconds=self.max_seconds)
-        length = audio.shape[0]
-        if self.segment_samples is not None:
-            audio, length = self._fit_to_segment(audio)
-        item = {"audio": audio, "length": length, "path": str(path)}
-        if self.tokenizer is not None:
-            item["tokens"] = self.tokenizer.encode(audio)
-        if self.labels:
-            item["label"] = self._class_index[path.relative_to(self.root).parts[0]]
-        return item
+        fields = {"label": self._class_index[path.relative_to(self.root).parts[0]]} if self.labels else {}
+        return self.make_item(audio, path, **fields)
 
-    def _fit_to_segment(self, audio: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Crop or zero-pad Tensor[L] to Tensor[segment_samples]; returns it and the real length."""
-        segment, length = self.segment_samples, audio.shape[0]
-        if length > segment:
-            start = 0
-            if self.random_crop:
-                start = int(torch.randint(0, length - segment + 1, (1,), generator=self.generator))
-            return audio[start:start + segment], segment
-        return torch.nn.functional.pad(audio, (0, segment - length)), length
+
+BATCHED_KEYS = ("audio", "length", "path", "tokens", "label")
 
 
 def collate_audio(batch: list[dict]) -> dict:
     """Batch items of different lengths by zero-padding at the end.
 
     Args:
-        batch: items of :class:`AudioFolder` (``audio``, optional ``length``, ``tokens``,
-            ``label``, ``path``).
+        batch: items of the datasets in this package (``audio``, optional ``length``,
+            ``tokens``, ``label``, ``path``, and other fields such as ``transcript``).
 
     Returns:
         ``audio`` Tensor[B x L] float32 with L the longest item, ``lengths`` Tensor[B] long
         (samples of real audio: an item's ``length`` when it has one), ``mask`` Tensor[B x L]
         bool (True on real audio), ``path`` list of B str, and when the items have them
         ``tokens`` Tensor[B x L] long (padded with 0: use the mask) and ``label`` Tensor[B] long.
+        Any other field the items share is gathered under its own name: Tensor[B] long when
+        every value is an int (``sample_rate``, ``speaker_id``), else a list of B values
+        (``transcript``).
     """
     if not batch:
         raise ValueError("collate_audio: empty batch")
@@ -197,4 +198,9 @@ def collate_audio(batch: list[dict]) -> dict:
         out["tokens"] = tokens
     if "label" in batch[0]:
         out["label"] = torch.tensor([item["label"] for item in batch], dtype=torch.long)
+    shared = set(batch[0]).difference(BATCHED_KEYS).intersection(*(item.keys() for item in batch[1:]))
+    for key in sorted(shared):
+        values = [item[key] for item in batch]
+        integers = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+        out[key] = torch.tensor(values, dtype=torch.long) if integers else values
     return out
