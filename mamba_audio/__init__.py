@@ -16,6 +16,8 @@ _PUBLIC = {
     "MambaMixer": "mamba_audio.models",
     "LMConfig": "mamba_audio.models",
     "ClassifierConfig": "mamba_audio.models",
+    "CodecLM": "mamba_audio.models",
+    "CodecLMConfig": "mamba_audio.models",
     "BackboneConfig": "mamba_audio.models",
     "MixerConfig": "mamba_audio.models",
     "backbone_preset": "mamba_audio.models",

@@ -2,6 +2,7 @@
 
 from .blocks import BidirectionalBlock, GatedMLP, ResidualBlock, RMSNorm
 from .classifier import SaShiMiClassifier
+from .codec_lm import CodecLM, CodecLMConfig
 from .config import (
     BACKBONE_PRESETS,
     BackboneConfig,
@@ -22,6 +23,8 @@ __all__ = [
     "BidirectionalBlock",
     "CheckpointError",
     "ClassifierConfig",
+    "CodecLM",
+    "CodecLMConfig",
     "DownPool",
     "GatedMLP",
     "LMConfig",
