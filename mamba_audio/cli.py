@@ -34,7 +34,7 @@ def build_configs(args, num_classes: int, class_names: list[str]):
         if getattr(args, key) is not None:
             data["model"][key] = getattr(args, key)
     for key in ("steps", "batch_size", "grad_accum_steps", "lr", "ema_decay", "eval_every", "save_every", "seed",
-                "device"):
+                "max_minutes", "device"):
         if getattr(args, key) is not None:
             data["train"][key] = getattr(args, key)
     apply_overrides(data, args.set or [])
@@ -296,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file with 'model' and 'train' sections")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3")
     for flag, typ in (("--steps", int), ("--batch-size", int), ("--grad-accum-steps", int), ("--lr", float),
-                      ("--ema-decay", float), ("--eval-every", int), ("--save-every", int), ("--seed", int)):
+                      ("--ema-decay", float), ("--eval-every", int), ("--save-every", int), ("--seed", int),
+                      ("--max-minutes", float)):
         p.add_argument(flag, type=typ)
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/trainer_state if present")
     p.add_argument("--device", help="auto, cpu or cuda")

@@ -61,6 +61,10 @@ class TrainConfig:
     tensorboard: bool = True  # also log to out_dir/tensorboard
     seed: int = 0
     device: str = "auto"  # "auto": CUDA when available, else CPU
+    # Stop after this many minutes of training (None: run all ``steps``). The cosine schedule then
+    # follows whichever of steps and time is further along, so the learning rate has decayed when
+    # time runs out. A time-bounded run is not bit-reproducible: its length depends on the machine.
+    max_minutes: float | None = None
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum_steps < 1:
@@ -71,6 +75,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if min(self.eval_every, self.save_every, self.log_every) < 1:
             raise ValueError("eval_every, save_every and log_every must be positive")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be positive (or None for no time limit), got {self.max_minutes}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -252,12 +258,15 @@ class Trainer:
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=config.lr, betas=(0.9, 0.95),
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: cosine_schedule(s, config))
+        self._time_step = 0  # with max_minutes: the step the elapsed time corresponds to
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: cosine_schedule(max(s, self._time_step), config))
         self.ema = ({k: v.detach().float().clone() for k, v in self.model.state_dict().items()}
                     if config.ema_decay > 0 else None)
         self.step = 0
         self.epoch = 0
         self.batches_in_epoch = 0
+        self.train_seconds = 0.0  # time spent in fit's steps, resumed runs included
         self._writer = None
         torch.manual_seed(config.seed + self.rank)
         random.seed(config.seed + self.rank)
@@ -380,7 +389,7 @@ class Trainer:
         np_state = np.random.get_state()
         meta = {
             "step": self.step, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
-            "world_size": self.world_size, "train_config": asdict(self.config),
+            "train_seconds": self.train_seconds, "world_size": self.world_size, "train_config": asdict(self.config),
             "scheduler": self.scheduler.state_dict(), "optimizer_param_groups": optimizer["param_groups"],
             "optimizer_plain_state": plain, "python_random": random.getstate(),
             "numpy_random": [np_state[0], np_state[1].tolist(), *np_state[2:]],
@@ -430,6 +439,7 @@ class Trainer:
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
         self.scheduler.load_state_dict(meta["scheduler"])
         self.step, self.epoch, self.batches_in_epoch = meta["step"], meta["epoch"], meta["batches_in_epoch"]
+        self.train_seconds = meta.get("train_seconds", 0.0)
         rng = load_file(final / "rng.safetensors")
         torch.set_rng_state(rng["torch"])
         if torch.cuda.is_available():
@@ -443,8 +453,21 @@ class Trainer:
         return True
 
     # -- training --------------------------------------------------------------------------------
+    def _follow_time_limit(self) -> bool:
+        """With max_minutes: move the schedule's clock to the elapsed time; True when time is up.
+
+        Rank 0's clock decides for every process, so all keep the same learning rate and stop together.
+        """
+        fraction = torch.tensor([self.train_seconds / (60 * self.config.max_minutes)], dtype=torch.float64)
+        if self.world_size > 1:
+            fraction = fraction.to(self.device)
+            dist.broadcast(fraction, src=0)
+        fraction = float(fraction)
+        self._time_step = int(fraction * self.config.steps)
+        return fraction >= 1.0
+
     def fit(self, train_dataset: Dataset, eval_dataset: Dataset | None = None, resume: bool = False) -> dict:
-        """Train until ``config.steps`` optimizer steps; returns the last evaluation's metrics.
+        """Train until ``config.steps`` optimizer steps (or ``max_minutes``); returns the last evaluation's metrics.
 
         With ``resume``, continues from ``out_dir/trainer_state`` when it exists, exactly
         where it stopped: the same batches and random draws as an uninterrupted run.
@@ -465,8 +488,9 @@ class Trainer:
         last_eval: dict = {}
         bar = tqdm(total=config.steps, initial=self.step, desc="training", unit="step",
                    disable=not (self.progress and self.is_main))
-        started = time.time()
-        while self.step < config.steps:
+        started, seconds_before = time.time(), self.train_seconds
+        out_of_time = False
+        while self.step < config.steps and not out_of_time:
             logs: dict[str, float] = {}
             self.optimizer.zero_grad(set_to_none=True)
             for micro in range(config.grad_accum_steps):
@@ -485,27 +509,33 @@ class Trainer:
             grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
                          if config.grad_clip > 0 else None)
             self.optimizer.step()
+            self.train_seconds = seconds_before + time.time() - started
+            if config.max_minutes is not None:
+                out_of_time = self._follow_time_limit()
             self.scheduler.step()
             if self.ema is not None:
                 self._update_ema()
             self.step += 1
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
-            if self.step % config.log_every == 0 or self.step == config.steps:
+            last = self.step == config.steps or out_of_time
+            if self.step % config.log_every == 0 or last:
                 record = {"step": self.step, "split": "train", "lr": self.scheduler.get_last_lr()[0],
                           "seconds": round(time.time() - started, 2), **logs}
                 if grad_norm is not None:
                     record["grad_norm"] = float(grad_norm)
                 self._log(record)
-            if eval_dataset is not None and (self.step % config.eval_every == 0 or self.step == config.steps):
+            if eval_dataset is not None and (self.step % config.eval_every == 0 or last):
                 last_eval = self.evaluate(eval_dataset)
                 self._log({"step": self.step, "split": "eval", **last_eval})
                 if self.is_main:
                     bar.write(f"step {self.step}: " + ", ".join(
                         f"{k} {v:.4f}" for k, v in last_eval.items() if isinstance(v, float)))
-            if self.step % config.save_every == 0 or self.step == config.steps:
+            if self.step % config.save_every == 0 or last:
                 self.save()
         bar.close()
+        if out_of_time and self.is_main:
+            print(f"stopped at step {self.step} of {config.steps}: max_minutes={config.max_minutes} reached")
         if self._writer is not None:
             self._writer.close()
             self._writer = None

@@ -11,7 +11,15 @@ import torch
 from torch.utils.data import Dataset
 
 from mamba_audio.models import ClassifierConfig, LMConfig, SaShiMiClassifier, SaShiMiLM, backbone_preset
-from mamba_audio.training import ClassificationTask, LMTask, ResumableSampler, ResumeError, TrainConfig, Trainer
+from mamba_audio.training import (
+    ClassificationTask,
+    LMTask,
+    ResumableSampler,
+    ResumeError,
+    TrainConfig,
+    Trainer,
+    cosine_schedule,
+)
 
 
 class TokenClips(Dataset):
@@ -174,3 +182,28 @@ if trainer.is_main:
     eval_two = float(two.stdout.split("eval ")[1].split()[0])
     eval_one = float(one.stdout.split("eval ")[1].split()[0])
     assert eval_two == pytest.approx(eval_one, rel=1e-4)  # the eval shards add up to the whole split
+
+
+def test_time_limit_stops_with_the_schedule_decayed(tmp_path, monkeypatch):
+    """max_minutes: each optimizer step takes 10 s of a fake clock, so a 30 s limit stops after step 3,
+    evaluated and saved, with the learning rate following the elapsed share of the time."""
+    clock = [1000.0]
+    monkeypatch.setattr("mamba_audio.training.time.time", lambda: clock[0])
+    cfg = config(steps=100, warmup_steps=1, eval_every=50, save_every=50, max_minutes=0.5)
+    trainer = Trainer(tiny_lm(), LMTask(), cfg, tmp_path, progress=False)
+    step = trainer.optimizer.step
+    trainer.optimizer.step = lambda: (clock.__setitem__(0, clock[0] + 10.0), step())
+    trainer.fit(TokenClips(), TokenClips(8))
+
+    assert trainer.step == 3
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3]
+    # after step s the schedule stands at step 100 * s / 3 (time), far beyond s (steps)
+    assert train[0]["lr"] == pytest.approx(cfg.lr * cosine_schedule(33, cfg))
+    assert train[1]["lr"] == pytest.approx(cfg.lr * cosine_schedule(66, cfg))
+    assert [r["step"] for r in records if r["split"] == "eval"] == [3]
+    state = json.loads((tmp_path / "trainer_state" / "state.json").read_text())
+    assert state["step"] == 3 and state["train_seconds"] == pytest.approx(30.0)
+    with pytest.raises(ValueError, match="max_minutes must be positive"):
+        config(max_minutes=0)
