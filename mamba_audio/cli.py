@@ -122,12 +122,22 @@ def cmd_generate(args) -> list[Path]:
     model = SaShiMiLM.from_pretrained(args.checkpoint, device=resolve_device(args.device)).eval()
     config = model.config
     labels = None
-    if args.class_name is not None:
+    out = Path(args.out)
+    if args.per_class is not None:  # every class at once, in one batch: OUT/<class>/<i>.wav
+        if not config.num_classes:
+            raise ValueError("--per-class needs a class-conditional model; this one is unconditional")
+        if args.class_name is not None or args.prompt or args.per_class < 1:
+            raise ValueError("--per-class N (N >= 1) generates every class; it takes no --class-name or --prompt")
+        labels = torch.arange(config.num_classes).repeat_interleave(args.per_class)
+        args.num = len(labels)
+        paths = [out / config.class_names[c] / f"{i % args.per_class}.wav" for i, c in enumerate(labels.tolist())]
+    elif args.class_name is not None:
         if args.class_name not in config.class_names:
             raise ValueError(f"unknown class {args.class_name!r}; this model knows {config.class_names}")
         labels = torch.full((args.num,), config.class_names.index(args.class_name))
     elif config.num_classes:
-        raise ValueError(f"this model is class-conditional: pass --class-name, one of {config.class_names}")
+        raise ValueError(f"this model is class-conditional: pass --class-name, one of {config.class_names}, "
+                         "or --per-class N")
     prompt = None
     if args.prompt:
         wav = load_audio(args.prompt, config.sample_rate, mix_to_mono=args.mix_to_mono,
@@ -138,11 +148,14 @@ def cmd_generate(args) -> list[Path]:
                             seed=args.seed, progress=not args.quiet)
     if prompt is not None:
         tokens = torch.cat([prompt.to(tokens.device), tokens], dim=1)
-    out = Path(args.out)
-    paths = [out] if args.num == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(args.num)]
+    if args.per_class is None:
+        paths = [out] if args.num == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(args.num)]
     for path, row in zip(paths, tokens.cpu()):
         save_audio(path, model.tokenizer.decode(row), config.sample_rate)
-        print(f"wrote {path}")
+        if len(paths) <= 10:
+            print(f"wrote {path}")
+    if len(paths) > 10:
+        print(f"wrote {len(paths)} files under {out}")
     return paths
 
 
@@ -310,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=1.0)
     p.add_argument("--num", type=int, default=1)
     p.add_argument("--class-name", help="class to generate (class-conditional models)")
+    p.add_argument("--per-class", type=int, metavar="N",
+                   help="N clips of every class in one batch, written to OUT/<class>/<i>.wav (OUT a folder)")
     p.add_argument("--prompt", help="audio file to continue")
     p.add_argument("--max-prompt-seconds", type=float, default=30.0)
     p.add_argument("--temperature", type=float, default=1.0)

@@ -72,6 +72,13 @@ def test_class_conditional_generation_needs_a_known_class(tmp_path, labelled_fol
     assert "unknown class 'middle'" in capsys.readouterr().err
     assert main(["--quiet", "generate", ckpt, "--out", str(tmp_path / "b.wav")]) == 2
     assert "class-conditional" in capsys.readouterr().err
+    assert main(["--quiet", "generate", ckpt, "--out", str(tmp_path / "every"), "--seconds", "0.01",
+                 "--per-class", "2"]) == 0
+    written = sorted(p.relative_to(tmp_path / "every").as_posix() for p in (tmp_path / "every").rglob("*.wav"))
+    assert written == ["high/0.wav", "high/1.wav", "low/0.wav", "low/1.wav"]
+    assert main(["--quiet", "generate", ckpt, "--out", str(tmp_path / "x"), "--per-class", "1",
+                 "--class-name", "high"]) == 2
+    assert "takes no --class-name" in capsys.readouterr().err
 
 
 def test_train_and_classify(tmp_path, labelled_folder, capsys):
