@@ -520,6 +520,10 @@ class Trainer:
             bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
             last = self.step == config.steps or out_of_time
             if self.step % config.log_every == 0 or last:
+                if self.world_size > 1:  # log the mean over every process's share of the batch
+                    values = torch.tensor(list(logs.values()), dtype=torch.float64, device=self.device)
+                    dist.all_reduce(values)
+                    logs = dict(zip(logs, (values / self.world_size).tolist()))
                 record = {"step": self.step, "split": "train", "lr": self.scheduler.get_last_lr()[0],
                           "seconds": round(time.time() - started, 2), **logs}
                 if grad_norm is not None:

@@ -157,7 +157,7 @@ def test_torchrun_two_processes_match_one_with_the_whole_batch(tmp_path):
     """DDP on CPU (gloo): 2 processes with batch 2 each take the same steps as 1 process with batch 4."""
     script = tmp_path / "train.py"
     script.write_text(f"""
-import sys, torch
+import json, sys, torch
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_training import TokenClips, tiny_lm, config
 from mamba_audio.training import LMTask, Trainer
@@ -165,6 +165,8 @@ trainer = Trainer(tiny_lm(), LMTask(), config(steps=3, batch_size=int(sys.argv[2
 metrics = trainer.fit(TokenClips(), TokenClips(count=8))
 if trainer.is_main:
     torch.save(trainer.model.state_dict(), sys.argv[1] + "/final.pt")
+    losses = [r["nll_bits"] for r in map(json.loads, open(sys.argv[1] + "/metrics.jsonl")) if r["split"] == "train"]
+    print("losses", *losses)
     print("eval", metrics["nll_bits"], "world", trainer.world_size)
 """)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -182,6 +184,9 @@ if trainer.is_main:
     eval_two = float(two.stdout.split("eval ")[1].split()[0])
     eval_one = float(one.stdout.split("eval ")[1].split()[0])
     assert eval_two == pytest.approx(eval_one, rel=1e-4)  # the eval shards add up to the whole split
+    losses_two = [float(x) for x in two.stdout.split("losses ")[1].split("\n")[0].split()]
+    losses_one = [float(x) for x in one.stdout.split("losses ")[1].split("\n")[0].split()]
+    assert losses_two == pytest.approx(losses_one, rel=1e-4)  # logged: the mean over both processes' batches
 
 
 def test_time_limit_stops_with_the_schedule_decayed(tmp_path, monkeypatch):
