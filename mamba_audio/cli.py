@@ -231,11 +231,13 @@ def cmd_evaluate(args) -> dict:
 
 
 def cmd_corpus(args) -> Path:
-    from mamba_audio.data import DIGITS, build_spoken_digits
+    from mamba_audio.data import DIGITS, SPEECH_COMMANDS_WORDS, build_spoken_digits
 
-    words = tuple(w.strip() for w in args.words.split(",")) if args.words else DIGITS
+    named = {"digits": DIGITS, "speech-commands": SPEECH_COMMANDS_WORDS}
+    words = named.get(args.words) or tuple(w.strip() for w in args.words.split(","))
     root = build_spoken_digits(args.out, words=words, per_word=args.per_word, sample_rate=args.sample_rate,
                                seconds=args.seconds, seed=args.seed, snr_db=(args.snr_low, args.snr_high),
+                               synthesizers=tuple(s.strip() for s in args.synthesizers.split(",")),
                                workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
     print(f"corpus: {root}")
     return root
@@ -283,17 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("corpus", help="build an offline corpus (spoken words synthesized with espeak-ng)")
+    p = sub.add_parser("corpus", help="build an offline corpus (spoken words synthesized with espeak-ng and flite)")
     p.add_argument("kind", choices=["spoken-digits"], help="which corpus to build")
     p.add_argument("--out", required=True, help="corpus folder (Speech Commands layout)")
-    p.add_argument("--words", help="comma-separated words to speak (default: the ten digits)")
+    p.add_argument("--words", default="digits",
+                   help="comma-separated words to speak, or 'digits' (default) or 'speech-commands' (its 35 words)")
+    p.add_argument("--synthesizers", default="espeak-ng,flite", help="comma-separated: espeak-ng, flite")
     p.add_argument("--per-word", type=int, default=30, help="clips per word")
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--seconds", type=float, default=1.0, help="length of every clip")
     p.add_argument("--snr-low", type=float, default=20.0, help="lowest speech-to-noise ratio, dB")
     p.add_argument("--snr-high", type=float, default=40.0, help="highest speech-to-noise ratio, dB")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2, help="espeak-ng processes at once")
+    p.add_argument("--workers", type=int, default=2, help="synthesizer processes at once")
     p.add_argument("--overwrite", action="store_true", help="rebuild a corpus made with other arguments")
     p.set_defaults(func=cmd_corpus)
 

@@ -1,6 +1,7 @@
-"""The espeak-ng spoken-words corpus at tiny size: layout, lengths, rate, determinism, idempotence, errors."""
+"""The spoken-words corpus (espeak-ng and flite) at tiny size: layout, lengths, rate, voices, determinism, idempotence, errors."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -9,7 +10,8 @@ import soundfile as sf
 from mamba_audio.data import AudioFolder, CorpusError, build_spoken_digits
 from mamba_audio.data.corpus import COMPLETION_MARKER
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)")
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("flite") is None,
+                                reason="needs espeak-ng and flite (`make setup` installs them)")
 
 TINY = dict(words=("one", "seven"), per_word=3, sample_rate=16_000, seconds=1.0, seed=0, progress=False)
 
@@ -79,15 +81,44 @@ def test_refuses_a_folder_holding_something_else(tmp_path):
         build_spoken_digits(tmp_path, **TINY)
 
 
-def test_missing_espeak_names_the_debian_package(tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(CorpusError, match="apt-get install espeak-ng"):
+def test_flite_voices_and_espeak_voices_in_one_corpus(tmp_path):
+    root = build_spoken_digits(tmp_path / "mixed", **{**TINY, "words": ("five",), "per_word": 4},
+                               voices=("flite:slt", "flite:kal16", "en-us"))
+    speakers = sorted(p.name.split("_nohash_")[0] for p in root.glob("five/*.wav"))
+    assert speakers == ["en-us", "flite-kal16", "flite-slt", "flite-slt"]
+    for wav in root.glob("five/flite-*.wav"):
+        samples, rate = sf.read(wav)
+        assert rate == 16_000 and len(samples) == 16_000 and 0.05 < abs(samples).max() <= 1.0
+    record = json.loads((root / COMPLETION_MARKER).read_text())
+    assert set(record["synthesizer_versions"]) == {"espeak-ng", "flite"}
+    assert "flite-2" in record["synthesizer_versions"]["flite"]
+
+
+def test_default_voices_come_from_both_synthesizers_unless_one_is_chosen(tiny_corpus, tmp_path):
+    used = json.loads((tiny_corpus / COMPLETION_MARKER).read_text())["voices_used"]
+    assert {"flite:slt", "en-us"} <= set(used)
+    only_flite = build_spoken_digits(tmp_path / "flite", **{**TINY, "words": ("two",)}, synthesizers=("flite",))
+    assert all(p.name.startswith("flite-") for p in only_flite.glob("two/*.wav"))
+    with pytest.raises(CorpusError, match=r"synthesizers must be some of \['espeak-ng', 'flite'\]"):
+        build_spoken_digits(tmp_path / "x", **TINY, synthesizers=("festival",))
+
+
+@pytest.mark.parametrize("missing", ["espeak-ng", "flite"])
+def test_a_missing_synthesizer_names_its_debian_package(tmp_path, monkeypatch, missing):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for present in {"espeak-ng", "flite"} - {missing}:
+        os.symlink(shutil.which(present), bin_dir / present)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(CorpusError, match=rf"{missing} was not found on PATH.*apt-get install {missing}"):
         build_spoken_digits(tmp_path / "digits", **TINY)
 
 
 def test_unknown_voice(tmp_path):
-    with pytest.raises(CorpusError, match=r"voices not installed: \['xx-nowhere'\]"):
-        build_spoken_digits(tmp_path / "digits", **TINY, voices=("en-us", "xx-nowhere"))
+    with pytest.raises(CorpusError, match=r"voices not installed: \['flite:nobody', 'xx-nowhere'\]"):
+        build_spoken_digits(tmp_path / "digits", **TINY, voices=("en-us", "xx-nowhere", "flite:nobody"))
+    with pytest.raises(CorpusError, match="expected '<synthesizer>:<voice>'"):
+        build_spoken_digits(tmp_path / "digits", **TINY, voices=("festival:kal",))
 
 
 @pytest.mark.parametrize("change, message", [

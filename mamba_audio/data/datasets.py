@@ -19,20 +19,13 @@ from pathlib import Path
 
 from mamba_audio.audio import load_audio
 from mamba_audio.data.clips import ClipDataset
-from mamba_audio.data.corpus import DIGITS
+from mamba_audio.data.spoken_words import DIGITS, SPEECH_COMMANDS_WORDS
 from mamba_audio.data.folder import AudioFolder, DataLayoutError
 
 SPEECH_COMMANDS_URL = "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
 # torchaudio's SPEECHCOMMANDS extracts the archive here under root
 SPEECH_COMMANDS_TORCHAUDIO_FOLDER = Path("SpeechCommands") / "speech_commands_v0.02"
 
-# The 35 words of Speech Commands v0.02, in label order (sorted).
-SPEECH_COMMANDS_WORDS = (
-    "backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward",
-    "four", "go", "happy", "house", "learn", "left", "marvin", "nine", "no", "off",
-    "on", "one", "right", "seven", "sheila", "six", "stop", "three", "tree", "two",
-    "up", "visual", "wow", "yes", "zero",
-)
 SC09_WORDS = DIGITS  # label order zero..nine, so a label is the digit
 SPEECH_COMMANDS_SAMPLE_RATE = 16_000
 
