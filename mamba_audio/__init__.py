@@ -32,6 +32,8 @@ _PUBLIC = {
     "AudioCodec": "mamba_audio.codecs",
     "CodecError": "mamba_audio.codecs",
     "MuLawCodec": "mamba_audio.codecs",
+    "ConvCodec": "mamba_audio.codecs",
+    "ConvCodecConfig": "mamba_audio.codecs",
     "EnCodecCodec": "mamba_audio.codecs",
     "DACCodec": "mamba_audio.codecs",
     "SNACCodec": "mamba_audio.codecs",

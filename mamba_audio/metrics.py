@@ -1,4 +1,4 @@
-"""Sample-quality metrics of the SaShiMi and Mamba papers' SC09 experiments.
+"""Sample-quality metrics of the SaShiMi and Mamba papers' SC09 experiments, and the codecs' reconstruction distance.
 
 All four are computed from a classifier of the real data: its class probabilities
 p(y|x) and its features (the pooled activations before the head).
@@ -11,6 +11,9 @@ p(y|x) and its features (the pooled activations before the head).
   which also rewards diversity within a class (higher is better).
 - AM: KL(p_real(y) || p(y)) + E_x H(p(y|x)): the class balance of the generated
   clips against the real ones, plus the classifier's uncertainty (lower is better).
+
+Codecs are compared by :func:`mrstft_distance`, the multi-resolution STFT distance that also
+trains our own codec (``codec_mrstft_distance`` in the reports).
 """
 
 from __future__ import annotations
@@ -109,3 +112,45 @@ def generation_scores(classifier, generated: Tensor, real: Tensor, generated_len
         "generated_clips": int(generated.shape[0]),
         "real_clips": int(real.shape[0]),
     }
+
+
+# -- codec reconstruction ---------------------------------------------------------------------------
+MRSTFT_FFT_SIZES = (2048, 1024, 512, 256, 128)  # 128 ms .. 8 ms windows at 16 kHz
+_MAGNITUDE_FLOOR = 1e-5  # about -100 dB: log magnitudes of silence stop here
+
+
+def mrstft_distance(estimate: Tensor, reference: Tensor, fft_sizes: tuple[int, ...] = MRSTFT_FFT_SIZES,
+                    reduction: str = "mean") -> Tensor:
+    """Multi-resolution STFT distance between waveforms (Yamamoto et al., 2020, Parallel WaveGAN).
+
+    At every FFT size n (Hann window of n samples, hop n/4) it adds the spectral convergence
+    ``||S_ref| - |S_est||_F / ||S_ref||_F`` and the mean absolute difference of the log magnitudes;
+    the distance is the mean over the sizes. 0 for identical waveforms; lower is closer. It is
+    differentiable, and is the reconstruction loss of :class:`mamba_audio.codecs.ConvCodec`.
+
+    Args:
+        estimate, reference: Tensor[B x L] float waveforms of the same shape (computed in float32).
+        fft_sizes: the window lengths in samples; each must be at most L.
+        reduction: "mean" (a scalar) or "none" (Tensor[B], one distance per clip).
+    """
+    if estimate.shape != reference.shape or estimate.dim() != 2:
+        raise ValueError(f"estimate and reference must both be (batch, samples), got {tuple(estimate.shape)} "
+                         f"and {tuple(reference.shape)}")
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    if not fft_sizes or min(fft_sizes) < 4 or max(fft_sizes) > reference.shape[1]:
+        raise ValueError(f"fft_sizes {tuple(fft_sizes)} must lie in [4, {reference.shape[1]}] "
+                         f"(clips of {reference.shape[1]} samples)")
+    with torch.autocast(estimate.device.type, enabled=False):
+        estimate, reference = estimate.float(), reference.float()
+        distance = estimate.new_zeros(estimate.shape[0])
+        for n_fft in fft_sizes:
+            window = torch.hann_window(n_fft, device=estimate.device)
+            est, ref = (torch.stft(x, n_fft, hop_length=n_fft // 4, window=window, return_complex=True).abs()
+                        for x in (estimate, reference))
+            convergence = (ref - est).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1).clamp_min(_MAGNITUDE_FLOOR)
+            log_magnitude = (torch.log(ref.clamp_min(_MAGNITUDE_FLOOR)) -
+                             torch.log(est.clamp_min(_MAGNITUDE_FLOOR))).abs().flatten(1).mean(1)
+            distance = distance + convergence + log_magnitude
+        distance = distance / len(fft_sizes)
+    return distance.mean() if reduction == "mean" else distance

@@ -1,9 +1,12 @@
 """Audio codecs: audio (B, L) <-> tokens (B, K codebooks, F frames). Mu-law is the one-codebook case;
-EnCodec, DAC and SNAC adapters load pretrained weights that are already on this machine."""
+ConvCodec is the library's own neural codec, trained here; EnCodec, DAC and SNAC adapters load
+pretrained weights that are already on this machine."""
 
 from .base import AudioCodec, CodecError
+from .learned import ConvCodec, ConvCodecConfig
 from .mulaw import MuLawCodec
 from .neural import DACCodec, EnCodecCodec, SNACCodec
 from .weights import find_codec_files
 
-__all__ = ["AudioCodec", "CodecError", "DACCodec", "EnCodecCodec", "MuLawCodec", "SNACCodec", "find_codec_files"]
+__all__ = ["AudioCodec", "CodecError", "ConvCodec", "ConvCodecConfig", "DACCodec", "EnCodecCodec", "MuLawCodec",
+           "SNACCodec", "find_codec_files"]

@@ -1,4 +1,6 @@
-"""Checkpoints as a directory: ``config.json`` (model type + config) and ``model.safetensors``."""
+"""Checkpoints as a directory: ``config.json`` (model type + config) and ``model.safetensors``.
+
+Used by the models and by the trainable codec (``mamba_audio.codecs.ConvCodec``)."""
 
 from __future__ import annotations
 
@@ -119,7 +121,8 @@ def _check_state_dict(expected: dict, found: dict, directory) -> None:
 
 def load_pretrained(directory: str | Path, device: str | torch.device = "cpu"):
     """Load any mamba-audio checkpoint, choosing the model class from its config.json."""
-    import mamba_audio.models  # noqa: F401  (registers the model classes)
+    import mamba_audio.codecs  # noqa: F401  (registers the model classes and the trainable codec)
+    import mamba_audio.models  # noqa: F401
 
     meta = read_checkpoint_config(directory)
     if meta["model_type"] not in _MODEL_TYPES:

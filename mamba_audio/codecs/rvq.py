@@ -1,0 +1,161 @@
+"""Residual vector quantisation (SoundStream, Zeghidour et al. 2021) with EMA codebooks and dead-code restarts.
+
+Dimension names: N vectors, D dimensions, K codebooks (stages), C codes per codebook.
+
+Stage k quantises what the stages before it left over: r_0 = x, q_k = nearest code of r_k,
+r_{k+1} = r_k - q_k, and x is represented by sum_k q_k. Codebooks are not learned by gradients but
+as exponential moving averages of the vectors assigned to each code (k-means in the limit, as in
+VQ-VAE-2 and EnCodec); the encoder is pulled towards its codes by a commitment loss and receives the
+decoder's gradient straight through the quantiser. A code that falls out of use (its moving-average
+count below ``dead_code_fraction`` of an average code's) is restarted at a random vector of the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def _all_reduce(tensor: Tensor) -> Tensor:
+    """Sum over processes under torch.distributed (identity otherwise), so every process keeps equal codebooks."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def _broadcast(tensor: Tensor) -> Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
+def _random_rows(x: Tensor, count: int) -> Tensor:
+    """``count`` rows of x (N, D) drawn at random (with replacement when N < count), the same on every process."""
+    index = torch.randint(0, x.shape[0], (count,), device=x.device)
+    return _broadcast(x[index].contiguous())
+
+
+class EMACodebook(nn.Module):
+    """One codebook of C codes in D dimensions, updated by moving averages in training.
+
+    Buffers (saved with the weights): ``codes`` (C, D), ``usage`` (C,) the moving-average count of
+    vectors per code, ``code_sums`` (C, D) the moving-average sum of those vectors, and
+    ``initialized`` (set once the codes are drawn from the first training batch).
+    """
+
+    def __init__(self, codebook_size: int, dim: int, decay: float, dead_code_fraction: float, eps: float = 1e-5):
+        super().__init__()
+        self.decay, self.dead_code_fraction, self.eps = decay, dead_code_fraction, eps
+        self.register_buffer("codes", torch.randn(codebook_size, dim))
+        self.register_buffer("usage", torch.ones(codebook_size))
+        self.register_buffer("code_sums", self.codes.clone())
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._ready = False  # host-side copy of ``initialized`` once seen True (saves a device sync per step)
+
+    def nearest(self, x: Tensor) -> Tensor:
+        """x (N, D) float32 -> index (N,) of the closest code in Euclidean distance."""
+        distances = x.pow(2).sum(1, keepdim=True) - 2 * x @ self.codes.T + self.codes.pow(2).sum(1)[None]
+        return distances.argmin(1)
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Draw the C codes from vectors x (N, D) of the first training batch (once; a loaded codebook is kept)."""
+        if self._ready or bool(self.initialized):
+            self._ready = True
+            return
+        size = self.codes.shape[0]
+        self.codes.copy_(_random_rows(x, size))
+        self.usage.fill_(float(_all_reduce(torch.tensor(float(x.shape[0]), device=x.device))) / size)
+        self.code_sums.copy_(self.codes * self.usage[:, None])
+        self.initialized.fill_(True)
+        self._ready = True
+
+    @torch.no_grad()
+    def update(self, x: Tensor, index: Tensor) -> None:
+        """One training step's moving-average update from vectors x (N, D) assigned to codes ``index`` (N,).
+
+        Written without host synchronisation: restart candidates are drawn every step and used where needed.
+        """
+        size = self.codes.shape[0]
+        counts = _all_reduce(torch.bincount(index, minlength=size).float())
+        sums = _all_reduce(torch.zeros_like(self.code_sums).index_add_(0, index, x))
+        self.usage.lerp_(counts, 1 - self.decay)
+        self.code_sums.lerp_(sums, 1 - self.decay)
+        total = self.usage.sum()
+        smoothed = (self.usage + self.eps) / (total + size * self.eps) * total  # Laplace smoothing: no division by 0
+        codes = self.code_sums / smoothed[:, None]
+        floor = self.dead_code_fraction * total / size
+        dead = (self.usage < floor)[:, None]
+        fresh = _random_rows(x, size)
+        self.codes.copy_(torch.where(dead, fresh, codes))
+        self.usage.copy_(torch.where(dead[:, 0], floor, self.usage))
+        self.code_sums.copy_(torch.where(dead, fresh * floor, self.code_sums))
+
+
+class ResidualVQ(nn.Module):
+    """K EMA codebooks applied in turn to the residual.
+
+    Args:
+        num_codebooks: K stages.
+        codebook_size: C codes per stage.
+        dim: D, the size of the vectors quantised.
+        decay: moving-average decay of the codebooks (0.99 as in EnCodec).
+        dead_code_fraction: restart codes used less than this fraction of an average code's usage.
+    """
+
+    def __init__(self, num_codebooks: int, codebook_size: int, dim: int, decay: float = 0.99,
+                 dead_code_fraction: float = 0.03):
+        super().__init__()
+        self.codebooks = nn.ModuleList(EMACodebook(codebook_size, dim, decay, dead_code_fraction)
+                                       for _ in range(num_codebooks))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Quantise latents x Tensor[B x D x F]; in training mode also update the codebooks.
+
+        Returns:
+            quantised Tensor[B x D x F] (x plus the quantisation error, so gradients pass straight
+            through to x), codes Tensor[B x K x F] long, the commitment loss (mean squared distance of
+            every stage's residual to its code, summed over stages) and the fraction of codes used in
+            this batch (mean over codebooks).
+        """
+        with torch.autocast(x.device.type, enabled=False):
+            flat = x.float().transpose(1, 2).reshape(-1, x.shape[1])  # (B F, D)
+            residual, total, commitment = flat, torch.zeros_like(flat), flat.new_zeros(())
+            codes, used = [], []
+            for codebook in self.codebooks:
+                if self.training:
+                    codebook.initialize(residual.detach())
+                index = codebook.nearest(residual.detach())
+                quantised = codebook.codes[index]
+                commitment = commitment + F.mse_loss(residual, quantised)
+                if self.training:
+                    codebook.update(residual.detach(), index)
+                codes.append(index)
+                used.append((torch.bincount(index, minlength=codebook.codes.shape[0]) > 0).float().mean())
+                total = total + quantised
+                residual = residual - quantised
+            out = flat + (total - flat).detach()
+        batch, _, frames = x.shape
+        out = out.reshape(batch, frames, -1).transpose(1, 2).to(x.dtype)
+        codes = torch.stack(codes, 1).reshape(batch, frames, -1).transpose(1, 2)
+        return out, codes, commitment, torch.stack(used).mean()
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Latents Tensor[B x D x F] -> codes Tensor[B x K x F] long; never changes the codebooks."""
+        flat = x.float().transpose(1, 2).reshape(-1, x.shape[1])
+        codes = []
+        for codebook in self.codebooks:
+            index = codebook.nearest(flat)
+            codes.append(index)
+            flat = flat - codebook.codes[index]
+        return torch.stack(codes, 1).reshape(x.shape[0], x.shape[2], -1).transpose(1, 2)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes Tensor[B x K x F] long -> latents Tensor[B x D x F] float32, the sum of the K codes."""
+        total = sum(codebook.codes[codes[:, k]] for k, codebook in enumerate(self.codebooks))  # (B, F, D)
+        return total.transpose(1, 2)
