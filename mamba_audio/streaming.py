@@ -57,12 +57,16 @@ class AudioChunk:
 
 
 class Stream:
-    """One stream of a ``StreamingGenerator``: iterate it for ``AudioChunk``s, ``stop()`` it to free its slot."""
+    """One stream of a ``StepLoop``: iterate it for ``AudioChunk``s, ``stop()`` it to free its slot.
+
+    This base handles waveform-token streams (one token per sample); a subclass that produces other rows
+    per step (codec frames, say) overrides ``_receive``, ``finished`` and ``_make_chunk``.
+    """
 
     _ids = itertools.count()
 
-    def __init__(self, generator: "StreamingGenerator", slot: int, chunk_samples: int, max_samples: int | None,
-                 skip: int):
+    def __init__(self, generator: "StepLoop", slot: int, chunk_samples: int, max_samples: int | None = None,
+                 skip: int = 0):
         self.id = next(Stream._ids)
         self.generator = generator
         self.slot: int | None = slot
@@ -79,6 +83,11 @@ class Stream:
         """Whether the stream still holds a slot (it is still generating)."""
         return self.slot is not None
 
+    @property
+    def finished(self) -> bool:
+        """Whether the stream has produced all it will (its slot is then freed by the loop)."""
+        return self.max_samples is not None and self.produced >= self.max_samples
+
     def _receive(self, tokens: Tensor) -> None:
         """Take this stream's row of a block (CPU tokens), dropping forced steps and anything past max_samples."""
         drop = min(self._skip, tokens.shape[0])
@@ -86,10 +95,17 @@ class Stream:
         tokens = tokens[drop:]
         if self.max_samples is not None:
             tokens = tokens[: self.max_samples - self.produced]
-        if tokens.numel():
-            self._pending.append(tokens)
-            self._pending_samples += tokens.shape[0]
-            self.produced += tokens.shape[0]
+        self._push(tokens)
+
+    def _push(self, piece: Tensor) -> None:
+        """Queue ``piece`` (n,) of what ``_make_chunk`` turns into audio (here tokens, one per sample)."""
+        if piece.numel():
+            self._pending.append(piece)
+            self._pending_samples += piece.shape[0]
+            self.produced += piece.shape[0]
+
+    def _make_chunk(self, piece: Tensor) -> AudioChunk:
+        return AudioChunk(self.generator.model.tokenizer.decode(piece), piece, self.delivered)
 
     def ready(self) -> bool:
         """Whether a chunk can be taken without advancing the generator."""
@@ -105,9 +121,8 @@ class Stream:
                 piece = piece[: want - have]
             pieces.append(piece)
             have += piece.shape[0]
-        tokens = torch.cat(pieces)
         self._pending_samples -= want
-        chunk = AudioChunk(self.generator.model.tokenizer.decode(tokens), tokens, self.delivered)
+        chunk = self._make_chunk(torch.cat(pieces))
         self.delivered += want
         return chunk
 
@@ -129,7 +144,152 @@ class Stream:
         return f"Stream(id={self.id}, slot={self.slot}, produced={self.produced}, delivered={self.delivered})"
 
 
-class StreamingGenerator:
+class StepLoop:
+    """What every batched streaming loop shares: slots, streams joining and leaving, blocks of periods.
+
+    A subclass owns the model-specific buffers (the model's state in ``state``, what each slot feeds
+    next, sampling) and defines ``_step_once(column, uniforms)``, one step of every slot that writes
+    its per-slot output row into ``period_outputs[:, column]`` (shape (max_streams, period, ...)),
+    ``_period_uniforms()``, the random numbers of a period, and ``_buffers()``, every tensor a period
+    reads or writes. ``advance`` runs ``block_steps / period`` periods (replaying a CUDA graph of one
+    period when ``cuda_graph``), copies the block to the host once and hands each stream its row;
+    a stream whose ``finished`` is then true gives its slot back.
+    """
+
+    def __init__(self, max_streams: int, period: int, block_steps: int, device: torch.device, cuda_graph: bool | None):
+        if max_streams < 1:
+            raise ValueError(f"max_streams must be >= 1, got {max_streams}")
+        if block_steps < 1 or block_steps % period:
+            raise ValueError(f"block_samples must be a positive multiple of the total pooling {period}, "
+                             f"got {block_steps}")
+        self.max_streams = max_streams
+        self.period = period
+        self.block_steps = block_steps
+        self.device = device
+        self.cuda_graph = device.type == "cuda" if cuda_graph is None else cuda_graph
+        if self.cuda_graph and device.type != "cuda":
+            raise ValueError("cuda_graph needs the model on a CUDA device")
+        self.streams: list[Stream | None] = [None] * max_streams  # the stream holding each slot
+        self._undrained: list[Stream] = []  # streams that may still have chunks to hand out, in start order
+        self.steps_taken = 0
+        self._graph = None
+        self.state: StageState
+        self.period_outputs: Tensor
+
+    # -- streams ----------------------------------------------------------------------------------
+    @property
+    def active_streams(self) -> list[Stream]:
+        return [s for s in self.streams if s is not None]
+
+    def _free_slot(self) -> int:
+        try:
+            return self.streams.index(None)
+        except ValueError:
+            raise RuntimeError(f"all {self.max_streams} slots are busy; stop a stream first") from None
+
+    def _load_slot(self, slot: int, fresh: StageState) -> None:
+        """Copy a one-row model state (prefilled for a new stream) into ``slot`` of the shared state."""
+        for slot_tensor, stream_tensor in zip(state_tensors(self.state), state_tensors(fresh)):
+            slot_tensor[slot].copy_(stream_tensor[0])
+
+    def _attach(self, stream: Stream) -> Stream:
+        self.streams[stream.slot] = stream
+        self._undrained.append(stream)
+        return stream
+
+    def stop(self, stream: Stream) -> None:
+        """Free ``stream``'s slot now and drop its undelivered samples. Stopping twice is harmless."""
+        if stream.generator is not self:
+            raise ValueError("this stream belongs to another generator")
+        if stream.slot is not None:
+            self.streams[stream.slot] = None
+            stream.slot = None
+        stream._pending.clear()
+        stream._pending_samples = 0
+
+    # -- the step loop ----------------------------------------------------------------------------
+    def _step_once(self, column: int, uniforms: Tensor) -> None:
+        raise NotImplementedError
+
+    def _period_uniforms(self) -> Tensor:
+        raise NotImplementedError
+
+    def _buffers(self) -> list[Tensor]:
+        raise NotImplementedError
+
+    def _run_period(self) -> None:
+        uniforms = self._period_uniforms()
+        for column in range(self.period):
+            self._step_once(column, uniforms[:, column])
+
+    @contextlib.contextmanager
+    def _buffers_restored(self):
+        """Run periods that must leave no trace (warm-up, capture): every buffer and position is put back."""
+        saved = [t.clone() for t in self._buffers()]
+        positions = state_positions(self.state)
+        try:
+            yield
+        finally:
+            for tensor, copy in zip(self._buffers(), saved):
+                tensor.copy_(copy)
+            _set_positions(self.state, positions)
+
+    def _capture(self) -> None:
+        """Record one period of ``_step_once`` calls in a CUDA graph, which ``advance`` then replays.
+
+        The state's tensors are updated in place, so the graph reads and writes them where they
+        live; the pooling branches taken depend only on the phase, which is the same at every
+        period boundary, so one recorded period serves every period.
+        """
+        with self._buffers_restored():
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # compiles the Triton kernels and initialises cuBLAS before capture
+                    self._run_period()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._run_period()
+        self._graph = graph
+
+    @torch.no_grad()
+    def advance(self) -> None:
+        """Step every slot ``block_steps`` steps and hand each active stream its row."""
+        outputs = self.period_outputs
+        block = torch.empty(self.max_streams, self.block_steps, *outputs.shape[2:], dtype=outputs.dtype,
+                            device=self.device)
+        if self.cuda_graph and self._graph is None:
+            self._capture()
+        for p in range(self.block_steps // self.period):
+            if self._graph is not None:
+                self._graph.replay()
+            else:
+                self._run_period()
+            block[:, p * self.period:(p + 1) * self.period].copy_(outputs)
+        self.steps_taken += self.block_steps
+        block = block.cpu()  # the one host synchronisation of a block
+        for stream in self.active_streams:
+            stream._receive(block[stream.slot])
+            if stream.finished:
+                self.streams[stream.slot] = None
+                stream.slot = None
+
+    def chunks(self):
+        """Chunks of every stream as they come, in start order: yields (stream, AudioChunk) until every
+        stream has finished and handed out everything (streams started meanwhile included)."""
+        while True:
+            for stream in list(self._undrained):
+                while stream.ready():
+                    yield stream, stream._take_chunk()
+                if not stream.active:
+                    self._undrained.remove(stream)
+            if not self.active_streams:
+                return
+            self.advance()
+
+
+class StreamingGenerator(StepLoop):
     """One batched step loop for up to ``max_streams`` concurrent streams of a ``SaShiMiLM``.
 
     Args:
@@ -146,22 +306,13 @@ class StreamingGenerator:
             raise TypeError(f"streaming needs a SaShiMiLM (a causal generator), got {type(model).__name__}")
         if model.config.backbone.bidirectional:
             raise ValueError("a bidirectional model cannot stream: it needs the whole sequence")
-        if max_streams < 1:
-            raise ValueError(f"max_streams must be >= 1, got {max_streams}")
         self.model = model.eval()
-        self.period = model.config.backbone.total_pool
+        period = model.config.backbone.total_pool
         if block_samples is None:
             target = round(DEFAULT_CHUNK_SECONDS * model.config.sample_rate)
-            block_samples = self.period * max(1, round(target / self.period))
-        if block_samples < 1 or block_samples % self.period:
-            raise ValueError(f"block_samples must be a positive multiple of the total pooling {self.period}, "
-                             f"got {block_samples}")
+            block_samples = period * max(1, round(target / period))
+        super().__init__(max_streams, period, block_samples, model.head.weight.device, cuda_graph)
         self.block_samples = block_samples
-        self.max_streams = max_streams
-        self.device = model.head.weight.device
-        self.cuda_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
-        if self.cuda_graph and self.device.type != "cuda":
-            raise ValueError("cuda_graph needs the model on a CUDA device")
 
         batch, long = max_streams, dict(dtype=torch.long, device=self.device)
         with torch.no_grad():
@@ -172,17 +323,13 @@ class StreamingGenerator:
         self.forced = torch.zeros(batch, self.period, **long)  # prompt tokens a slot feeds before sampling
         self.forced_count = torch.zeros(batch, **long)
         self.forced_index = torch.zeros(batch, **long)
-        self.period_tokens = torch.zeros(batch, self.period, **long)  # what each slot fed, per step of a period
-        self.streams: list[Stream | None] = [None] * batch  # the stream holding each slot
-        self._undrained: list[Stream] = []  # streams that may still have chunks to hand out, in start order
-        self.samples_stepped = 0
-        self._graph = None
+        self.period_outputs = torch.zeros(batch, self.period, **long)  # what each slot fed, per step of a period
+
+    @property
+    def samples_stepped(self) -> int:
+        return self.steps_taken
 
     # -- streams ----------------------------------------------------------------------------------
-    @property
-    def active_streams(self) -> list[Stream]:
-        return [s for s in self.streams if s is not None]
-
     def _label_index(self, label) -> int | None:
         config = self.model.config
         if self.model.class_embedding is None:
@@ -245,10 +392,7 @@ class StreamingGenerator:
         check_sampling(temperature, top_k, top_p)
         label_index = self._label_index(label)
         tokens = self._prompt_tokens(prompt, prompt_tokens)
-        try:
-            slot = self.streams.index(None)
-        except ValueError:
-            raise RuntimeError(f"all {self.max_streams} slots are busy; stop a stream first") from None
+        slot = self._free_slot()
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()).item())
 
@@ -260,8 +404,7 @@ class StreamingGenerator:
         fresh = self.model.allocate_inference_cache(1, self.device)
         if k:
             self.model.prefill(inputs[None, :k], fresh, labels)
-        for slot_tensor, stream_tensor in zip(state_tensors(self.state), state_tensors(fresh)):
-            slot_tensor[slot].copy_(stream_tensor[0])
+        self._load_slot(slot, fresh)
         forced = inputs[k + 1:]
         self.tokens[slot] = inputs[k]
         self.forced[slot, : forced.shape[0]] = forced
@@ -270,20 +413,7 @@ class StreamingGenerator:
         if self.labels is not None:
             self.labels[slot] = label_index
         self.sampler.set_row(slot, seed, temperature, top_k, top_p)
-        stream = Stream(self, slot, chunk_samples, max_samples, skip=forced.shape[0])
-        self.streams[slot] = stream
-        self._undrained.append(stream)
-        return stream
-
-    def stop(self, stream: Stream) -> None:
-        """Free ``stream``'s slot now and drop its undelivered samples. Stopping twice is harmless."""
-        if stream.generator is not self:
-            raise ValueError("this stream belongs to another generator")
-        if stream.slot is not None:
-            self.streams[stream.slot] = None
-            stream.slot = None
-        stream._pending.clear()
-        stream._pending_samples = 0
+        return self._attach(Stream(self, slot, chunk_samples, max_samples, skip=forced.shape[0]))
 
     # -- the step loop ----------------------------------------------------------------------------
     def _step_once(self, column: int, uniforms: Tensor) -> None:
@@ -294,81 +424,15 @@ class StreamingGenerator:
         forced = self.forced.gather(1, self.forced_index.clamp_max(self.period - 1)[:, None])[:, 0]
         self.tokens.copy_(torch.where(forcing, forced, sampled))
         self.forced_index.add_(forcing.long())
-        self.period_tokens[:, column].copy_(self.tokens)
+        self.period_outputs[:, column].copy_(self.tokens)
 
-    def _run_period(self) -> None:
-        uniforms = self.sampler.uniforms_ahead(self.period, skipped=self.forced_count - self.forced_index)
-        for column in range(self.period):
-            self._step_once(column, uniforms[:, column])
+    def _period_uniforms(self) -> Tensor:
+        return self.sampler.uniforms_ahead(self.period, skipped=self.forced_count - self.forced_index)
 
     def _buffers(self) -> list[Tensor]:
         """Every tensor a period reads and writes, besides the model's parameters."""
         return [*state_tensors(self.state), self.tokens, self.forced_index, self.sampler.counters,
-                self.period_tokens]
-
-    @contextlib.contextmanager
-    def _buffers_restored(self):
-        """Run periods that must leave no trace (warm-up, capture): every buffer and position is put back."""
-        saved = [t.clone() for t in self._buffers()]
-        positions = state_positions(self.state)
-        try:
-            yield
-        finally:
-            for tensor, copy in zip(self._buffers(), saved):
-                tensor.copy_(copy)
-            _set_positions(self.state, positions)
-
-    def _capture(self) -> None:
-        """Record one period of ``_step_once`` calls in a CUDA graph, which ``advance`` then replays.
-
-        The state's tensors are updated in place, so the graph reads and writes them where they
-        live; the pooling branches taken depend only on the phase, which is the same at every
-        period boundary, so one recorded period serves every period.
-        """
-        with self._buffers_restored():
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(2):  # compiles the Triton kernels and initialises cuBLAS before capture
-                    self._run_period()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._run_period()
-        self._graph = graph
-
-    @torch.no_grad()
-    def advance(self) -> None:
-        """Step every slot ``block_samples`` samples and hand each active stream its row."""
-        block = torch.empty(self.max_streams, self.block_samples, dtype=torch.long, device=self.device)
-        if self.cuda_graph and self._graph is None:
-            self._capture()
-        for p in range(self.block_samples // self.period):
-            if self._graph is not None:
-                self._graph.replay()
-            else:
-                self._run_period()
-            block[:, p * self.period:(p + 1) * self.period].copy_(self.period_tokens)
-        self.samples_stepped += self.block_samples
-        block = block.cpu()  # the one host synchronisation of a block
-        for stream in self.active_streams:
-            stream._receive(block[stream.slot])
-            if stream.max_samples is not None and stream.produced >= stream.max_samples:
-                self.streams[stream.slot] = None
-                stream.slot = None
-
-    def chunks(self):
-        """Chunks of every stream as they come, in start order: yields (stream, AudioChunk) until every
-        stream has finished and handed out everything (streams started meanwhile included)."""
-        while True:
-            for stream in list(self._undrained):
-                while stream.ready():
-                    yield stream, stream._take_chunk()
-                if not stream.active:
-                    self._undrained.remove(stream)
-            if not self.active_streams:
-                return
-            self.advance()
+                self.period_outputs]
 
 
 def _set_positions(state: StageState, positions: list[int]) -> None:
