@@ -231,8 +231,15 @@ def cmd_evaluate(args) -> dict:
 
 
 def cmd_corpus(args) -> Path:
-    from mamba_audio.data import DIGITS, SPEECH_COMMANDS_WORDS, build_spoken_digits
+    from mamba_audio.data import DIGITS, SPEECH_COMMANDS_WORDS, build_piano_corpus, build_spoken_digits
 
+    if args.kind == "piano":
+        works = tuple(w.strip() for w in args.works.split(",")) if args.works else None
+        root = build_piano_corpus(args.out, pieces=args.pieces, seed=args.seed, works=works,
+                                  sample_rate=args.sample_rate, max_seconds=args.max_seconds,
+                                  overwrite=args.overwrite, progress=not args.quiet)
+        print(f"corpus: {root}")
+        return root
     named = {"digits": DIGITS, "speech-commands": SPEECH_COMMANDS_WORDS}
     words = named.get(args.words) or tuple(w.strip() for w in args.words.split(","))
     root = build_spoken_digits(args.out, words=words, per_word=args.per_word, sample_rate=args.sample_rate,
@@ -285,9 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("corpus", help="build an offline corpus (spoken words synthesized with espeak-ng and flite)")
-    p.add_argument("kind", choices=["spoken-digits"], help="which corpus to build")
-    p.add_argument("--out", required=True, help="corpus folder (Speech Commands layout)")
+    p = sub.add_parser("corpus", help="build an offline corpus: spoken words (espeak-ng, flite) or piano (fluidsynth)")
+    p.add_argument("kind", choices=["spoken-digits", "piano"],
+                   help="spoken-digits: Speech Commands layout; piano: long recordings (a YouTubeMix stand-in)")
+    p.add_argument("--out", required=True, help="corpus folder")
+    p.add_argument("--pieces", type=int, default=40, help="piano: pieces drawn from music21's keyboard scores")
+    p.add_argument("--works", help="piano: comma-separated music21 corpus names instead, e.g. bach/bwv66.6")
+    p.add_argument("--max-seconds", type=float, help="piano: cut every piece at this length")
     p.add_argument("--words", default="digits",
                    help="comma-separated words to speak, or 'digits' (default) or 'speech-commands' (its 35 words)")
     p.add_argument("--synthesizers", default="espeak-ng,flite", help="comma-separated: espeak-ng, flite")

@@ -5,6 +5,7 @@ from mamba_audio.data.corpus import CorpusError
 from mamba_audio.data.datasets import SC09, LibriSpeech, LJSpeech, SpeechCommands
 from mamba_audio.data.folder import AudioFolder, DataLayoutError, collate_audio
 from mamba_audio.data.long_audio import LongAudioCrops
+from mamba_audio.data.piano import build_piano_corpus
 from mamba_audio.data.spoken_words import DIGITS, SPEECH_COMMANDS_WORDS, build_spoken_digits
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "LibriSpeech",
     "LongAudioCrops",
     "SpeechCommands",
+    "build_piano_corpus",
     "build_spoken_digits",
     "collate_audio",
     "fit_to_length",
