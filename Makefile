@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
-DEB_PACKAGES := espeak-ng flite fluidsynth fluid-soundfont-gm
+DEB_PACKAGES := espeak-ng flite fluidsynth fluid-soundfont-gm chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -20,11 +19,6 @@ import torch
 
 import mamba_audio
 
-DEFAULT_CHECKPOINTS = (
-    "runs/quickstart/lm/checkpoint",
-    "runs/spoken_digits/lm/checkpoint",
-    "runs/spoken_digits/classifier/checkpoint",
-)
 MAX_GENERATE_SECONDS = 10.0
 MAX_UPLOAD_SECONDS = 60.0
 PICTURE_HEIGHT = 96  # pixels of each of the two strips (waveform above, spectrogram below)
@@ -179,10 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
     args = parser.parse_args(argv)
-    paths = args.model or [p for p in DEFAULT_CHECKPOINTS if Path(p).is_dir()]
+    paths = args.model or mamba_audio.default_checkpoints()
     if not paths:
-        print("demo: no checkpoints given and none found at " + ", ".join(DEFAULT_CHECKPOINTS)
-              + "; run `make run` first or pass --model DIR", file=sys.stderr)
+        print("demo: no checkpoints given and none of the default ones (what `make run` and the spoken_digits "
+              "recipe write) exist; run `make run` first or pass --model DIR", file=sys.stderr)
         return 2
     try:
         models = load_models(paths, args.device)

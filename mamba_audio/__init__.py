@@ -22,6 +22,7 @@ _PUBLIC = {
     "MixerConfig": "mamba_audio.models",
     "backbone_preset": "mamba_audio.models",
     "load_pretrained": "mamba_audio.models",
+    "default_checkpoints": "mamba_audio.models",
     "CheckpointError": "mamba_audio.models",
     "MuLawTokenizer": "mamba_audio.tokenizers",
     "LinearTokenizer": "mamba_audio.tokenizers",

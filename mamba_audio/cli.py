@@ -1,4 +1,4 @@
-"""The ``mamba-audio`` command: corpus, train, generate, classify, evaluate, info, quickstart."""
+"""The ``mamba-audio`` command: corpus, train, generate, classify, evaluate, info, quickstart, serve."""
 
 from __future__ import annotations
 
@@ -285,6 +285,28 @@ def cmd_quickstart(args) -> dict:
     print(f"finished in {summary['seconds']} s")
     return summary
 
+def cmd_serve(args) -> None:
+    """The streaming API server: checkpoints from --model (default: those `make run` and the spoken_digits
+    recipe write), on --device, until interrupted."""
+    from mamba_audio.models import default_checkpoints
+    from mamba_audio.serve import ServeConfig, create_app, load_models, make_server, serve_models
+    from mamba_audio.training import resolve_device
+
+    specs = args.model or default_checkpoints()
+    if not specs:
+        raise ValueError("no checkpoints given and none of the defaults exist; pass --model [ID=]DIR "
+                         "(repeatable) or run `make run` first")
+    config = ServeConfig(max_streams=args.max_streams, max_seconds=args.max_seconds,
+                         max_upload_bytes=int(args.max_upload_mb * 2**20), request_timeout_s=args.timeout,
+                         shutdown_grace_s=args.shutdown_grace)
+    models = load_models(specs, resolve_device(args.device))
+    app = create_app(serve_models(models, config.max_streams), config)
+    print(f"serving {', '.join(models)} on http://{args.host}:{args.port} (docs at /docs)")
+    try:
+        make_server(app, args.host, args.port, log_level="warning" if args.quiet else "info").run()
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it shut down for; the shutdown is done
+        pass
+
 
 # -- argument parsing ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
@@ -382,6 +404,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generate-seconds", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("serve", help="HTTP/WebSocket API streaming generated audio (needs the serve extra)")
+    p.add_argument("--model", action="append", default=[], metavar="[ID=]DIR",
+                   help="checkpoint to serve (repeatable); default: the checkpoints `make run` writes")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--max-streams", type=int, default=8, help="concurrent audio streams; 429 beyond")
+    p.add_argument("--max-seconds", type=float, default=30.0, help="longest audio one request may ask for")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body; 413 beyond")
+    p.add_argument("--timeout", type=float, default=300.0, help="wall-clock seconds one stream may run")
+    p.add_argument("--shutdown-grace", type=float, default=10.0,
+                   help="seconds open streams get to finish on shutdown before they are ended")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

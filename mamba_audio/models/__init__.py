@@ -13,12 +13,14 @@ from .config import (
 )
 from .lm import SaShiMiLM
 from .mixer import MambaMixer, MixerState
+from .defaults import DEFAULT_CHECKPOINTS, default_checkpoints
 from .pretrained import CheckpointError, load_pretrained
 from .sampling import sample_logits
 from .sashimi import DownPool, SaShiMi, UpPool
 
 __all__ = [
     "BACKBONE_PRESETS",
+    "DEFAULT_CHECKPOINTS",
     "BackboneConfig",
     "BidirectionalBlock",
     "CheckpointError",
@@ -38,6 +40,7 @@ __all__ = [
     "SaShiMiLM",
     "UpPool",
     "backbone_preset",
+    "default_checkpoints",
     "load_pretrained",
     "sample_logits",
 ]
