@@ -154,3 +154,33 @@ def mrstft_distance(estimate: Tensor, reference: Tensor, fft_sizes: tuple[int, .
             distance = distance + convergence + log_magnitude
         distance = distance / len(fft_sizes)
     return distance.mean() if reduction == "mean" else distance
+
+
+def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus word error rate: (substitutions + deletions + insertions) / reference words, over all pairs.
+
+    Words are compared lower-cased with punctuation other than apostrophes removed, so "Home." and
+    "home" match. An empty hypothesis counts every reference word as deleted.
+    """
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    errors = words = 0
+    for reference, hypothesis in zip(references, hypotheses):
+        ref, hyp = _words(reference), _words(hypothesis)
+        previous = list(range(len(hyp) + 1))  # edit distance, one row of the table at a time
+        for i, ref_word in enumerate(ref, 1):
+            current = [i]
+            for j, hyp_word in enumerate(hyp, 1):
+                current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref_word != hyp_word)))
+            previous = current
+        errors += previous[-1]
+        words += len(ref)
+    if words == 0:
+        raise ValueError("the references hold no words")
+    return errors / words
+
+
+def _words(text: str) -> list[str]:
+    import re
+
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()

@@ -1,0 +1,197 @@
+"""Text-to-speech on the SaShiMi backbone: a text prefix, then codec tokens, in one causal sequence.
+
+    [pad .. pad, text symbols] [codec steps of the delay pattern ...]
+     `--- T positions, a whole number of pooling periods ---'
+
+The text prefix (symbol embeddings, left-padded to a multiple of the total pooling so that the
+audio always starts at the same pooling phase) is consumed by the parallel scan (``prefill_text``);
+the codec tokens follow as in :class:`CodecLM` (its interleave pattern, summed codebook embeddings
+and per-codebook heads, which this class inherits), generated step by step. A voice embedding is
+added at every position. A stop head predicts, at each step, whether codebook 0's frame at that
+step lies past the end of the speech, which ends generation.
+
+Only the delay and parallel patterns are allowed: with them a slot's codebook does not depend on
+the step, so streams at different steps can share one batched step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mamba_audio.text import FRONT_ENDS, PAD_ID, TextTokenizer
+
+from .codec_lm import CodecLM, CodecLMConfig
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class TTSConfig(CodecLMConfig):
+    """A TTS model: CodecLMConfig's codec-token layout plus the text front end and the voices.
+
+    ``text_symbols`` is the symbol table (see :class:`mamba_audio.text.TextTokenizer`), ``voices`` the
+    names of the voices the model was trained on (one embedding each). Generation stops when the stop
+    head's probability passes ``stop_threshold``, or after ``max_seconds_per_symbol`` seconds per text
+    symbol (and ``max_seconds`` in all).
+    """
+
+    pattern: str = "delay"
+    text_front_end: str = "phonemes"
+    text_symbols: str = ""
+    espeak_voice: str = "en-us"
+    voices: list[str] = field(default_factory=lambda: ["default"])
+    max_text_chars: int = 300
+    stop_threshold: float = 0.5
+    max_seconds_per_symbol: float = 0.3
+    max_seconds: float = 30.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.pattern == "flatten":
+            raise ValueError("a TTS model needs the delay or parallel pattern (flatten ties a slot's codebook to "
+                             "its step, which streams at different steps cannot share)")
+        if self.text_front_end not in FRONT_ENDS:
+            raise ValueError(f"text_front_end must be one of {FRONT_ENDS}, got {self.text_front_end!r}")
+        if not self.voices or len(set(self.voices)) != len(self.voices):
+            raise ValueError(f"voices must be a non-empty list of distinct names, got {self.voices}")
+        if not 0 < self.stop_threshold < 1:
+            raise ValueError(f"stop_threshold must be in (0, 1), got {self.stop_threshold}")
+
+
+class TTSModel(CodecLM):
+    """p(codec tokens, end | text, voice). Losses: codec-token NLL (bits per token) and the stop BCE."""
+
+    model_type = "tts"
+    config_class = TTSConfig
+
+    def __init__(self, config: TTSConfig):
+        super().__init__(config)
+        dim = config.backbone.d_model
+        self.text = TextTokenizer(config.text_front_end, config.text_symbols, config.espeak_voice)
+        self.text_embedding = nn.Embedding(self.text.vocab_size, dim, padding_idx=PAD_ID)
+        self.voice_embedding = nn.Embedding(len(config.voices), dim)
+        self.stop_head = nn.Linear(dim, 1)
+
+    # -- inputs -----------------------------------------------------------------------------------
+    def voice_index(self, voice: str | None) -> int:
+        """The index of voice ``voice`` (None: the first); ValueError naming the known voices."""
+        if voice is None:
+            return 0
+        if voice not in self.config.voices:
+            raise ValueError(f"unknown voice {voice!r}; this model knows {self.config.voices}")
+        return self.config.voices.index(voice)
+
+    def pad_text(self, texts: list[Tensor]) -> Tensor:
+        """Symbol ids [(T_i,)] -> (B, T) left-padded with PAD_ID, T the longest rounded up to whole pooling periods."""
+        period = self.config.backbone.total_pool
+        length = max(1, max(t.shape[0] for t in texts))
+        length = -(-length // period) * period
+        out = torch.full((len(texts), length), PAD_ID, dtype=torch.long)
+        for row, ids in enumerate(texts):
+            out[row, length - ids.shape[0]:] = ids
+        return out
+
+    def _check_text(self, text: Tensor, voice: Tensor) -> None:
+        period = self.config.backbone.total_pool
+        if text.dim() != 2 or text.shape[1] % period or text.shape[1] == 0:
+            raise ValueError(f"text must be (batch, T) ids with T a positive multiple of the pooling {period} "
+                             f"(see pad_text), got shape {tuple(text.shape)}")
+        if text.min() < 0 or text.max() >= self.text.vocab_size:
+            raise ValueError(f"text ids must be in [0, {self.text.vocab_size}), got [{int(text.min())}, "
+                             f"{int(text.max())}]; was the text encoded by this model's tokenizer?")
+        if voice.shape != (text.shape[0],) or voice.min() < 0 or voice.max() >= len(self.config.voices):
+            raise ValueError(f"voice must be ({text.shape[0]},) indices in [0, {len(self.config.voices)}), "
+                             f"got {voice.tolist()}")
+
+    def _outputs(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """hidden (B, S, H) of audio steps -> logits (B, S, P, C), stop logits (B, S)."""
+        return self._logits(hidden, 0), self.stop_head(self.norm(hidden))[..., 0].float()
+
+    # -- training ---------------------------------------------------------------------------------
+    def forward(self, text: Tensor, voice: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """text (B, T) ids, voice (B,), audio inputs (B, S, P) (``shift`` of a sequence) ->
+        (logits (B, S, P, C), stop logits (B, S))."""
+        self._check_text(text, voice)
+        self._check_inputs(inputs)
+        speaker = self.voice_embedding(voice)[:, None]
+        x = torch.cat([self.text_embedding(text), self._embed(inputs, 0)], dim=1) + speaker
+        return self._outputs(self.backbone(x)[:, text.shape[1]:])
+
+    def targets(self, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """tokens (B, K, F) (frames >= lengths (B,) are padding) -> (sequence (B, S, P), slot mask (B, S, P),
+        stop targets (B, S), stop mask (B, S)), S = F + 1 + max delay: one frame past the longest, so every
+        row's end is a step whose stop target is 1."""
+        batch, _, frames = tokens.shape
+        tokens = F.pad(tokens, (0, 1))  # room for the end of the longest row
+        seq = self.interleave(tokens.clamp(0, self.config.codebook_size - 1))
+        steps = torch.arange(seq.shape[1], device=tokens.device)
+        frame = self.pattern.frame_at(steps)[None]  # (1, S, P)
+        end = lengths.to(tokens.device)[:, None, None]
+        valid = (frame >= 0) & (frame < end)
+        seq = torch.where(valid, seq, torch.full_like(seq, self.empty_token))
+        first = frame[..., 0]  # codebook 0's frame at every step
+        stop_mask = (first >= 0) & (first <= end[..., 0])
+        return seq, valid, (first == end[..., 0]).float(), stop_mask
+
+    def losses(self, text: Tensor, voice: Tensor, tokens: Tensor, lengths: Tensor) -> dict[str, Tensor]:
+        """``nll_bits`` (codec tokens, bits per token) and ``stop_bce`` (nats per step) of a padded batch."""
+        if tokens.dim() != 3 or tokens.shape[1] != self.config.num_codebooks:
+            raise ValueError(f"tokens must be (batch, {self.config.num_codebooks}, frames), got {tuple(tokens.shape)}")
+        seq, valid, stop_target, stop_mask = self.targets(tokens, lengths)
+        logits, stop_logits = self(text, voice, self.shift(seq))
+        nll = F.cross_entropy(logits[valid].float(), seq[valid])
+        stop = F.binary_cross_entropy_with_logits(stop_logits[stop_mask], stop_target[stop_mask])
+        return {"nll_bits": nll / math.log(2), "stop_bce": stop}
+
+    # -- streaming --------------------------------------------------------------------------------
+    def prefill_text(self, text: Tensor, voice: Tensor, state) -> None:
+        """Consume text (B, T) (T whole pooling periods) into ``state`` by the parallel scan."""
+        self._check_text(text, voice)
+        self.backbone.prefill(self.text_embedding(text) + self.voice_embedding(voice)[:, None], state)
+
+    def prefill_audio(self, inputs: Tensor, voice: Tensor, state) -> tuple[Tensor, Tensor]:
+        """Audio inputs (B, L, P) after the text, in parallel -> (logits (B, L, P, C), stop logits (B, L))."""
+        self._check_inputs(inputs)
+        x = self._embed(inputs, 0) + self.voice_embedding(voice)[:, None]
+        return self._outputs(self.backbone.prefill(x, state))
+
+    def step_audio(self, inputs: Tensor, voice: Tensor, state) -> tuple[Tensor, Tensor]:
+        """inputs (B, P) -> (logits (B, P, C), stop logits (B,)) of the next step; updates ``state`` in place."""
+        x = self._embed(inputs[:, None], 0)[:, 0] + self.voice_embedding(voice)
+        logits, stop = self._outputs(self.backbone.step(x, state)[:, None])
+        return logits[:, 0], stop[:, 0]
+
+    def max_frames(self, num_symbols: int) -> int:
+        """The most frames generated for a text of ``num_symbols`` symbols."""
+        seconds = min(self.config.max_seconds, max(1.0, self.config.max_seconds_per_symbol * num_symbols))
+        return max(1, int(seconds * self.config.frame_rate))
+
+
+class TTSTask:
+    """The :class:`mamba_audio.training.Trainer` task of a :class:`TTSModel`: batches of
+    :func:`mamba_audio.data.speech_tokens.collate_speech_tokens`; the loss is the codec-token NLL (nats)
+    plus the stop BCE; the metric is the NLL in bits per codec token."""
+
+    metric = "nll_bits"
+    higher_is_better = False
+
+    def loss(self, model: TTSModel, batch: dict) -> tuple[Tensor, dict]:
+        losses = model.losses(batch["text"], batch["voice"], batch["tokens"], batch["frames"])
+        total = losses["nll_bits"] * math.log(2) + losses["stop_bce"]
+        return total, {key: value.detach() for key, value in losses.items()}
+
+    def eval_sums(self, model: TTSModel, batch: dict) -> dict[str, Tensor]:
+        """Sums over the batch's clips (each clip's batch mean weighted by its frame count)."""
+        _, metrics = self.loss(model, batch)
+        frames = batch["frames"].sum().float()
+        return {"nll_bits": metrics["nll_bits"].float() * frames, "stop_bce": metrics["stop_bce"].float() * frames,
+                "count": frames}
+
+    def finalize(self, sums: dict[str, Tensor]) -> dict:
+        count = sums["count"].clamp_min(1)
+        return {"nll_bits": float(sums["nll_bits"] / count), "stop_bce": float(sums["stop_bce"] / count)}
