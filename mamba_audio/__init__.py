@@ -41,6 +41,9 @@ _PUBLIC = {
     "StreamingGenerator": "mamba_audio.streaming",
     "Stream": "mamba_audio.streaming",
     "AudioChunk": "mamba_audio.streaming",
+    "TextToSpeech": "mamba_audio.tts",
+    "TTSModel": "mamba_audio.models.tts",
+    "TTSConfig": "mamba_audio.models.tts",
 }
 
 __all__ = ["__version__", *_PUBLIC]
