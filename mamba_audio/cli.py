@@ -287,19 +287,29 @@ def cmd_quickstart(args) -> dict:
 
 def cmd_serve(args) -> None:
     """The streaming API server: checkpoints from --model (default: those `make run` and the spoken_digits
-    recipe write), on --device, until interrupted."""
-    from mamba_audio.models import default_checkpoints
+    recipe write) and a text-to-speech voice (default: the packaged one), on --device, until interrupted."""
+    import mamba_audio
+    from mamba_audio.models import CheckpointError, default_checkpoints
     from mamba_audio.serve import ServeConfig, create_app, load_models, make_server, serve_models
     from mamba_audio.training import resolve_device
 
     specs = args.model or default_checkpoints()
-    if not specs:
-        raise ValueError("no checkpoints given and none of the defaults exist; pass --model [ID=]DIR "
-                         "(repeatable) or run `make run` first")
     config = ServeConfig(max_streams=args.max_streams, max_seconds=args.max_seconds,
                          max_upload_bytes=int(args.max_upload_mb * 2**20), request_timeout_s=args.timeout,
                          shutdown_grace_s=args.shutdown_grace)
-    models = load_models(specs, resolve_device(args.device))
+    device = resolve_device(args.device)
+    models = load_models(specs, device)
+    if not args.no_voice:
+        try:
+            models.setdefault("tts", mamba_audio.TextToSpeech.from_pretrained(args.voice, device=device,
+                                                                             max_streams=config.max_streams))
+        except CheckpointError as err:
+            if args.voice:
+                raise
+            print(f"speech: {err}; serving without a voice (/v1/audio/speech answers 404)", file=sys.stderr)
+    if not models:
+        raise ValueError("nothing to serve: pass --model [ID=]DIR (repeatable) or --voice DIR, or run `make run` "
+                         "first for the default checkpoints")
     app = create_app(serve_models(models, config.max_streams), config)
     print(f"serving {', '.join(models)} on http://{args.host}:{args.port} (docs at /docs)")
     try:
@@ -408,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="HTTP/WebSocket API streaming generated audio (needs the serve extra)")
     p.add_argument("--model", action="append", default=[], metavar="[ID=]DIR",
                    help="checkpoint to serve (repeatable); default: the checkpoints `make run` writes")
+    p.add_argument("--voice", help="text-to-speech checkpoint for /v1/audio/speech (default: the packaged voice)")
+    p.add_argument("--no-voice", action="store_true", help="serve no text-to-speech voice")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")

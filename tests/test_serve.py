@@ -12,6 +12,8 @@ import pytest
 import soundfile as sf
 import torch
 
+import mamba_audio
+
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn) is part of dev")
 import httpx  # noqa: E402
 import websockets.sync.client as ws_client  # noqa: E402
@@ -23,6 +25,19 @@ from mamba_audio.serve.encoding import wav_header  # noqa: E402
 RATE = 8000
 CLASSES = ["low", "high"]
 SECONDS = 0.1  # 800 samples: five 20 ms chunks
+VOICES = ["flite:slt", "espeak-ng:en-us"]
+SPEECH_SECONDS = 0.1
+
+
+def tiny_voice(max_streams=2):
+    """An untrained tiny TextToSpeech: its stop head never fires, so every utterance runs to 0.1 s."""
+    torch.manual_seed(0)
+    codec = mamba_audio.ConvCodec(mamba_audio.ConvCodecConfig(strides=[2, 4], channels=4, latent_dim=8, dilations=[1],
+                                                              num_codebooks=2, codebook_size=16)).eval()
+    config = mamba_audio.TTSConfig(backbone=backbone_preset("tiny", pool=[2, 2], n_layers=1), num_codebooks=2,
+                                   codebook_size=16, voices=VOICES, text_front_end="chars", sample_rate=codec.sample_rate,
+                                   frame_rate=codec.frame_rate, max_seconds=SPEECH_SECONDS, stop_threshold=0.9999)
+    return mamba_audio.TextToSpeech(mamba_audio.TTSModel(config), codec, max_streams=max_streams)
 
 
 def tiny_models():
@@ -31,7 +46,7 @@ def tiny_models():
                             class_names=CLASSES))
     clf = SaShiMiClassifier(ClassifierConfig(backbone=backbone_preset("tiny", n_layers=1, bidirectional=True),
                                              sample_rate=RATE, num_classes=2, class_names=CLASSES))
-    return {"lm": lm, "clf": clf}
+    return {"lm": lm, "clf": clf, "voice": tiny_voice()}
 
 
 class LiveServer:
@@ -99,6 +114,7 @@ def test_health_ready_and_models(live):
     models = {m["id"]: m for m in httpx.get(live.url + "/v1/models").json()["data"]}
     assert models["lm"]["kind"] == "generator" and models["lm"]["classes"] == CLASSES
     assert models["clf"]["kind"] == "classifier" and models["clf"]["sample_rate"] == RATE
+    assert models["voice"]["kind"] == "speech" and models["voice"]["voices"] == VOICES
     assert httpx.get(live.url + "/v1/models/lm").json()["id"] == "lm"
     assert_error(httpx.get(live.url + "/v1/models/nope"), 404, "nope")
 
@@ -151,6 +167,63 @@ def test_generation_continues_an_uploaded_prompt(live, tmp_path):
     assert len(response.content) == 2 * int(SECONDS * RATE)
 
 
+# -- speech ----------------------------------------------------------------------------------------
+SPEECH = {"model": "tts-1", "input": "the red fox.", "voice": VOICES[1], "seed": 4}
+
+
+@pytest.fixture(scope="module")
+def spoken():
+    """What the served voice says for SPEECH, from an identical voice in this process, as s16le samples."""
+    audio = tiny_voice().synthesize(SPEECH["input"], voice=SPEECH["voice"], seed=SPEECH["seed"])
+    return np.round(np.clip(audio.numpy(), -1, 1) * 32767).astype("<i2")
+
+
+def test_speech_streams_over_http(live, spoken):
+    pieces, streams_after_first = [], None
+    with httpx.stream("POST", live.url + "/v1/audio/speech", json=SPEECH, timeout=60) as response:
+        assert response.status_code == 200 and response.headers["x-sample-rate"] == "16000"
+        for piece in response.iter_raw():
+            pieces.append(piece)
+            if len(pieces) == 2:
+                streams_after_first = live.streams()
+    assert streams_after_first == 1 and len(pieces) >= 4
+    body = b"".join(pieces)
+    assert body[:44] == wav_header(16000)
+    np.testing.assert_array_equal(np.frombuffer(body[44:], "<i2"), spoken)
+
+
+def test_speech_through_the_openai_client_streams(live, spoken):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key="not-needed", max_retries=0)
+    pieces, streams_after_first = [], None
+    with client.audio.speech.with_streaming_response.create(
+            model="tts-1", voice=SPEECH["voice"], input=SPEECH["input"], response_format="pcm",
+            extra_body={"seed": SPEECH["seed"]}) as response:
+        for piece in response.iter_bytes():
+            pieces.append(piece)
+            if len(pieces) == 1:
+                streams_after_first = live.streams()
+    assert streams_after_first == 1 and len(pieces) >= 3
+    np.testing.assert_array_equal(np.frombuffer(b"".join(pieces), "<i2"), spoken)
+    with pytest.raises(openai.BadRequestError, match="unknown voice"):
+        client.audio.speech.create(model="tts-1", voice="alloy", input="hello")
+
+
+def test_speech_refusals(live):
+    url = live.url + "/v1/audio/speech"
+    assert_error(httpx.post(url, json={**SPEECH, "voice": "nobody"}), 400, "nobody", VOICES[0])
+    assert_error(httpx.post(url, json={**SPEECH, "input": "a" * 301}), 400, "300")
+    assert_error(httpx.post(url, json={**SPEECH, "input": "   "}), 400, "empty")
+    assert_error(httpx.post(url, json={**SPEECH, "input": "r2d2"}), 400, "unsupported")
+    assert_error(httpx.post(url, json={**SPEECH, "speed": 10}), 400, "speed")
+    assert_error(httpx.post(url, json={**SPEECH, "response_format": "opus"}), 400, "wav")
+    assert_error(httpx.post(url, json={**SPEECH, "instructions": "whisper"}), 400, "instructions")
+    assert_error(httpx.post(url, json={**SPEECH, "model": "lm"}), 404, "voice")
+    assert_error(httpx.post(url, json={**SPEECH, "colour": "blue"}), 400, "colour")
+    assert_error(httpx.post(url, json={"input": "hi"}), 400, "model")
+    assert live.streams() == 0
+
+
 # -- bad requests ----------------------------------------------------------------------------------
 def test_malformed_requests_get_json_errors(live):
     url = live.url + "/v1/audio/generations"
@@ -163,7 +236,6 @@ def test_malformed_requests_get_json_errors(live):
     assert_error(httpx.post(url, data={"label": "low", "model": "clf"}), 404, "clf")
     error = assert_error(httpx.post(url, data={"label": "low", "response_format": "mp3"}), 400, "flac", "pcm", "wav")
     assert error["param"] == "response_format"
-    assert_error(httpx.post(live.url + "/v1/audio/speech", json={"model": "tts-1", "input": "hi"}), 404, "speech")
     assert_error(httpx.post(live.url + "/v1/audio/speech", content=b"{not json",
                             headers={"content-type": "application/json"}), 400)
     assert_error(httpx.get(url), 405)
@@ -254,6 +326,13 @@ def test_websocket_session_streams_frames_and_stops(live):
         assert done["reason"] == "stopped" and done["samples"] < 2 * RATE
         live.wait_streams(0, timeout=5)
 
+        ws.send(json.dumps({"type": "start", "task": "speech", **SPEECH}))
+        assert json.loads(ws.recv(timeout=30))["sample_rate"] == 16000
+        frames = []
+        while isinstance(message := ws.recv(timeout=30), bytes):
+            frames.append(message)
+        assert json.loads(message)["reason"] == "finished" and len(frames) >= 2
+
         ws.send("not json")
         assert "JSON" in json.loads(ws.recv(timeout=10))["error"]["message"]
         ws.send(json.dumps({"type": "start", "task": "generation", "label": "purple"}))
@@ -298,7 +377,7 @@ def test_cli_serve_answers_then_exits_on_sigint(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen([sys.executable, "-m", "mamba_audio.cli", "--quiet", "serve", "--model", f"digits={lm_dir}",
-                                "--port", str(port), "--device", "cpu", "--shutdown-grace", "0.2"],
+                                "--port", str(port), "--device", "cpu", "--shutdown-grace", "0.2", "--no-voice"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60

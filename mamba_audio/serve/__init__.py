@@ -31,9 +31,8 @@ def _model_id(path: Path) -> str:
     return path.parent.name if path.name == "checkpoint" else path.name
 
 
-def load_models(specs: list[str], device: str | torch.device = "cpu", default_voice: bool = False) -> dict[str, Any]:
-    """Load ``[ID=]DIR`` checkpoint specs (any kind ``load_pretrained`` knows) by id; with
-    ``default_voice``, also the embedded default text-to-speech voice as id ``tts``."""
+def load_models(specs: list[str], device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load ``[ID=]DIR`` checkpoint specs (any kind ``load_pretrained`` knows) by id."""
     models: dict[str, Any] = {}
     for spec in specs:
         model_id, sep, directory = spec.partition("=")
@@ -43,10 +42,6 @@ def load_models(specs: list[str], device: str | torch.device = "cpu", default_vo
             raise ValueError(f"model id {model_id!r} of {spec!r} is empty or given twice; "
                              f"name each checkpoint as ID=DIR")
         models[model_id] = mamba_audio.load_pretrained(directory, device=device)
-    if default_voice:
-        from mamba_audio.tts import TextToSpeech
-
-        models.setdefault("tts", TextToSpeech.from_pretrained(None, device=device))
     return models
 
 

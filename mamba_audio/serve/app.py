@@ -281,6 +281,8 @@ class Server:
             raise APIError(503, str(err), code="shutting_down") from None
         except (ValueError, TypeError) as err:
             raise APIError(400, str(err)) from None
+        except RuntimeError as err:  # the library's "every slot is busy" (a model's own stream limit)
+            raise APIError(429, str(err), code="too_many_streams") from None
 
     # -- stream factories -------------------------------------------------------------------------
     def speech_stream(self, request: SpeechRequest):
