@@ -49,21 +49,49 @@ def _merge(base: dict, update: dict) -> None:
             base[key] = value
 
 
-def _datasets(args, sample_rate: int, tokenizer, segment: int, labels: bool, seed: int):
-    """(train, evaluation or None): the test split when the folder has one, else validation, else none."""
+TRAIN_DATASETS = ("folder", "sc09", "speech_commands", "youtubemix")
+
+
+def _open_dataset(args, split: str | None, *, sample_rate: int, labels: bool, segment: int, tokenizer=None,
+                  seed: int = 0, train: bool = False):
+    """One split of ``--dataset`` at ``--data``; ``train`` draws random crops from ``seed``.
+
+    folder: AudioFolder (labels from sub-folders); sc09 and speech_commands: Speech Commands v0.02
+    (its digits, or its 35 words); youtubemix: LongAudioCrops of a folder of long recordings.
+    """
     import torch
 
-    from mamba_audio.data import AudioFolder
+    from mamba_audio.data import SC09, AudioFolder, LongAudioCrops, SpeechCommands
 
-    def split(name, train):
-        return AudioFolder(args.data, sample_rate, split=name, labels=labels, segment_samples=segment,
-                           tokenizer=tokenizer, mix_to_mono=args.mix_to_mono, random_crop=train,
-                           generator=torch.Generator().manual_seed(seed) if train else None)
+    options = dict(segment_samples=segment, tokenizer=tokenizer, mix_to_mono=args.mix_to_mono)
+    if args.dataset == "youtubemix":
+        if labels:
+            raise ValueError("--dataset youtubemix has no labels: train an unconditional generator "
+                             "(--task lm without --conditional)")
+        return LongAudioCrops(args.data, sample_rate=sample_rate, split=split, seed=seed, **options)
+    options.update(random_crop=train, generator=torch.Generator().manual_seed(seed) if train else None)
+    if args.dataset == "folder":
+        return AudioFolder(args.data, sample_rate, split=split, labels=labels, **options)
+    speech_commands = SC09 if args.dataset == "sc09" else SpeechCommands
+    return speech_commands(args.data, split=split, sample_rate=sample_rate, **options)
 
+
+def _datasets(args, sample_rate: int, tokenizer, segment: int, labels: bool, seed: int):
+    """(train, evaluation or None): the test split when the data has one, else validation, else none.
+
+    Speech Commands and long recordings always have a test split; a folder has one when it
+    holds testing_list.txt.
+    """
+    def split(name, train=False):
+        return _open_dataset(args, name, sample_rate=sample_rate, labels=labels, segment=segment,
+                             tokenizer=tokenizer, seed=seed, train=train)
+
+    if args.dataset != "folder":
+        return split("train", True), split("test")
     root = Path(args.data)
     for name, listing in (("test", "testing_list.txt"), ("validation", "validation_list.txt")):
         if (root / listing).is_file():
-            return split("train", True), split(name, False)
+            return split("train", True), split(name)
     return split("train", True), None
 
 
@@ -71,13 +99,15 @@ def _datasets(args, sample_rate: int, tokenizer, segment: int, labels: bool, see
 def cmd_train(args) -> dict:
     import torch
 
-    from mamba_audio.data import AudioFolder, collate_audio
+    from mamba_audio.data import collate_audio
     from mamba_audio.models import SaShiMiClassifier, SaShiMiLM
     from mamba_audio.tokenizers import build_tokenizer
     from mamba_audio.training import ClassificationTask, LMTask, Trainer
 
     classify = args.task == "classify"
-    probe = AudioFolder(args.data, args.sample_rate or 16000, labels=classify or args.conditional)
+    probe_rate = args.sample_rate or 16000  # checks the layout and finds the classes before the config exists
+    probe = _open_dataset(args, None, sample_rate=probe_rate, labels=classify or args.conditional,
+                          segment=max(1, round(args.segment_seconds * probe_rate)))
     class_names = list(getattr(probe, "classes", []) or [])
     model_config, train_config = build_configs(args, len(class_names), class_names)
     tokenizer = build_tokenizer(model_config.tokenizer)
@@ -263,7 +293,7 @@ def cmd_quickstart(args) -> dict:
                                  overwrite=True, progress=not args.quiet)
     print(f"corpus: {corpus} ({time.time() - started:.0f} s)")
     train_args = argparse.Namespace(
-        task="lm", data=str(corpus), out=str(out / "lm"), preset="tiny", tokenizer="mulaw8",
+        task="lm", dataset="folder", data=str(corpus), out=str(out / "lm"), preset="tiny", tokenizer="mulaw8",
         sample_rate=args.sample_rate, segment_seconds=args.segment_seconds, conditional=False, config=None,
         set=["model.backbone.n_layers=1", f"train.warmup_steps={max(1, args.steps // 10)}"],
         steps=args.steps, batch_size=8, grad_accum_steps=None, lr=3e-3, ema_decay=None, eval_every=args.steps,
@@ -346,12 +376,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a generator (lm) or a classifier on a folder of audio")
     p.add_argument("--task", choices=["lm", "classify"], default="lm")
-    p.add_argument("--data", required=True, help="folder of audio; labels from sub-folder names")
+    p.add_argument("--dataset", choices=TRAIN_DATASETS, default="folder",
+                   help="layout of --data: folder (labels from sub-folders, optional split lists), sc09 and "
+                        "speech_commands (Speech Commands v0.02: its digits or its 35 words), youtubemix "
+                        "(long recordings, random crops of --segment-seconds)")
+    p.add_argument("--data", required=True, help="the dataset's root folder")
     p.add_argument("--out", required=True, help="output folder: checkpoint/, metrics.jsonl")
     p.add_argument("--preset", default="tiny", help="backbone preset: tiny, sc09-6m, sc09-24m")
     p.add_argument("--tokenizer", help="mulaw8 (default) or linear8")
     p.add_argument("--sample-rate", type=int, help="Hz (default 16000); files at other rates are resampled")
-    p.add_argument("--segment-seconds", type=float, default=1.0, help="crop or pad every clip to this length")
+    p.add_argument("--segment-seconds", type=float, default=1.0,
+                   help="crop or pad every clip to this length (youtubemix: the length of every crop)")
     p.add_argument("--conditional", action="store_true", help="class-conditional generator (labels from folders)")
     p.add_argument("--config", help="YAML file with 'model' and 'train' sections")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3")

@@ -284,10 +284,16 @@ class Trainer:
                           pin_memory=self.device.type == "cuda")
 
     def _batches(self, loader: DataLoader, sampler: ResumableSampler) -> Iterator[dict]:
-        """Training batches forever, counting the epoch and the position inside it."""
+        """Training batches forever, counting the epoch and the position inside it.
+
+        Worker processes are started afresh for every epoch (no persistent workers), so they
+        receive the dataset after its ``set_epoch``.
+        """
         while True:
             sampler.set_epoch(self.epoch)
             sampler.skip = self.batches_in_epoch * self.config.batch_size
+            if hasattr(loader.dataset, "set_epoch"):  # datasets that draw per epoch (LongAudioCrops' random crops)
+                loader.dataset.set_epoch(self.epoch)
             for batch in loader:
                 self.batches_in_epoch += 1
                 yield batch

@@ -146,3 +146,53 @@ def test_recipe_configs_train_and_flags_win_over_the_file(tmp_path, labelled_fol
     assert saved["step"] == 2  # --steps beat the file's steps
     assert saved["config"]["sample_rate"] == yaml.safe_load(recipe.read_text())["model"]["sample_rate"]
     assert saved["config"]["class_names"] == ["high", "low"]
+
+
+# -- --dataset: the real layouts (fixtures from conftest.py) --------------------------------------
+
+def _saved_config(out):
+    return json.loads((out / "checkpoint" / "config.json").read_text())["config"]
+
+
+def test_train_on_sc09_and_speech_commands(tmp_path, speech_commands):
+    lm = tmp_path / "sc09"
+    assert main(["--quiet", "train", "--dataset", "sc09", "--data", str(speech_commands), "--out", str(lm),
+                 "--conditional", *TRAIN_FLAGS]) == 0
+    assert _saved_config(lm)["class_names"] == ["zero", "one", "two", "three", "four", "five", "six", "seven",
+                                                "eight", "nine"]
+    records = [json.loads(line) for line in (lm / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["split"] == "eval" and 0 < r["nll_bits"] < 9 for r in records)  # on the test list's digit
+    clf = tmp_path / "speech_commands"
+    assert main(["--quiet", "train", "--task", "classify", "--dataset", "speech_commands", "--data",
+                 str(speech_commands), "--out", str(clf), *TRAIN_FLAGS]) == 0
+    assert len(_saved_config(clf)["class_names"]) == 35
+
+
+def test_train_on_long_recordings_draws_new_crops_each_epoch_and_resumes_exactly(tmp_path, recordings, monkeypatch):
+    from mamba_audio.data import LongAudioCrops
+
+    epochs = []
+    original = LongAudioCrops.set_epoch
+    monkeypatch.setattr(LongAudioCrops, "set_epoch", lambda self, epoch: (epochs.append(epoch), original(self, epoch)))
+    # 6 training files, 39000 samples at 8 kHz: 39 crops of 0.125 s an epoch, 4 batches of 8.
+    flags = ["--quiet", "train", "--dataset", "youtubemix", "--data", str(recordings), "--mix-to-mono",
+             *TRAIN_FLAGS, "--segment-seconds", "0.125", "--batch-size", "8", "--steps", "6", "--save-every", "3"]
+    whole, halves = tmp_path / "whole", tmp_path / "halves"
+    assert main([*flags, "--out", str(whole)]) == 0
+    assert epochs == [0, 1]
+    assert main([*flags, "--out", str(halves), "--steps", "3"]) == 0  # stops in the middle of epoch 0
+    assert main([*flags, "--out", str(halves), "--resume"]) == 0
+    assert (whole / "checkpoint" / "model.safetensors").read_bytes() == \
+        (halves / "checkpoint" / "model.safetensors").read_bytes()
+    records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["split"] == "eval" and 0 < r["nll_bits"] < 9 for r in records)  # the test file's tiling
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "youtubemix", "--conditional"], "youtubemix has no labels"),
+    (["--dataset", "sc09"], "expected the SC09 (the digits of Speech Commands v0.02) layout"),
+])
+def test_dataset_errors_exit_2(tmp_path, labelled_folder, capsys, argv, message):
+    assert main(["--quiet", "train", "--data", str(labelled_folder), "--out", str(tmp_path / "x"), *argv,
+                 *TRAIN_FLAGS]) == 2
+    assert message in capsys.readouterr().err

@@ -16,33 +16,11 @@ from mamba_audio.data import (
 )
 from mamba_audio.tokenizers import LinearTokenizer, MuLawTokenizer
 
-RATE = 16_000
-
-
-def write(path, num_samples, rate=RATE, channels=1, seed=0, scale=0.5):
-    """A file of uniform noise in [-scale, scale]; returns the samples written (L,) or (L, C)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    samples = (np.random.default_rng(seed).uniform(-scale, scale, (num_samples, channels))).astype(np.float32)
-    samples = samples[:, 0] if channels == 1 else samples
-    sf.write(path, samples, rate, subtype="FLOAT" if path.suffix == ".wav" else "PCM_16")
-    return samples
+from conftest import LONG_RATE, RATE
+from conftest import write_audio as write
 
 
 # -- Speech Commands and SC09 ---------------------------------------------------------------------
-
-@pytest.fixture
-def speech_commands(tmp_path):
-    """The v0.02 layout: two clips of each of the 35 words, lists, background noise, a stray file."""
-    root = tmp_path / "speech_commands_v0.02"
-    for w, word in enumerate(SPEECH_COMMANDS_WORDS):
-        for speaker in ("aaaa1111", "bbbb2222"):
-            write(root / word / f"{speaker}_nohash_0.wav", 4000 + 10 * w, seed=w)
-    write(root / "_background_noise_" / "white_noise.wav", 20_000)
-    (root / "LICENSE").write_text("CC BY 4.0")
-    (root / "validation_list.txt").write_text("zero/aaaa1111_nohash_0.wav\nbed/aaaa1111_nohash_0.wav\n")
-    (root / "testing_list.txt").write_text("nine/bbbb2222_nohash_0.wav\ncat/bbbb2222_nohash_0.wav\n")
-    return root
-
 
 def test_sc09_is_the_ten_digits_padded_to_one_second(speech_commands):
     data = SC09(speech_commands)
@@ -294,23 +272,6 @@ def test_librispeech_bad_roots(librispeech):
 
 
 # -- long recordings ------------------------------------------------------------------------------
-
-LONG_RATE = 8000
-
-
-@pytest.fixture
-def recordings(tmp_path):
-    """Eight recordings of 0.5 to 1.2 s at 8 kHz; one of them is at 16 kHz, one is stereo."""
-    root = tmp_path / "piano"
-    lengths = [4000, 5000, 6000, 7000, 8000, 9000, 2500, 9600]
-    for i, n in enumerate(lengths):
-        if i == 2:
-            write(root / f"piece_{i}.wav", 2 * n, rate=2 * LONG_RATE, seed=i)
-        else:
-            write(root / f"piece_{i}.wav", n, rate=LONG_RATE, seed=i, channels=2 if i == 5 else 1)
-    write(root / "_scratch" / "ignored.wav", 100)
-    return root
-
 
 def long_crops(root, **kwargs):
     return LongAudioCrops(root, 1000, sample_rate=LONG_RATE, mix_to_mono=True, **kwargs)
