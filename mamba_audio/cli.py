@@ -1,4 +1,5 @@
-"""The ``mamba-audio`` command: corpus, train, generate, classify, evaluate, info, quickstart, serve."""
+"""The ``mamba-audio`` command: corpus, train, train-codec, tokenize, generate, classify, evaluate, info,
+quickstart, serve."""
 
 from __future__ import annotations
 
@@ -22,23 +23,34 @@ def build_configs(args, num_classes: int, class_names: list[str]):
     model = {"backbone": to_dict(backbone)}
     if classify or args.conditional:
         model.update(num_classes=num_classes, class_names=class_names)
-    data = {"model": model, "train": to_dict(TrainConfig())}
+    data = _layer_config_sources({"model": model, "train": to_dict(TrainConfig())}, args, ("tokenizer", "sample_rate"))
+    return from_dict(model_cls, data["model"], "model"), from_dict(TrainConfig, data["train"], "train")
+
+
+TRAIN_FLAGS = (("--steps", int), ("--batch-size", int), ("--grad-accum-steps", int), ("--lr", float),
+               ("--ema-decay", float), ("--eval-every", int), ("--save-every", int), ("--seed", int),
+               ("--max-minutes", float))
+
+
+def _layer_config_sources(data: dict, args, model_flags: tuple[str, ...] = ()) -> dict:
+    """Onto ``data`` (section name -> dict of defaults), in place: the --config YAML, then the model flags
+    and the train flags, then --set overrides. Returns ``data``."""
     if args.config:
         file_data = load_yaml(args.config)
-        unknown = set(file_data) - {"model", "train"}
+        unknown = set(file_data) - set(data)
         if unknown:
-            raise ConfigError(f"{args.config}: unknown section(s) {sorted(unknown)}; expected 'model' and 'train'")
-        for section in ("model", "train"):
+            expected = " and ".join(f"'{name}'" for name in data)
+            raise ConfigError(f"{args.config}: unknown section(s) {sorted(unknown)}; expected {expected}")
+        for section in data:
             _merge(data[section], file_data.get(section) or {})
-    for key in ("tokenizer", "sample_rate"):
+    for key in model_flags:
         if getattr(args, key) is not None:
             data["model"][key] = getattr(args, key)
-    for key in ("steps", "batch_size", "grad_accum_steps", "lr", "ema_decay", "eval_every", "save_every", "seed",
-                "max_minutes", "device"):
+    for key in [flag[2:].replace("-", "_") for flag, _ in TRAIN_FLAGS] + ["device"]:
         if getattr(args, key) is not None:
             data["train"][key] = getattr(args, key)
     apply_overrides(data, args.set or [])
-    return from_dict(model_cls, data["model"], "model"), from_dict(TrainConfig, data["train"], "train")
+    return data
 
 
 def _merge(base: dict, update: dict) -> None:
@@ -131,6 +143,64 @@ def cmd_train(args) -> dict:
         if "confusion" in metrics:
             print(_confusion_table(metrics["confusion"], model.class_names))
     return metrics
+
+
+def cmd_train_codec(args) -> dict:
+    """Train a ConvCodec on a folder of audio: reconstruction through the quantiser, scored by the
+    multi-resolution STFT distance on the corpus's held-out split."""
+    import torch
+    from torch.utils.data import Subset
+
+    from mamba_audio.codecs import ConvCodec, ConvCodecConfig
+    from mamba_audio.data import collate_audio
+    from mamba_audio.data.tokenized import audio_splits
+    from mamba_audio.training import CodecLossConfig, CodecTask, TrainConfig, Trainer
+
+    defaults = {"model": to_dict(ConvCodecConfig()), "train": to_dict(TrainConfig(lr=1e-3, warmup_steps=200)),
+                "loss": to_dict(CodecLossConfig())}
+    data = _layer_config_sources(defaults, args, ("sample_rate",))
+    model_config = from_dict(ConvCodecConfig, data["model"], "model")
+    train_config = from_dict(TrainConfig, data["train"], "train")
+    loss_config = from_dict(CodecLossConfig, data["loss"], "loss")
+    segment = int(round(args.segment_seconds * model_config.sample_rate))
+    options = dict(segment_samples=segment, mix_to_mono=args.mix_to_mono)
+    train_set = audio_splits(args.data, model_config.sample_rate, **options,
+                             train_generator=torch.Generator().manual_seed(train_config.seed))["train"]
+    held_out = [s for name, s in audio_splits(args.data, model_config.sample_rate, **options).items()
+                if name != "train"]
+    if held_out:
+        eval_set = held_out[-1]  # test, else heldout or validation
+    else:  # no held-out split in the corpus: every twentieth clip is held out
+        eval_set = Subset(audio_splits(args.data, model_config.sample_rate, **options)["train"],
+                          range(0, len(train_set), 20))
+        train_set = Subset(train_set, [i for i in range(len(train_set)) if i % 20])
+    torch.manual_seed(train_config.seed)
+    model = ConvCodec(model_config)
+    trainer = Trainer(model, CodecTask(loss_config), train_config, args.out, progress=not args.quiet,
+                      collate_fn=collate_audio)
+    if trainer.is_main:
+        print(f"{model!r}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; training "
+              f"{train_config.steps} steps on {len(train_set)} clips of {args.data}, evaluating on {len(eval_set)} "
+              f"({trainer.world_size} process(es), {trainer.device})")
+    metrics = trainer.fit(train_set, eval_set, resume=args.resume)
+    if trainer.is_main:
+        print(f"checkpoint: {Path(args.out) / 'checkpoint'}")
+        if metrics:
+            print(f"held-out mrstft distance: {metrics['mrstft_distance']:.4f}")
+    return metrics
+
+
+def cmd_tokenize(args) -> Path:
+    """Encode every split of a corpus with a codec into a tokenized dataset folder."""
+    from mamba_audio.codecs import load_codec
+    from mamba_audio.data.tokenized import audio_splits, tokenize_splits
+    from mamba_audio.training import resolve_device
+
+    codec = load_codec(args.codec, device=resolve_device(args.device), sample_rate=args.sample_rate)
+    splits = audio_splits(args.data, codec.sample_rate, mix_to_mono=args.mix_to_mono, max_seconds=args.max_seconds)
+    out = tokenize_splits(codec, splits, args.out, source=args.data, codec_spec=args.codec, progress=not args.quiet)
+    print(f"tokenized {', '.join(f'{name} ({len(s)} clips)' for name, s in splits.items())} with {codec!r}: {out}")
+    return out
 
 
 def _confusion_table(confusion: list[list[int]], names: list[str]) -> str:
@@ -390,14 +460,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditional", action="store_true", help="class-conditional generator (labels from folders)")
     p.add_argument("--config", help="YAML file with 'model' and 'train' sections")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3")
-    for flag, typ in (("--steps", int), ("--batch-size", int), ("--grad-accum-steps", int), ("--lr", float),
-                      ("--ema-decay", float), ("--eval-every", int), ("--save-every", int), ("--seed", int),
-                      ("--max-minutes", float)):
+    for flag, typ in TRAIN_FLAGS:
         p.add_argument(flag, type=typ)
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/trainer_state if present")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--mix-to-mono", action="store_true", help="average multichannel files instead of refusing them")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-codec", help="train our own neural codec (ConvCodec) on a folder of audio")
+    p.add_argument("--data", required=True,
+                   help="corpus folder: any folder of audio, the Speech Commands or the LJSpeech layout")
+    p.add_argument("--out", required=True, help="output folder: checkpoint/ (the codec), metrics.jsonl")
+    p.add_argument("--sample-rate", type=int, help="Hz (default 16000); files at other rates are resampled")
+    p.add_argument("--segment-seconds", type=float, default=1.0, help="random crops of this length for training")
+    p.add_argument("--config", help="YAML file with 'model', 'train' and 'loss' sections")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. model.num_codebooks=8")
+    for flag, typ in TRAIN_FLAGS:
+        p.add_argument(flag, type=typ)
+    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/trainer_state if present")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--mix-to-mono", action="store_true", help="average multichannel files instead of refusing them")
+    p.set_defaults(func=cmd_train_codec)
+
+    p = sub.add_parser("tokenize", help="encode a corpus with a codec once, so token models train without it")
+    p.add_argument("--codec", required=True, help="a ConvCodec checkpoint directory, mulaw8, encodec:DIR, dac:DIR "
+                                                  "or snac:DIR")
+    p.add_argument("--data", required=True, help="corpus folder (its splits are kept)")
+    p.add_argument("--out", required=True, help="output folder: manifest.json, <split>.safetensors, <split>.jsonl")
+    p.add_argument("--sample-rate", type=int, default=16000, help="mu-law's rate (the other codecs have their own)")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer files")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--mix-to-mono", action="store_true")
+    p.set_defaults(func=cmd_tokenize)
 
     p = sub.add_parser("generate", help="sample audio from a trained generator")
     p.add_argument("checkpoint")

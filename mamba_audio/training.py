@@ -1,4 +1,4 @@
-"""One training loop for the autoregressive model and the classifier.
+"""One training loop for the autoregressive model, the classifier and the codec.
 
 AdamW with linear warmup and cosine decay, gradient clipping and accumulation,
 optional EMA of the weights, bf16 autocast on CUDA, periodic evaluation,
@@ -21,7 +21,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
+
+from mamba_audio.metrics import MRSTFT_FFT_SIZES, mrstft_distance
 
 CHECKPOINT_DIR = "checkpoint"  # inference weights (EMA when enabled): load with from_pretrained
 STATE_DIR = "trainer_state"  # everything else an exact resume needs
@@ -136,6 +138,56 @@ class ClassificationTask:
         count = max(float(sums["count"]), 1.0)
         return {"accuracy": float(confusion.diag().sum()) / count, "loss": float(sums["loss"]) / count,
                 "confusion": confusion.tolist()}
+
+
+@dataclass
+class CodecLossConfig:
+    """Weights of the codec's training loss: mrstft + waveform_l1 * L1 + commitment * commitment loss."""
+
+    fft_sizes: list[int] = field(default_factory=lambda: list(MRSTFT_FFT_SIZES))  # STFT windows, samples
+    waveform_l1: float = 1.0
+    commitment: float = 1.0
+
+    def __post_init__(self):
+        if not self.fft_sizes or min(self.fft_sizes) < 4:
+            raise ValueError(f"fft_sizes must be window lengths of at least 4 samples, got {self.fft_sizes}")
+        if self.waveform_l1 < 0 or self.commitment < 0:
+            raise ValueError("loss weights must be >= 0")
+
+
+class CodecTask:
+    """Reconstruction through a codec (``ConvCodec``): multi-resolution STFT distance, waveform L1 and the
+    quantiser's commitment; the metric is the evaluation clips' mean ``mrstft_distance``."""
+
+    metric = "mrstft_distance"
+    higher_is_better = False
+
+    def __init__(self, loss: CodecLossConfig | None = None):
+        self.weights = loss or CodecLossConfig()
+
+    def _reconstruct(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
+        audio = batch["audio"]
+        pad = (-audio.shape[1]) % model.hop_length  # whole frames, as AudioCodec.encode pads
+        audio = F.pad(audio, (0, pad)) if pad else audio
+        return audio, model(audio)
+
+    def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
+        audio, out = self._reconstruct(model, batch)
+        estimate = out["audio"].float()
+        spectral = mrstft_distance(estimate, audio, tuple(self.weights.fft_sizes))
+        waveform = (estimate - audio).abs().mean()
+        loss = spectral + self.weights.waveform_l1 * waveform + self.weights.commitment * out["commitment"]
+        return loss, {"loss": loss.detach(), "mrstft": spectral.detach(), "l1": waveform.detach(),
+                      "commitment": out["commitment"].detach(), "codebook_usage": out["codebook_usage"]}
+
+    def eval_sums(self, model, batch: dict) -> dict[str, torch.Tensor]:
+        audio, out = self._reconstruct(model, batch)
+        distances = mrstft_distance(out["audio"].float(), audio, tuple(self.weights.fft_sizes), reduction="none")
+        return {"mrstft_distance": distances.sum(),
+                "count": torch.tensor(float(len(distances)), device=distances.device)}
+
+    def finalize(self, sums: dict[str, torch.Tensor]) -> dict:
+        return {"mrstft_distance": float(sums["mrstft_distance"] / sums["count"].clamp_min(1))}
 
 
 class _TaskLoss(nn.Module):

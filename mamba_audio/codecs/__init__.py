@@ -4,9 +4,10 @@ pretrained weights that are already on this machine."""
 
 from .base import AudioCodec, CodecError
 from .learned import ConvCodec, ConvCodecConfig
+from .loading import load_codec
 from .mulaw import MuLawCodec
 from .neural import DACCodec, EnCodecCodec, SNACCodec
 from .weights import find_codec_files
 
 __all__ = ["AudioCodec", "CodecError", "ConvCodec", "ConvCodecConfig", "DACCodec", "EnCodecCodec", "MuLawCodec",
-           "SNACCodec", "find_codec_files"]
+           "SNACCodec", "find_codec_files", "load_codec"]

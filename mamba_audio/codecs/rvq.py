@@ -67,10 +67,11 @@ class EMACodebook(nn.Module):
         if self._ready or bool(self.initialized):
             self._ready = True
             return
-        size = self.codes.shape[0]
-        self.codes.copy_(_random_rows(x, size))
-        self.usage.fill_(float(_all_reduce(torch.tensor(float(x.shape[0]), device=x.device))) / size)
-        self.code_sums.copy_(self.codes * self.usage[:, None])
+        self.codes.copy_(_random_rows(x, self.codes.shape[0]))
+        # no usage yet: a code that the next batches do not pick is restarted at once (the encoder moves fast
+        # early on, and codes left where its first outputs were would never be used again)
+        self.usage.zero_()
+        self.code_sums.zero_()
         self.initialized.fill_(True)
         self._ready = True
 

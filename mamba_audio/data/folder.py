@@ -198,7 +198,15 @@ def collate_audio(batch: list[dict]) -> dict:
         out["tokens"] = tokens
     if "label" in batch[0]:
         out["label"] = torch.tensor([item["label"] for item in batch], dtype=torch.long)
-    shared = set(batch[0]).difference(BATCHED_KEYS).intersection(*(item.keys() for item in batch[1:]))
+    out.update(gather_fields(batch, BATCHED_KEYS))
+    return out
+
+
+def gather_fields(batch: list[dict], skip) -> dict:
+    """Every field the items share, except those in ``skip``: Tensor[B] long when every value is an
+    int, else a list of B values."""
+    out = {}
+    shared = set(batch[0]).difference(skip).intersection(*(item.keys() for item in batch[1:]))
     for key in sorted(shared):
         values = [item[key] for item in batch]
         integers = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
