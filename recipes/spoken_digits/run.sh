@@ -5,7 +5,8 @@
 # Usage: recipes/spoken_digits/run.sh [OUT_DIR]   (default runs/spoken_digits)
 # Environment: PROFILE=cpu (default: lm.yaml, classify.yaml) or gpu (lm_gpu.yaml, classify_gpu.yaml,
 #              time-bounded); CORPUS=DIR uses an already built corpus; PER_CLASS=N generated clips
-#              per digit (default 10 on the CPU, 100 on the GPU); PER_WORD=N corpus clips per digit.
+#              per digit (default 10 on the CPU, 100 on the GPU); PER_WORD=N corpus clips per digit;
+#              TRAIN_ARGS="..." extra flags for both trainings (e.g. "--steps 20" for a quick check).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-runs/spoken_digits}"
@@ -21,9 +22,10 @@ if [ -z "${CORPUS:-}" ]; then
     mamba-audio corpus spoken-digits --out "$corpus" --per-word "$per_word" --sample-rate 8000
 fi
 mamba-audio train --task lm --conditional --data "$corpus" --out "$out/lm" \
-    --config "$here/lm$suffix.yaml" --segment-seconds "$([ "$profile" = gpu ] && echo 1.0 || echo 0.25)"
+    --config "$here/lm$suffix.yaml" --segment-seconds "$([ "$profile" = gpu ] && echo 1.0 || echo 0.25)" \
+    ${TRAIN_ARGS:-}
 mamba-audio train --task classify --data "$corpus" --out "$out/classifier" \
-    --config "$here/classify$suffix.yaml" --segment-seconds 1.0
+    --config "$here/classify$suffix.yaml" --segment-seconds 1.0 ${TRAIN_ARGS:-}
 mamba-audio generate "$out/lm/checkpoint" --per-class "$per_class" --seconds 1 \
     --top-p 0.95 --seed 0 --out "$out/samples"
 mamba-audio evaluate "$out/classifier/checkpoint" --generated "$out/samples" \
