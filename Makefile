@@ -4,7 +4,8 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
-DEB_PACKAGES := espeak-ng flite fluidsynth fluid-soundfont-gm chromium
+# chromium: the demo's browser test; ffmpeg: Gradio encodes streamed audio output (the Speak tab) through it
+DEB_PACKAGES := espeak-ng flite fluidsynth fluid-soundfont-gm chromium ffmpeg
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 

@@ -1,10 +1,11 @@
-"""Gradio demo: generate audio with a SaShiMi-Mamba generator, classify audio with a classifier.
+"""Gradio demo: speak text with a TTS voice, generate audio with a SaShiMi-Mamba generator, classify audio.
 
     python demo/app.py --model runs/spoken_digits/lm/checkpoint --model runs/spoken_digits/classifier/checkpoint
 
 Each ``--model`` is a checkpoint directory written by ``mamba-audio train``; generators appear in
 the Generate tab and classifiers in the Classify tab, each with a model picker. Without ``--model``
 the demo looks for the checkpoints that ``make run`` and ``recipes/spoken_digits/run.sh`` write.
+The Speak tab streams speech from ``--voice DIR`` or, by default, the voice packaged with the library.
 The demo calls only the public API of ``mamba_audio`` and runs on the CPU when no GPU is present.
 """
 
@@ -25,13 +26,23 @@ PICTURE_HEIGHT = 96  # pixels of each of the two strips (waveform above, spectro
 PICTURE_WIDTH = 640
 
 
-def load_models(paths: list[str], device: str = "cpu") -> dict[str, dict[str, torch.nn.Module]]:
-    """Checkpoints by kind: {"generator": {name: model}, "classifier": {name: model}}."""
-    models: dict[str, dict[str, torch.nn.Module]] = {"generator": {}, "classifier": {}}
+def load_models(paths: list[str], device: str = "cpu", voice: str | None = None,
+                default_voice: bool = False) -> dict[str, dict]:
+    """Models by kind: {"generator": {name: model}, "classifier": {...}, "speech": {name: TextToSpeech}}.
+    The voice is ``voice`` (a TTS checkpoint directory) or, with ``default_voice``, the packaged one when
+    it has trained weights."""
+    models: dict[str, dict] = {"generator": {}, "classifier": {}, "speech": {}}
     for path in paths:
         model = mamba_audio.load_pretrained(path, device=device).eval()
         kind = "classifier" if isinstance(model, mamba_audio.SaShiMiClassifier) else "generator"
         models[kind][str(path)] = model
+    if voice is not None:
+        models["speech"][str(voice)] = mamba_audio.TextToSpeech.from_pretrained(voice, device=device)
+    elif default_voice:
+        try:
+            models["speech"]["default voice"] = mamba_audio.TextToSpeech.from_pretrained(None, device=device)
+        except mamba_audio.CheckpointError as err:
+            print(f"demo: Speak tab without a voice: {err}", file=sys.stderr)
     return models
 
 
@@ -76,6 +87,28 @@ def audio_picture(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 # -- handlers --------------------------------------------------------------------------------------
+def _int16(audio: np.ndarray) -> np.ndarray:
+    return (np.clip(audio, -1, 1) * 32767).astype(np.int16)
+
+
+def speak(tts, text: str, voice: str | None, speed: float, seed: int):
+    """Yields (streamed chunk, whole utterance, picture): each chunk as the voice makes it, then the whole
+    utterance and its picture."""
+    try:
+        stream = tts.start(text, voice=voice or None, speed=float(speed), seed=int(seed))
+    except ValueError as err:
+        raise gr.Error(str(err)) from err
+    pieces = []
+    try:
+        for chunk in stream:
+            pieces.append(chunk.audio.numpy())
+            yield (tts.sample_rate, _int16(pieces[-1])), gr.skip(), gr.skip()
+    finally:
+        stream.stop()  # frees the voice's slot if the page went away mid-utterance
+    whole = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+    yield gr.skip(), (tts.sample_rate, _int16(whole)), audio_picture(whole, tts.sample_rate)
+
+
 def generate(model: mamba_audio.SaShiMiLM, seconds: float, class_name: str | None, prompt_path: str | None,
              temperature: float, top_p: float, seed: int):
     """((sample_rate, int16 samples), picture) for one clip, after the prompt when one is given."""
@@ -100,7 +133,7 @@ def generate(model: mamba_audio.SaShiMiLM, seconds: float, class_name: str | Non
     if prompt is not None:
         tokens = torch.cat([prompt.to(tokens.device), tokens], dim=1)
     audio = model.tokenizer.decode(tokens[0].cpu()).clamp(-1, 1).numpy()
-    return (config.sample_rate, (audio * 32767).astype(np.int16)), audio_picture(audio, config.sample_rate)
+    return (config.sample_rate, _int16(audio)), audio_picture(audio, config.sample_rate)
 
 
 def classify(model: mamba_audio.SaShiMiClassifier, audio_path: str | None):
@@ -120,10 +153,36 @@ def classify(model: mamba_audio.SaShiMiClassifier, audio_path: str | None):
 
 
 # -- the page --------------------------------------------------------------------------------------
-def build_demo(models: dict[str, dict[str, torch.nn.Module]]) -> gr.Blocks:
-    generators, classifiers = models["generator"], models["classifier"]
+def build_demo(models: dict[str, dict]) -> gr.Blocks:
+    generators, classifiers, voices = models["generator"], models["classifier"], models.get("speech", {})
     with gr.Blocks(title="mamba-audio") as demo:
         gr.Markdown("# mamba-audio\nSaShiMi-Mamba: selective state-space models on raw 8-bit mu-law audio.")
+        with gr.Tab("Speak"):
+            if not voices:
+                gr.Markdown("No voice loaded: pass a text-to-speech checkpoint with `--voice`.")
+            else:
+                first_voice = next(iter(voices.values()))
+                picker_s = gr.Dropdown(list(voices), value=next(iter(voices)), label="model")
+                text = gr.Textbox(value="the quick brown fox jumps over the lazy dog.", label="text",
+                                  max_length=first_voice.max_text_chars)
+                with gr.Row():
+                    speaker = gr.Dropdown(first_voice.voices, value=first_voice.voices[0], label="voice")
+                    speed = gr.Slider(0.5, 2.0, value=1.0, step=0.05, label="speed")
+                    seed_s = gr.Number(value=0, precision=0, label="seed")
+                button_s = gr.Button("Speak", variant="primary")
+                stream_out = gr.Audio(label="speech (streamed as it is made)", streaming=True, autoplay=True,
+                                      interactive=False, elem_id="speech-stream")
+                whole_out = gr.Audio(label="the whole utterance", interactive=False, elem_id="speech-whole")
+                picture_s = gr.Image(label="waveform and spectrogram", interactive=False)
+
+                def on_pick_voice(name):
+                    names = voices[name].voices
+                    return gr.update(choices=names, value=names[0])
+
+                picker_s.change(on_pick_voice, picker_s, speaker)
+                button_s.click(lambda name, *rest: (yield from speak(voices[name], *rest)),
+                               [picker_s, text, speaker, speed, seed_s], [stream_out, whole_out, picture_s],
+                               api_name="speak")
         with gr.Tab("Generate"):
             if not generators:
                 gr.Markdown("No generator loaded: pass a generator checkpoint with `--model`.")
@@ -140,7 +199,7 @@ def build_demo(models: dict[str, dict[str, torch.nn.Module]]) -> gr.Blocks:
                     seed = gr.Number(value=0, precision=0, label="seed")
                 prompt = gr.Audio(sources=["upload", "microphone"], type="filepath", label="prompt to continue")
                 button = gr.Button("Generate", variant="primary")
-                audio_out = gr.Audio(label="generated", interactive=False)
+                audio_out = gr.Audio(label="generated", interactive=False, elem_id="generated")
                 picture = gr.Image(label="waveform and spectrogram", interactive=False)
 
                 def on_pick(name):
@@ -169,19 +228,20 @@ def build_demo(models: dict[str, dict[str, torch.nn.Module]]) -> gr.Blocks:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", default=[], help="checkpoint directory (repeatable)")
+    parser.add_argument("--voice", help="text-to-speech checkpoint directory (default: the packaged voice)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
     args = parser.parse_args(argv)
     paths = args.model or mamba_audio.default_checkpoints()
-    if not paths:
-        print("demo: no checkpoints given and none of the default ones (what `make run` and the spoken_digits "
-              "recipe write) exist; run `make run` first or pass --model DIR", file=sys.stderr)
-        return 2
     try:
-        models = load_models(paths, args.device)
+        models = load_models(paths, args.device, voice=args.voice, default_voice=True)
     except mamba_audio.CheckpointError as err:
         print(f"demo: {err}", file=sys.stderr)
+        return 2
+    if not any(models.values()):
+        print("demo: no checkpoints given and none of the default ones (what `make run` and the spoken_digits "
+              "recipe write) exist, and no voice; run `make run` first or pass --model DIR", file=sys.stderr)
         return 2
     build_demo(models).launch(server_name=args.host, server_port=args.port)
     return 0

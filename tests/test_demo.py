@@ -105,3 +105,19 @@ def test_page_answers_gradio_client(app, checkpoints, tone):
         assert {c["label"] for c in labels["confidences"]} == set(CLASSES)
     finally:
         demo.close()
+
+
+def test_speak_streams_chunks_then_the_whole_utterance(app):
+    from tiny_voice import VOICES, tiny_voice
+
+    voice = tiny_voice(seconds=0.1)
+    outputs = list(app.speak(voice, "the red fox.", VOICES[0], 1.0, 2))
+    streamed = [out[0] for out in outputs[:-1]]
+    assert len(streamed) >= 2 and all(rate == voice.sample_rate for rate, _ in streamed)
+    _, (rate, whole), picture = outputs[-1]
+    np.testing.assert_array_equal(np.concatenate([chunk for _, chunk in streamed]), whole)
+    assert whole.dtype == np.int16 and whole.shape == (1600,) and picture.shape[-1] == 3
+    with pytest.raises(gr.Error, match="unknown voice"):
+        next(app.speak(voice, "hi", "nobody", 1.0, 0))
+    with pytest.raises(gr.Error, match="empty"):
+        next(app.speak(voice, "", None, 1.0, 0))

@@ -12,8 +12,6 @@ import pytest
 import soundfile as sf
 import torch
 
-import mamba_audio
-
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn) is part of dev")
 import httpx  # noqa: E402
 import websockets.sync.client as ws_client  # noqa: E402
@@ -21,23 +19,11 @@ import websockets.sync.client as ws_client  # noqa: E402
 from mamba_audio.models import ClassifierConfig, LMConfig, SaShiMiClassifier, SaShiMiLM, backbone_preset  # noqa: E402
 from mamba_audio.serve import ServeConfig, create_app, make_server, serve_models  # noqa: E402
 from mamba_audio.serve.encoding import wav_header  # noqa: E402
+from tiny_voice import VOICES, tiny_voice  # noqa: E402
 
 RATE = 8000
 CLASSES = ["low", "high"]
 SECONDS = 0.1  # 800 samples: five 20 ms chunks
-VOICES = ["flite:slt", "espeak-ng:en-us"]
-SPEECH_SECONDS = 0.1
-
-
-def tiny_voice(max_streams=2):
-    """An untrained tiny TextToSpeech: its stop head never fires, so every utterance runs to 0.1 s."""
-    torch.manual_seed(0)
-    codec = mamba_audio.ConvCodec(mamba_audio.ConvCodecConfig(strides=[2, 4], channels=4, latent_dim=8, dilations=[1],
-                                                              num_codebooks=2, codebook_size=16)).eval()
-    config = mamba_audio.TTSConfig(backbone=backbone_preset("tiny", pool=[2, 2], n_layers=1), num_codebooks=2,
-                                   codebook_size=16, voices=VOICES, text_front_end="chars", sample_rate=codec.sample_rate,
-                                   frame_rate=codec.frame_rate, max_seconds=SPEECH_SECONDS, stop_threshold=0.9999)
-    return mamba_audio.TextToSpeech(mamba_audio.TTSModel(config), codec, max_streams=max_streams)
 
 
 def tiny_models():
