@@ -443,8 +443,8 @@ def create_app(models: list[ServedModel], config: ServeConfig | None = None) -> 
         """Text to speech, streamed as it is synthesized (OpenAI-compatible)."""
         served, factory, max_samples = server.speech_stream(request)
         queue: asyncio.Queue = asyncio.Queue()
-        encoder = AudioEncoder(request.response_format, served.sample_rate)
         job = await server.open(factory, queue, max_samples)
+        encoder = AudioEncoder(request.response_format, served.sample_rate)
         return AudioStreamResponse(server, job, queue, encoder, served.sample_rate)
 
     @app.post("/v1/audio/generations", response_class=StreamingResponse,
@@ -467,8 +467,8 @@ def create_app(models: list[ServedModel], config: ServeConfig | None = None) -> 
             prompt_audio = await server.read_upload(prompt, served.sample_rate, "prompt")
         factory, max_samples = server.generation_stream(params, prompt_audio, served)
         queue: asyncio.Queue = asyncio.Queue()
-        encoder = AudioEncoder(params.response_format, served.sample_rate)
         job = await server.open(factory, queue, max_samples)
+        encoder = AudioEncoder(params.response_format, served.sample_rate)
         return AudioStreamResponse(server, job, queue, encoder, served.sample_rate)
 
     @app.post("/v1/audio/classifications")
