@@ -12,6 +12,7 @@ The demo calls only the public API of ``mamba_audio`` and runs on the CPU when n
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 import gradio as gr
@@ -109,31 +110,40 @@ def speak(tts, text: str, voice: str | None, speed: float, seed: int):
     yield gr.skip(), (tts.sample_rate, _int16(whole)), audio_picture(whole, tts.sample_rate)
 
 
+@functools.lru_cache(maxsize=None)
+def _streamer(model: mamba_audio.SaShiMiLM) -> mamba_audio.StreamingGenerator:
+    """One streaming loop per generator; Gradio runs one Generate at a time, so one slot is enough."""
+    return mamba_audio.StreamingGenerator(model, max_streams=1)
+
+
 def generate(model: mamba_audio.SaShiMiLM, seconds: float, class_name: str | None, prompt_path: str | None,
              temperature: float, top_p: float, seed: int):
-    """((sample_rate, int16 samples), picture) for one clip, after the prompt when one is given."""
+    """Yields (streamed chunk, whole clip, picture): each chunk as the model makes it, then the whole clip
+    (after the prompt when one is given) and its picture."""
     config = model.config
     if not 0 < seconds <= MAX_GENERATE_SECONDS:
         raise gr.Error(f"length must be between 0 and {MAX_GENERATE_SECONDS:g} seconds, got {seconds:g}")
-    labels = None
-    if config.num_classes:
-        if class_name not in config.class_names:
-            raise gr.Error(f"this model is class-conditional: choose a class from {config.class_names}")
-        labels = torch.tensor([config.class_names.index(class_name)])
+    if config.num_classes and class_name not in config.class_names:
+        raise gr.Error(f"this model is class-conditional: choose a class from {config.class_names}")
     prompt = None
     if prompt_path:
         try:
-            wav = mamba_audio.load_audio(prompt_path, config.sample_rate, mix_to_mono=True,
-                                         max_seconds=MAX_UPLOAD_SECONDS)
+            prompt = mamba_audio.load_audio(prompt_path, config.sample_rate, mix_to_mono=True,
+                                            max_seconds=MAX_UPLOAD_SECONDS)
         except mamba_audio.AudioError as err:
             raise gr.Error(str(err)) from err
-        prompt = model.tokenizer.encode(wav)[None]
-    tokens = model.generate(int(seconds * config.sample_rate), prompt=prompt, labels=labels,
-                            temperature=temperature, top_p=top_p if top_p < 1 else None, seed=int(seed))
-    if prompt is not None:
-        tokens = torch.cat([prompt.to(tokens.device), tokens], dim=1)
-    audio = model.tokenizer.decode(tokens[0].cpu()).clamp(-1, 1).numpy()
-    return (config.sample_rate, _int16(audio)), audio_picture(audio, config.sample_rate)
+    stream = _streamer(model).start(prompt=prompt, label=class_name if config.num_classes else None,
+                                    max_samples=int(seconds * config.sample_rate), temperature=temperature,
+                                    top_p=top_p if top_p < 1 else None, seed=int(seed))
+    pieces = [] if prompt is None else [model.tokenizer.decode(model.tokenizer.encode(prompt)).numpy()]
+    try:
+        for chunk in stream:
+            pieces.append(chunk.audio.clamp(-1, 1).numpy())
+            yield (config.sample_rate, _int16(pieces[-1])), gr.skip(), gr.skip()
+    finally:
+        stream.stop()  # frees the slot if the page went away mid-clip
+    audio = np.concatenate(pieces)
+    yield gr.skip(), (config.sample_rate, _int16(audio)), audio_picture(audio, config.sample_rate)
 
 
 def classify(model: mamba_audio.SaShiMiClassifier, audio_path: str | None):
@@ -199,7 +209,9 @@ def build_demo(models: dict[str, dict]) -> gr.Blocks:
                     seed = gr.Number(value=0, precision=0, label="seed")
                 prompt = gr.Audio(sources=["upload", "microphone"], type="filepath", label="prompt to continue")
                 button = gr.Button("Generate", variant="primary")
-                audio_out = gr.Audio(label="generated", interactive=False, elem_id="generated")
+                stream_g = gr.Audio(label="generated (streamed as it is made)", streaming=True, autoplay=True,
+                                    interactive=False, elem_id="generated-stream")
+                audio_out = gr.Audio(label="the whole clip", interactive=False, elem_id="generated")
                 picture = gr.Image(label="waveform and spectrogram", interactive=False)
 
                 def on_pick(name):
@@ -208,9 +220,9 @@ def build_demo(models: dict[str, dict]) -> gr.Blocks:
                     return gr.update(choices=names, value=names[0] if names else None, visible=bool(names))
 
                 picker.change(on_pick, picker, class_name)
-                button.click(lambda name, *rest: generate(generators[name], *rest),
+                button.click(lambda name, *rest: (yield from generate(generators[name], *rest)),
                              [picker, seconds, class_name, prompt, temperature, top_p, seed],
-                             [audio_out, picture], api_name="generate")
+                             [stream_g, audio_out, picture], api_name="generate")
         with gr.Tab("Classify"):
             if not classifiers:
                 gr.Markdown("No classifier loaded: pass a classifier checkpoint with `--model`.")

@@ -56,12 +56,14 @@ def test_models_are_sorted_by_kind(app, checkpoints):
 
 def test_generate_gives_audio_of_the_asked_length_and_a_picture(app, checkpoints, tone):
     lm = app.load_models(checkpoints)["generator"][checkpoints[0]]
-    (rate, audio), picture = app.generate(lm, 0.05, "high", None, 1.0, 0.9, 3)
+    *streamed, (_, (rate, audio), picture) = app.generate(lm, 0.05, "high", None, 1.0, 0.9, 3)
     assert rate == SAMPLE_RATE and audio.dtype == np.int16 and audio.shape == (400,)
+    assert len(streamed) >= 2  # 20 ms chunks as they are made, then the whole clip
+    np.testing.assert_array_equal(np.concatenate([chunk for (_, chunk), _, _ in streamed]), audio)
     assert picture.shape == (2 * app.PICTURE_HEIGHT, app.PICTURE_WIDTH, 3) and picture.dtype == np.uint8
-    again = app.generate(lm, 0.05, "high", None, 1.0, 0.9, 3)[0][1]
+    again = list(app.generate(lm, 0.05, "high", None, 1.0, 0.9, 3))[-1][1][1]
     np.testing.assert_array_equal(audio, again)  # seeded
-    (_, continued), _ = app.generate(lm, 0.05, "low", tone, 1.0, 1.0, 0)
+    continued = list(app.generate(lm, 0.05, "low", tone, 1.0, 1.0, 0))[-1][1][1]
     assert continued.shape == (SAMPLE_RATE // 4 + 400,)  # the prompt, then the continuation
 
 
@@ -82,9 +84,11 @@ def test_bad_inputs_get_clear_messages(app, checkpoints, tmp_path):
     with pytest.raises(gr.Error, match="corrupt.wav"):
         app.classify(clf, str(corrupt))
     with pytest.raises(gr.Error, match="class-conditional"):
-        app.generate(lm, 0.1, "unknown", None, 1.0, 1.0, 0)
+        next(app.generate(lm, 0.1, "unknown", None, 1.0, 1.0, 0))
     with pytest.raises(gr.Error, match="seconds"):
-        app.generate(lm, 60.0, "low", None, 1.0, 1.0, 0)
+        next(app.generate(lm, 60.0, "low", None, 1.0, 1.0, 0))
+    with pytest.raises(gr.Error, match="corrupt.wav"):
+        next(app.generate(lm, 0.1, "low", str(corrupt), 1.0, 1.0, 0))
 
 
 def test_main_without_checkpoints_says_what_to_do(app, tmp_path, monkeypatch, capsys):
@@ -98,7 +102,7 @@ def test_page_answers_gradio_client(app, checkpoints, tone):
     demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
     try:
         client = gradio_client.Client(demo.local_url, verbose=False)
-        audio_path, _ = client.predict(checkpoints[0], 0.1, "low", None, 1.0, 1.0, 0, api_name="/generate")
+        _, audio_path, _ = client.predict(checkpoints[0], 0.1, "low", None, 1.0, 1.0, 0, api_name="/generate")
         samples, rate = sf.read(audio_path)
         assert rate == SAMPLE_RATE and len(samples) == 800
         labels, _ = client.predict(checkpoints[1], gradio_client.handle_file(tone), api_name="/classify")

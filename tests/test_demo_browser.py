@@ -85,5 +85,6 @@ def test_speak_gives_playable_audio(browser, page_url):
 
 
 def test_generate_gives_playable_audio(browser, page_url):
-    duration = _click_and_wait_for_audio(browser, page_url, "Generate", "Generate", "generated", "demo_generate.png")
+    duration = _click_and_wait_for_audio(browser, page_url, "Generate", "Generate", "generated", "demo_generate.png",
+                                         stream_id="generated-stream")
     assert duration == pytest.approx(0.5, abs=0.01)  # the page's default length
