@@ -1,5 +1,5 @@
-"""The ``mamba-audio`` command: corpus, train, train-codec, tokenize, generate, classify, evaluate, info,
-quickstart, serve."""
+"""The ``mamba-audio`` command: corpus, train, train-codec, tokenize, evaluate-codec, generate, classify,
+evaluate, info, quickstart, serve."""
 
 from __future__ import annotations
 
@@ -201,6 +201,43 @@ def cmd_tokenize(args) -> Path:
     out = tokenize_splits(codec, splits, args.out, source=args.data, codec_spec=args.codec, progress=not args.quiet)
     print(f"tokenized {', '.join(f'{name} ({len(s)} clips)' for name, s in splits.items())} with {codec!r}: {out}")
     return out
+
+
+def cmd_evaluate_codec(args) -> dict:
+    """Codecs' reconstruction of a corpus's held-out clips, side by side: mrstft distance and speed."""
+    import platform
+
+    import torch
+
+    from mamba_audio.codecs import load_codec
+    from mamba_audio.data.tokenized import audio_splits
+    from mamba_audio.metrics import codec_round_trip
+    from mamba_audio.training import resolve_device
+
+    device = resolve_device(args.device)
+    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
+               f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+               "command": " ".join(["mamba-audio evaluate-codec", *(f"--codec {c}" for c in args.codec),
+                                    f"--data {args.data}", f"--max-clips {args.max_clips}", f"--device {args.device}",
+                                    *([f"--split {args.split}"] if args.split else [])]),
+               "data": str(args.data), "codecs": {}}
+    for spec in args.codec:
+        codec = load_codec(spec, device=device, sample_rate=args.sample_rate)
+        splits = audio_splits(args.data, codec.sample_rate, mix_to_mono=args.mix_to_mono)
+        split = args.split or next((s for s in ("test", "heldout", "validation") if s in splits), "train")
+        if split not in splits:
+            raise ValueError(f"{args.data} has no split {split!r}; it has {sorted(splits)}")
+        dataset = splits[split]
+        count = len(dataset) if args.max_clips is None else min(args.max_clips, len(dataset))
+        scores = codec_round_trip(codec, (dataset[i]["audio"] for i in range(count)))
+        results["split"] = split
+        results["codecs"][spec] = {"codec": repr(codec), **scores}
+        print(f"{spec}: mrstft distance {scores['mrstft_distance']:.4f} on {scores['clips']} {split} clips; "
+              f"round trip {scores['realtime_factor']:.4f}x real time on {results['device']}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    return results
 
 
 def _confusion_table(confusion: list[list[int]], names: list[str]) -> str:
@@ -492,6 +529,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--mix-to-mono", action="store_true")
     p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("evaluate-codec", help="multi-resolution STFT distance of codec round trips on held-out clips")
+    p.add_argument("--codec", action="append", required=True,
+                   help="repeatable: a ConvCodec checkpoint directory, mulaw8, encodec:DIR, dac:DIR or snac:DIR")
+    p.add_argument("--data", required=True, help="corpus folder")
+    p.add_argument("--split", help="default: the corpus's held-out split (test, heldout or validation), else train")
+    p.add_argument("--max-clips", type=int, default=200, help="score at most this many clips of the split")
+    p.add_argument("--sample-rate", type=int, default=16000, help="mu-law's rate (the other codecs have their own)")
+    p.add_argument("--out", help="also write the scores to this JSON file")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--mix-to-mono", action="store_true")
+    p.set_defaults(func=cmd_evaluate_codec)
 
     p = sub.add_parser("generate", help="sample audio from a trained generator")
     p.add_argument("checkpoint")

@@ -184,3 +184,36 @@ def _words(text: str) -> list[str]:
     import re
 
     return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+
+
+@torch.no_grad()
+def codec_round_trip(codec, clips, fft_sizes: tuple[int, ...] = MRSTFT_FFT_SIZES) -> dict:
+    """How well ``codec`` (an AudioCodec) reconstructs ``clips`` (Tensor[L] waveforms at its sample rate).
+
+    Every clip is encoded and decoded alone (after one untimed warm-up round trip); the decoded audio is
+    cut to the clip's length and compared with :func:`mrstft_distance` (at the FFT sizes that fit the clip).
+
+    Returns:
+        ``mrstft_distance`` (mean over clips), ``clips``, ``audio_seconds`` and ``realtime_factor``: the
+        round trips' wall-clock time over the audio's duration (below 1: faster than real time).
+    """
+    import time
+
+    distances, samples, elapsed, warm = [], 0, 0.0, False
+    for clip in clips:
+        if not warm:  # the first call pays for kernel selection and allocation, not for coding
+            codec.decode(codec.encode(clip[None], sample_rate=codec.sample_rate)).cpu()
+            warm = True
+        sizes = tuple(n for n in fft_sizes if n <= clip.shape[-1])
+        if not sizes:
+            raise ValueError(f"a clip of {clip.shape[-1]} samples is shorter than every FFT size {tuple(fft_sizes)}")
+        started = time.perf_counter()
+        decoded = codec.decode(codec.encode(clip[None], sample_rate=codec.sample_rate)).cpu()  # waits for the device
+        elapsed += time.perf_counter() - started
+        distances.append(float(mrstft_distance(decoded[:, : clip.shape[-1]], clip[None].cpu(), sizes)))
+        samples += clip.shape[-1]
+    if not distances:
+        raise ValueError("no clips to score")
+    seconds = samples / codec.sample_rate
+    return {"mrstft_distance": sum(distances) / len(distances), "clips": len(distances),
+            "audio_seconds": round(seconds, 3), "realtime_factor": elapsed / seconds}

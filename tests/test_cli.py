@@ -127,7 +127,8 @@ def test_corpus_command_builds_the_speech_commands_layout(tmp_path, capsys):
     assert "built with other arguments" in capsys.readouterr().err
 
 
-RECIPE_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*/*.yaml"))
+RECIPE_CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "recipes").glob("*/*.yaml")
+                        if not p.name.startswith("codec"))  # codec configs: tests/test_codec_training.py
 
 
 @pytest.mark.parametrize("recipe", RECIPE_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
