@@ -92,7 +92,6 @@ CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", CASES)
 def test_triton_step_matches_reference(case, dtype):
-    pytest.importorskip("triton")
     triton_step = triton_step_module()
     inputs = make_step_inputs(**case, dtype=dtype)
     y_ref, conv_ref, ssm_ref = run_steps(mamba_step_ref, inputs)
@@ -104,7 +103,6 @@ def test_triton_step_matches_reference(case, dtype):
 
 
 def test_dispatch_registers_the_triton_step():
-    pytest.importorskip("triton")
     assert step_backends() == ["auto", "reference", "triton"]
     inputs = make_step_inputs(2, 6)
     y_ref, _, ssm_ref = run_steps(mamba_step_ref, inputs)
@@ -115,7 +113,6 @@ def test_dispatch_registers_the_triton_step():
 
 
 def test_triton_step_rejects_complex_A_and_bad_shapes():
-    pytest.importorskip("triton")
     triton_step = triton_step_module()
     inputs = make_step_inputs(2, 6)
     complex_inputs = dict(inputs, A=torch.complex(inputs["A"], inputs["A"]),
@@ -171,7 +168,6 @@ BLOCK_CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", BLOCK_CASES)
 def test_triton_block_step_matches_reference(case, dtype):
-    pytest.importorskip("triton")
     triton_step = triton_step_module()
     inputs = make_block_inputs(**case, dtype=dtype)
     out_ref, conv_ref, ssm_ref = run_block_steps(mamba_block_step_ref, inputs)
@@ -229,7 +225,6 @@ def test_reference_step_equals_the_scan_oracle(selective):
 @pytest.mark.parametrize("stage_mixers", [None, ["s4d", "mamba"]], ids=["mamba", "s4d-outer"])
 def test_model_steps_through_the_triton_kernel(monkeypatch, stage_mixers):
     """A SaShiMi LM stepped with the fused block step on the Triton backend gives the parallel forward."""
-    pytest.importorskip("triton")
     import functools
 
     from mamba_audio.models import BackboneConfig, LMConfig, MixerConfig, SaShiMiLM
@@ -289,7 +284,6 @@ print("compiled")
         "block-fp32-time-invariant-rmsnorm-bare"])
 def test_triton_kernels_compile_for_sm90_without_a_gpu(kernel, act, selective, flags):
     """The interpreter runs the kernels as Python; this compiles them to PTX (layouts, constexpr branches, types)."""
-    pytest.importorskip("triton")
     import subprocess
     import sys
 
