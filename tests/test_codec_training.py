@@ -3,6 +3,7 @@ a tiny run whose loss falls and that resumes, checkpoints that load as codecs, t
 with their metadata, and clear errors for broken folders."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,18 @@ def test_audio_splits_follow_the_layout(labelled, ljspeech, tmp_path):
     assert splits["train"][0]["label"] == 0 and splits["train"].classes == ["high", "low"]
     assert list(audio_splits(ljspeech, RATE)) == ["train"]
     assert audio_splits(ljspeech, RATE)["train"][1]["transcript"] == "Clip 1."
+    # a sentence corpus (LJSpeech layout + voices.csv + heldout.txt): train and heldout, voices and phonemes kept
+    sentences = tmp_path / "sentences"
+    shutil.copytree(ljspeech, sentences)
+    (sentences / "voices.csv").write_text("c0|flite:slt\nc1|espeak-ng:en-us\nc2|flite:slt\n")
+    (sentences / "phonemes.csv").write_text("c0|klɪp zɪəɹoʊ\nc1|klɪp wʌn\nc2|klɪp tuː\n")
+    (sentences / "heldout.txt").write_text("c1\n")
+    splits = audio_splits(sentences, RATE)
+    assert sorted(splits) == ["heldout", "train"] and len(splits["train"]) == 2
+    tokens = tokenize_splits(MuLawCodec(8, normalize=False), splits, tmp_path / "st", progress=False)
+    heldout = TokenizedDataset(tokens, "heldout")[0]
+    assert (heldout["id"], heldout["transcript"], heldout["voice"], heldout["phonemes"]) == (
+        "c1", "Clip 1.", "espeak-ng:en-us", "klɪp wʌn")
     flat = tmp_path / "flat"
     flat.mkdir()
     sf.write(flat / "a.wav", tone(0.1, 200), RATE)
