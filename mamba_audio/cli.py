@@ -174,6 +174,7 @@ def cmd_train_codec(args) -> dict:
         eval_set = Subset(audio_splits(args.data, model_config.sample_rate, **options)["train"],
                           range(0, len(train_set), 20))
         train_set = Subset(train_set, [i for i in range(len(train_set)) if i % 20])
+    torch.backends.cudnn.benchmark = True  # fixed crop length: let cuDNN pick its fastest convolutions once
     torch.manual_seed(train_config.seed)
     model = ConvCodec(model_config)
     trainer = Trainer(model, CodecTask(loss_config), train_config, args.out, progress=not args.quiet,

@@ -144,3 +144,16 @@ def test_mrstft_distance_values():
         mrstft_distance(audio[:, :100], audio[:, :100])
     with pytest.raises(ValueError, match="same shape|both be"):
         mrstft_distance(audio, audio[:1])
+
+
+def test_chunks_decoded_with_ten_frames_of_context_equal_the_whole_decode():
+    """What streaming decoders rely on (the ConvCodec docstring): the default decoder sees about 10 frames either side."""
+    torch.manual_seed(0)
+    codec = ConvCodec(ConvCodecConfig()).eval()
+    for codebook in codec.quantizer.codebooks:
+        codebook.codes.normal_()
+    tokens = torch.randint(0, 1024, (1, 4, 50))
+    whole, hop = codec.decode(tokens), codec.hop_length
+    start, end, context = 20, 30, 10
+    chunk = codec.decode(tokens[:, :, start - context:end + context])[:, context * hop:(context + end - start) * hop]
+    torch.testing.assert_close(chunk, whole[:, start * hop:end * hop], atol=1e-5, rtol=0)
