@@ -1,9 +1,7 @@
 """The API server on loopback: real HTTP and WebSocket clients against uvicorn in a thread, tiny models."""
 
-import asyncio
 import io
 import json
-import struct
 import threading
 import time
 

@@ -3,8 +3,9 @@
     from mamba_audio.serve import ServeConfig, create_app, load_models, serve_models
     app = create_app(serve_models(load_models(["runs/lm/checkpoint"]), max_streams=8), ServeConfig())
 
-``app`` holds the routes and their errors, ``engine`` the one thread that runs every stream,
-``encoding`` the streamed response formats. Needs the ``serve`` extra (fastapi, uvicorn).
+``app`` holds the routes, ``server`` the limits, the models and the checks that turn requests into
+streams, ``engine`` the one thread that runs every stream, ``websocket`` the sessions, ``errors``
+the refusals and the body-size limit, ``encoding`` the streamed response formats. Needs the ``serve`` extra (fastapi, uvicorn).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any
 import torch
 
 import mamba_audio
-from mamba_audio.serve.app import APIError, ServeConfig, ServedModel, create_app, serve_models
+from mamba_audio.serve.app import create_app
+from mamba_audio.serve.errors import APIError
+from mamba_audio.serve.server import ServeConfig, ServedModel, serve_models
 from mamba_audio.serve.engine import Engine
 
 __all__ = ["APIError", "Engine", "ServeConfig", "ServedModel", "create_app", "load_models", "make_server",
