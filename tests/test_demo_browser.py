@@ -48,7 +48,8 @@ def page_url():
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api
+
     assert Path(CHROMIUM).is_file(), f"{CHROMIUM} not found: `make setup` installs Debian's chromium"
     with sync_api.sync_playwright() as playwright:
         # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start

@@ -5,19 +5,19 @@ import json
 import threading
 import time
 
+import httpx
 import numpy as np
+import openai
 import pytest
+import schemathesis
 import soundfile as sf
 import torch
+import websockets.sync.client as ws_client
 
-pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn) is part of dev")
-import httpx  # noqa: E402
-import websockets.sync.client as ws_client  # noqa: E402
-
-from mamba_audio.models import ClassifierConfig, LMConfig, SaShiMiClassifier, SaShiMiLM, backbone_preset  # noqa: E402
-from mamba_audio.serve import ServeConfig, create_app, make_server, serve_models  # noqa: E402
-from mamba_audio.serve.encoding import wav_header  # noqa: E402
-from tiny_voice import VOICES, tiny_voice  # noqa: E402
+from mamba_audio.models import ClassifierConfig, LMConfig, SaShiMiClassifier, SaShiMiLM, backbone_preset
+from mamba_audio.serve import ServeConfig, create_app, make_server, serve_models
+from mamba_audio.serve.encoding import wav_header
+from tiny_voice import VOICES, tiny_voice
 
 RATE = 8000
 CLASSES = ["low", "high"]
@@ -177,7 +177,6 @@ def test_speech_streams_over_http(live, spoken):
 
 
 def test_speech_through_the_openai_client_streams(live, spoken):
-    openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=live.url + "/v1", api_key="not-needed", max_retries=0)
     pieces, streams_after_first = [], None
     with client.audio.speech.with_streaming_response.create(
@@ -386,7 +385,6 @@ def test_cli_serve_answers_then_exits_on_sigint(tmp_path):
 def test_fuzz_from_the_openapi_spec_finds_no_server_error():
     """schemathesis draws valid and invalid requests for every operation of /openapi.json: no 5xx, no hang,
     every refusal in the JSON error shape."""
-    schemathesis = pytest.importorskip("schemathesis")
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis.errors import Unsatisfiable
     from schemathesis.generation import GenerationMode
