@@ -52,7 +52,10 @@ def main() -> None:
     model_dict = {**sections.get("model", {}), "num_codebooks": codec.num_codebooks,
                   "codebook_size": codec.codebook_size, "frame_rate": codec.frame_rate,
                   "sample_rate": codec.sample_rate, "codec": "conv_codec", "voices": corpus.voices,
-                  "text_symbols": TextTokenizer.build_symbols(corpus.phonemes_of.values())}
+                  # phonemes: the inventory of the corpus's phoneme column; chars: the default table
+                  "text_symbols": (TextTokenizer.build_symbols(corpus.phonemes_of.values())
+                                   if sections.get("model", {}).get("text_front_end", TTSConfig.text_front_end) == "phonemes"
+                                   else "")}
     config = from_dict(TTSConfig, model_dict, "model")
     train_config = from_dict(TrainConfig, {**sections.get("train", {}), "device": str(device)}, "train")
     torch.manual_seed(train_config.seed)
