@@ -180,3 +180,20 @@ def test_api_checkpoint_round_trip_and_missing_weights(tts, tmp_path):
     torch.testing.assert_close(loaded.synthesize("the red fox.", seed=2), tts.synthesize("the red fox.", seed=2))
     with pytest.raises(CheckpointError, match="not a TTS checkpoint"):
         TextToSpeech.from_pretrained(tmp_path)
+
+
+def test_the_recipe_config_maps_onto_the_config_dataclasses():
+    """recipes/tts/tts.yaml as recipes/tts/gpu_train.py reads it: every key known, the model builds."""
+    from pathlib import Path
+
+    from mamba_audio.configs import ConfigError, from_dict, load_yaml
+
+    sections = load_yaml(Path(__file__).resolve().parents[1] / "recipes" / "tts" / "tts.yaml")
+    assert set(sections) == {"model", "train"}
+    model = from_dict(TTSConfig, {**sections["model"], "num_codebooks": 2, "codebook_size": 16,
+                                  "voices": ["a", "b"], "text_symbols": "abc "}, "model")
+    train = from_dict(TrainConfig, sections["train"], "train")
+    assert train.max_minutes is not None and model.pattern == "delay"
+    assert sum(p.numel() for p in TTSModel(model).parameters()) > 0
+    with pytest.raises(ConfigError, match="unknown"):
+        from_dict(TTSConfig, {**sections["model"], "nonsense": 1}, "model")
