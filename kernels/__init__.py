@@ -40,15 +40,34 @@ _SCAN_BACKENDS: dict[str, Callable] = {
 }
 
 
+def _per_channel_groups(X: torch.Tensor, batch: int, dim: int, length: int) -> torch.Tensor:
+    """B or C as (batch, D groups, N, L): one group per channel (a broadcast view where possible)."""
+    if X.dim() == 2:  # time-invariant (D, N)
+        return X[None, :, :, None].expand(batch, dim, X.shape[1], length)
+    if X.dim() == 3:  # (B, N, L): one group shared by every channel
+        return X[:, None].expand(batch, dim, *X.shape[1:])
+    groups = X.shape[1]  # (B, G, N, L): each group's rows repeated for its D / G channels
+    return X[:, :, None].expand(batch, groups, dim // groups, *X.shape[2:]).reshape(batch, dim, *X.shape[2:])
+
+
 def _selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                            initial_state=None, return_final_state=False, seq_idx=None):
-    """The Triton scan, imported lazily (so TRITON_INTERPRET can still be set first); the chunked
-    scan where the Triton kernels do not apply (complex A, time-invariant B or C)."""
-    from .selective_scan.triton_scan import selective_scan_triton, supports
+    """The Triton scan, imported lazily (so TRITON_INTERPRET can still be set first).
 
-    fn = selective_scan_triton if supports(A, B, C) else selective_scan_chunked
-    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state,
-              seq_idx=seq_idx)
+    Time-invariant B or C (D, N) (the S4D mixer) go to the kernels as D groups of one channel,
+    (B, D, N, L) with the L axis broadcast: the chunked PyTorch scan would keep tensors of size
+    B*D*L*N for autograd, too many for long crops. Complex A takes the chunked scan.
+    """
+    from .selective_scan.triton_scan import selective_scan_triton
+
+    if A.is_complex():
+        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                      return_final_state, seq_idx=seq_idx)
+    if B.dim() == 2 or C.dim() == 2:
+        batch, dim, length = u.shape
+        B, C = (_per_channel_groups(X, batch, dim, length) for X in (B, C))
+    return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                 return_final_state, seq_idx=seq_idx)
 
 
 if importlib.util.find_spec("triton") is not None:
