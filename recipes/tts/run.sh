@@ -9,7 +9,8 @@ SEED=${SEED:-0}
 HERE=$(dirname "$0")
 
 python -c "from mamba_audio.data.sentences import build_sentence_corpus as b; b('$OUT/corpus', count=$COUNT, seed=$SEED)"
-mamba-audio train-codec --data "$OUT/corpus/wavs" --out "$OUT/codec" --max-minutes "${CODEC_MINUTES:-20}"
+mamba-audio train-codec --data "$OUT/corpus" --out "$OUT/codec" --config "$HERE/codec.yaml" \
+    --max-minutes "${CODEC_MINUTES:-20}"   # the corpus root: its held-out sentences stay out of training
 python "$HERE/gpu_train.py" --corpus "$OUT/corpus" --codec "$OUT/codec/checkpoint" --out "$OUT/tts" --config "$HERE/tts.yaml"
 python "$HERE/evaluate.py" --corpus "$OUT/corpus" --generated "$OUT/tts/generated" --run "$OUT/tts/run.json" \
     --out "$OUT/results.json"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Our codec, bounded in time: train it on a corpus, then score it beside mu-law on the corpus's held-out clips.
-#   recipes/tts/train_codec.sh CORPUS OUT [FLAGS]   MINUTES=4.5 of training (codec.yaml); CPU_CLIPS=20;
+#   recipes/tts/train_codec.sh CORPUS OUT [FLAGS]   MINUTES=8 of training (codec.yaml); CPU_CLIPS=20;
 #                                                   FLAGS go to train-codec (e.g. --set model.num_codebooks=8)
 # OUT/codec/             the checkpoint (config.json, model.safetensors): --codec for tokenize and the TTS recipe
 # OUT/metrics.jsonl      the training curve
@@ -13,7 +13,7 @@ HERE=$(dirname "$0")
 RUN=${RUN:-$(mktemp -d)}  # trainer state stays out of OUT: only the checkpoint and the figures come back
 
 mamba-audio --quiet train-codec --data "$CORPUS" --out "$RUN" --config "$HERE/codec.yaml" \
-    --max-minutes "${MINUTES:-4.5}" "${@:3}"
+    --max-minutes "${MINUTES:-8}" "${@:3}"
 mkdir -p "$OUT"
 cp -r "$RUN/checkpoint" "$OUT/codec"
 cp "$RUN/metrics.jsonl" "$OUT/metrics.jsonl"
