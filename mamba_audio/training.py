@@ -312,7 +312,9 @@ class Trainer:
         )
         self._time_step = 0  # with max_minutes: the step the elapsed time corresponds to
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: cosine_schedule(max(s, self._time_step), config))
+            # warmup counts steps; after it, the schedule follows steps or the clock, whichever is further
+            self.optimizer,
+            lambda s: cosine_schedule(s if s < config.warmup_steps else max(s, self._time_step), config))
         self.ema = ({k: v.detach().float().clone() for k, v in self.model.state_dict().items()}
                     if config.ema_decay > 0 else None)
         self.step = 0

@@ -212,3 +212,19 @@ def test_time_limit_stops_with_the_schedule_decayed(tmp_path, monkeypatch):
     assert state["step"] == 3 and state["train_seconds"] == pytest.approx(30.0)
     with pytest.raises(ValueError, match="max_minutes must be positive"):
         config(max_minutes=0)
+
+
+def test_time_limit_keeps_the_warmup_in_steps(tmp_path, monkeypatch):
+    """However fast the clock runs, the first warmup_steps steps ramp the rate up linearly."""
+    clock = [0.0]
+    monkeypatch.setattr("mamba_audio.training.time.time", lambda: clock[0])
+    cfg = config(steps=1000, warmup_steps=4, eval_every=50, save_every=50, max_minutes=1.0)
+    trainer = Trainer(tiny_lm(), LMTask(), cfg, tmp_path, progress=False)
+    step = trainer.optimizer.step
+    trainer.optimizer.step = lambda: (clock.__setitem__(0, clock[0] + 10.0), step())
+    trainer.fit(TokenClips())
+    train = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in train if r["split"] == "train"]
+    assert lrs[:3] == pytest.approx([cfg.lr * (s + 1) / 4 for s in (1, 2, 3)])  # the warmup, by steps
+    assert lrs[3] == pytest.approx(cfg.lr * cosine_schedule(666, cfg))  # then the clock: 40 s of 60
+    assert trainer.step == 6
