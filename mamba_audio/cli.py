@@ -255,6 +255,7 @@ def cmd_generate(args) -> list[Path]:
 
     from mamba_audio.audio import load_audio, save_audio
     from mamba_audio.models import SaShiMiLM
+    from mamba_audio.streaming import generate_batch
     from mamba_audio.training import resolve_device
 
     model = SaShiMiLM.from_pretrained(args.checkpoint, device=resolve_device(args.device)).eval()
@@ -281,11 +282,12 @@ def cmd_generate(args) -> list[Path]:
         wav = load_audio(args.prompt, config.sample_rate, mix_to_mono=args.mix_to_mono,
                          max_seconds=args.max_prompt_seconds)
         prompt = model.tokenizer.encode(wav)[None].expand(args.num, -1)
-    tokens = model.generate(int(args.seconds * config.sample_rate), batch_size=args.num, prompt=prompt,
-                            labels=labels, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                            seed=args.seed, progress=not args.quiet)
+    # the streaming loop: generate's tokens, with every pooling period one CUDA graph on a GPU
+    tokens = generate_batch(model, int(args.seconds * config.sample_rate), args.num, prompt=prompt, labels=labels,
+                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                            progress=not args.quiet)
     if prompt is not None:
-        tokens = torch.cat([prompt.to(tokens.device), tokens], dim=1)
+        tokens = torch.cat([prompt.cpu(), tokens], dim=1)
     if args.per_class is None:
         paths = [out] if args.num == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(args.num)]
     for path, row in zip(paths, tokens.cpu()):

@@ -439,3 +439,37 @@ def _set_positions(state: StageState, positions: list[int]) -> None:
     state.position = positions[0]
     if state.inner is not None:
         _set_positions(state.inner, positions[1:])
+
+
+@torch.no_grad()
+def generate_batch(model: SaShiMiLM, num_samples: int, batch_size: int = 1, *, prompt: Tensor | None = None,
+                   labels: Tensor | None = None, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None, seed: int = 0, progress: bool = False) -> Tensor:
+    """``SaShiMiLM.generate`` through the streaming step loop: the same tokens (row i from seed
+    ``seed + i``), but on CUDA every pooling period is a replayed CUDA graph instead of eager steps.
+
+    Args:
+        prompt: (batch_size, P) tokens every row continues (as ``generate``'s prompt), or None.
+        labels: (batch_size,) class indices of a class-conditional model, or None.
+
+    Returns:
+        (batch_size, num_samples) long, on the CPU: the generated tokens after the prompt.
+    """
+    from tqdm.auto import tqdm
+
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be positive, got {num_samples} and {batch_size}")
+    if prompt is not None and (prompt.dim() != 2 or prompt.shape[0] != batch_size):
+        raise ValueError(f"prompt must be (batch_size={batch_size}, length), got shape {tuple(prompt.shape)}")
+    generator = StreamingGenerator(model, max_streams=batch_size)
+    streams = [generator.start(prompt_tokens=None if prompt is None else prompt[i].cpu().long(),
+                               label=None if labels is None else int(labels[i]), max_samples=num_samples,
+                               chunk_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p,
+                               seed=seed + i)
+               for i in range(batch_size)]
+    with tqdm(total=num_samples, desc="generating", unit="sample", disable=not progress) as bar:
+        while any(stream.active for stream in streams):
+            before = generator.samples_stepped
+            generator.advance()
+            bar.update(min(generator.samples_stepped, num_samples) - min(before, num_samples))
+    return torch.stack([torch.cat([chunk.tokens for chunk in stream]) for stream in streams])

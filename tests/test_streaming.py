@@ -231,3 +231,17 @@ def test_sample_tokens_applies_settings_per_row():
     assert sample_tokens(logits, torch.full((6,), float(probs[0]) - 1e-4), temperature, top_k, top_p)[3] == 0
     assert sample_tokens(logits, torch.full((6,), float(probs[0]) + 1e-4), temperature, top_k, top_p)[3] == 1
     assert sample_tokens(logits, torch.full((6,), 0.99999), temperature, top_k, top_p)[3] == 4
+
+
+def test_generate_batch_equals_generate_with_labels_and_a_prompt():
+    """The CLI's generation path (the streaming loop) gives generate's tokens, row i from seed + i."""
+    from mamba_audio.streaming import generate_batch
+
+    lm = tiny_lm(num_classes=3)
+    labels = torch.tensor([0, 2, 1])
+    prompt = torch.randint(0, 256, (3, 21), generator=torch.Generator().manual_seed(4))
+    for kwargs in ({}, {"prompt": prompt}):
+        expected = lm.generate(37, batch_size=3, labels=labels, seed=5, top_p=0.9, **kwargs)
+        assert torch.equal(generate_batch(lm, 37, 3, labels=labels, seed=5, top_p=0.9, **kwargs), expected.cpu())
+    with pytest.raises(ValueError, match="prompt must be"):
+        generate_batch(lm, 5, 2, labels=labels[:2], prompt=prompt)
