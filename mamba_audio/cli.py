@@ -27,6 +27,26 @@ def build_configs(args, num_classes: int, class_names: list[str]):
     return from_dict(model_cls, data["model"], "model"), from_dict(TrainConfig, data["train"], "train")
 
 
+def build_tts_configs(args):
+    """(TTSConfig, TrainConfig) for ``--task tts``: --preset, then the --config YAML, flags and --set
+    overrides; the codec layout, voices and symbol table come from the tokenized data at --data (a config
+    may repeat them, never change them)."""
+    from mamba_audio.data.speech_tokens import speech_model_fields
+    from mamba_audio.models import backbone_preset
+    from mamba_audio.models.tts import TTSConfig
+    from mamba_audio.training import TrainConfig
+
+    data = _layer_config_sources({"model": {"backbone": to_dict(backbone_preset(args.preset))},
+                                  "train": to_dict(TrainConfig())}, args)
+    fields = speech_model_fields(args.data, data["model"].get("text_front_end", TTSConfig.text_front_end))
+    for key, value in fields.items():
+        if key in data["model"] and data["model"][key] != value:
+            raise ConfigError(f"model.{key} comes from the tokenized data at {args.data} ({value!r}); the config "
+                              f"sets {data['model'][key]!r}")
+    data["model"].update(fields)
+    return from_dict(TTSConfig, data["model"], "model"), from_dict(TrainConfig, data["train"], "train")
+
+
 TRAIN_FLAGS = (("--steps", int), ("--batch-size", int), ("--grad-accum-steps", int), ("--lr", float),
                ("--ema-decay", float), ("--eval-every", int), ("--save-every", int), ("--seed", int),
                ("--max-minutes", float))
@@ -116,6 +136,10 @@ def cmd_train(args) -> dict:
     from mamba_audio.tokenizers import build_tokenizer
     from mamba_audio.training import ClassificationTask, LMTask, Trainer
 
+    if args.task == "tts":
+        return _train_tts(args)
+    if args.segment_seconds is None:
+        args.segment_seconds = 1.0
     classify = args.task == "classify"
     probe_rate = args.sample_rate or 16000  # checks the layout and finds the classes before the config exists
     probe = _open_dataset(args, None, sample_rate=probe_rate, labels=classify or args.conditional,
@@ -142,6 +166,54 @@ def cmd_train(args) -> dict:
         print("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
         if "confusion" in metrics:
             print(_confusion_table(metrics["confusion"], model.class_names))
+    return metrics
+
+
+def _train_tts(args) -> dict:
+    """Train a TTSModel on the train split of a corpus tokenized by `mamba-audio tokenize` (a sentence
+    corpus or the LJSpeech layout), evaluated on its held-out split where it has one. Writes OUT/checkpoint
+    and, where the tokenized data holds its codec, OUT/voice (a TextToSpeech checkpoint: tts/ and codec/)."""
+    import functools
+
+    import torch
+
+    from mamba_audio.data.speech_tokens import SpeechTokens, collate_speech_tokens
+    from mamba_audio.data.tokenized import read_manifest
+    from mamba_audio.models.tts import TTSModel
+    from mamba_audio.training import Trainer, TTSTask
+
+    given = [flag for flag, value in (("--conditional", args.conditional), ("--tokenizer", args.tokenizer),
+                                      ("--sample-rate", args.sample_rate), ("--dataset", args.dataset != "folder"))
+             if value]
+    if given:
+        raise ValueError(f"--task tts takes no {', '.join(given)}: --data is a folder written by `mamba-audio "
+                         "tokenize`, which fixes the codec and its rate")
+    model_config, train_config = build_tts_configs(args)
+    splits = read_manifest(args.data)["splits"]
+    torch.manual_seed(train_config.seed)  # the same initial weights on every process
+    model = TTSModel(model_config)
+    max_frames = None if args.segment_seconds is None else max(1, round(args.segment_seconds * model_config.frame_rate))
+    train_set = SpeechTokens(args.data, model.text, model_config.voices, "train", max_frames)
+    held_out = next((name for name in ("test", "heldout", "validation") if name in splits), None)
+    eval_set = SpeechTokens(args.data, model.text, model_config.voices, held_out, max_frames) if held_out else None
+    trainer = Trainer(model, TTSTask(), train_config, args.out, progress=not args.quiet,
+                      collate_fn=functools.partial(collate_speech_tokens, pad_text=model.pad_text))
+    if trainer.is_main:
+        print(f"TTSModel: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; training "
+              f"{train_config.steps} steps on {len(train_set)} clips of {args.data}, {len(model_config.voices)} "
+              f"voice(s) ({trainer.world_size} process(es), {trainer.device})")
+    metrics = trainer.fit(train_set, eval_set, resume=args.resume)
+    if not trainer.is_main:
+        return metrics
+    print(f"checkpoint: {Path(args.out) / 'checkpoint'}")
+    if (Path(args.data) / "codec").is_dir():
+        from mamba_audio.tts import TextToSpeech
+
+        voice = TextToSpeech(TTSModel.from_pretrained(Path(args.out) / "checkpoint", device="cpu"),
+                             train_set.tokens.codec())
+        print(f"voice: {voice.save_pretrained(Path(args.out) / 'voice')}")
+    if metrics:
+        print(f"held-out ({held_out}): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return metrics
 
 
@@ -484,19 +556,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="rebuild a corpus made with other arguments")
     p.set_defaults(func=cmd_corpus)
 
-    p = sub.add_parser("train", help="train a generator (lm) or a classifier on a folder of audio")
-    p.add_argument("--task", choices=["lm", "classify"], default="lm")
+    p = sub.add_parser("train", help="train a generator (lm) or a classifier on a folder of audio, or "
+                                     "text-to-speech (tts) on a tokenized speech corpus")
+    p.add_argument("--task", choices=["lm", "classify", "tts"], default="lm")
     p.add_argument("--dataset", choices=TRAIN_DATASETS, default="folder",
                    help="layout of --data: folder (labels from sub-folders, optional split lists), sc09 and "
                         "speech_commands (Speech Commands v0.02: its digits or its 35 words), youtubemix "
                         "(long recordings, random crops of --segment-seconds)")
-    p.add_argument("--data", required=True, help="the dataset's root folder")
-    p.add_argument("--out", required=True, help="output folder: checkpoint/, metrics.jsonl")
+    p.add_argument("--data", required=True,
+                   help="the dataset's root folder (tts: a folder written by `mamba-audio tokenize`)")
+    p.add_argument("--out", required=True, help="output folder: checkpoint/, metrics.jsonl (tts: also voice/)")
     p.add_argument("--preset", default="tiny", help="backbone preset: tiny, sc09-6m, sc09-24m")
     p.add_argument("--tokenizer", help="mulaw8 (default) or linear8")
     p.add_argument("--sample-rate", type=int, help="Hz (default 16000); files at other rates are resampled")
-    p.add_argument("--segment-seconds", type=float, default=1.0,
-                   help="crop or pad every clip to this length (youtubemix: the length of every crop)")
+    p.add_argument("--segment-seconds", type=float,
+                   help="crop or pad every clip to this length, default 1 (youtubemix: the length of every crop; "
+                        "tts: crop longer clips to their start, default whole clips)")
     p.add_argument("--conditional", action="store_true", help="class-conditional generator (labels from folders)")
     p.add_argument("--config", help="YAML file with 'model' and 'train' sections")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3")

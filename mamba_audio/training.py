@@ -1,4 +1,4 @@
-"""One training loop for the autoregressive model, the classifier and the codec.
+"""One training loop for the autoregressive model, the classifier, the codec and text-to-speech.
 
 AdamW with linear warmup and cosine decay, gradient clipping and accumulation,
 optional EMA of the weights, bf16 autocast on CUDA, periodic evaluation,
@@ -188,6 +188,30 @@ class CodecTask:
 
     def finalize(self, sums: dict[str, torch.Tensor]) -> dict:
         return {"mrstft_distance": float(sums["mrstft_distance"] / sums["count"].clamp_min(1))}
+
+
+class TTSTask:
+    """Text-to-speech (``TTSModel``) on batches of :func:`mamba_audio.data.speech_tokens.collate_speech_tokens`:
+    the loss is the codec-token NLL (nats) plus the stop BCE; the metric is the NLL in bits per codec token."""
+
+    metric = "nll_bits"
+    higher_is_better = False
+
+    def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
+        losses = model.losses(batch["text"], batch["voice"], batch["tokens"], batch["frames"])
+        total = losses["nll_bits"] * math.log(2) + losses["stop_bce"]
+        return total, {key: value.detach() for key, value in losses.items()}
+
+    def eval_sums(self, model, batch: dict) -> dict[str, torch.Tensor]:
+        """Sums over the batch's clips (each clip's batch mean weighted by its frame count)."""
+        _, metrics = self.loss(model, batch)
+        frames = batch["frames"].sum().float()
+        return {"nll_bits": metrics["nll_bits"].float() * frames, "stop_bce": metrics["stop_bce"].float() * frames,
+                "count": frames}
+
+    def finalize(self, sums: dict[str, torch.Tensor]) -> dict:
+        count = sums["count"].clamp_min(1)
+        return {"nll_bits": float(sums["nll_bits"] / count), "stop_bce": float(sums["stop_bce"] / count)}
 
 
 class _TaskLoss(nn.Module):

@@ -127,7 +127,8 @@ def test_corpus_command_builds_the_speech_commands_layout(tmp_path, capsys):
     assert "built with other arguments" in capsys.readouterr().err
 
 
-# codec configs: tests/test_codec_training.py; the TTS config (recipes/tts/gpu_train.py): tests/test_tts.py
+# codec configs train through train-codec in tests/test_codec_training.py; the TTS config through
+# `train --task tts` on a tokenized corpus in tests/test_tts.py
 RECIPE_CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "recipes").glob("*/*.yaml")
                         if not p.name.startswith(("codec", "tts")))
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,12 +13,14 @@ from mamba_audio.tts import TextToSpeech
 from mamba_audio.codecs.learned import ConvCodec, ConvCodecConfig
 from mamba_audio.data.sentences import SentenceCorpus, build_sentence_corpus, make_sentences
 from mamba_audio.data.datasets import LJSpeech
-from mamba_audio.data.speech_tokens import SpeechTokens, collate_speech_tokens, tokenize_corpus
+from mamba_audio.cli import main
+from mamba_audio.data.folder import DataLayoutError
+from mamba_audio.data.speech_tokens import SpeechTokens, collate_speech_tokens, speech_model_fields
 from mamba_audio.models import backbone_preset
 from mamba_audio.models.pretrained import CheckpointError
-from mamba_audio.models.tts import TTSConfig, TTSModel, TTSTask
+from mamba_audio.models.tts import TTSConfig, TTSModel
 from mamba_audio.text import TextError, TextTokenizer, normalize_text
-from mamba_audio.training import TrainConfig, Trainer
+from mamba_audio.training import TrainConfig, Trainer, TTSTask
 
 VOICES = ["flite:slt", "espeak-ng:en-us"]
 
@@ -37,6 +43,16 @@ def tiny_tts(pattern="delay", front_end="chars", symbols="", num_codebooks=2, **
 def corpus(tmp_path_factory):
     return build_sentence_corpus(tmp_path_factory.mktemp("tts") / "corpus", count=6, voices=tuple(VOICES),
                                  progress=False)
+
+
+@pytest.fixture(scope="module")
+def tokens(corpus, tmp_path_factory):
+    """The corpus tokenized by `mamba-audio tokenize` with a tiny ConvCodec: splits train and heldout."""
+    root = tmp_path_factory.mktemp("tokens")
+    tiny_codec().save_pretrained(root / "codec")
+    assert main(["--quiet", "tokenize", "--codec", str(root / "codec"), "--data", str(corpus),
+                 "--out", str(root / "tokens"), "--device", "cpu"]) == 0
+    return root / "tokens"
 
 
 # -- text ------------------------------------------------------------------------------------------
@@ -115,12 +131,40 @@ def test_targets_mark_the_end_and_the_flatten_pattern_is_refused():
         tiny_tts("flatten")
 
 
-def test_tts_training_loss_falls_and_checkpoint_round_trip(corpus, tmp_path):
-    codec = tiny_codec()
-    tokens_path = tokenize_corpus(SentenceCorpus(corpus), codec, tmp_path / "tokens.safetensors", progress=False)
-    texts = SentenceCorpus(corpus).phonemes_of.values()
-    model = tiny_tts(front_end="phonemes", symbols=TextTokenizer.build_symbols(texts), frame_rate=codec.frame_rate)
-    dataset = SpeechTokens(corpus, tokens_path, model.text, VOICES, split="train", max_frames=32)
+def test_speech_tokens_read_the_tokenized_corpus_and_name_what_is_missing(tokens, tmp_path):
+    fields = speech_model_fields(tokens, "phonemes")
+    assert fields["voices"] == sorted(VOICES) and (fields["num_codebooks"], fields["codebook_size"]) == (2, 16)
+    model = tiny_tts(front_end="phonemes", symbols=fields["text_symbols"])
+    train = SpeechTokens(tokens, model.text, fields["voices"], split="train", max_frames=3)
+    item = train[0]
+    assert len(train) == 5 and item["tokens"].shape == (2, 3) and item["frames"] == 3 and item["id"]
+    assert model.text.decode(item["text"]) == train.tokens.metadata[0]["phonemes"]
+    chars = SpeechTokens(tokens, TextTokenizer("chars"), VOICES, split="heldout")
+    assert chars.text.decode(chars[0]["text"]) == normalize_text(chars.tokens.metadata[0]["normalized_transcript"])
+    batch = collate_speech_tokens([train[0], train[1]], model.pad_text)
+    assert batch["tokens"].shape == (2, 2, 3) and batch["frames"].tolist() == [3, 3]
+    assert batch["text"].shape[1] % model.config.backbone.total_pool == 0 and batch["voice"].shape == (2,)
+
+    with pytest.raises(ValueError, match=r"corpus voices \['flite:slt'\] are not among the model's voices"):
+        SpeechTokens(tokens, TextTokenizer("chars"), ["espeak-ng:en-us"])
+    with pytest.raises(TextError, match="not in this model's phonemes inventory"):
+        SpeechTokens(tokens, TextTokenizer("phonemes", symbols="ab"), VOICES)
+    with pytest.raises(DataLayoutError, match="no manifest.json"):
+        SpeechTokens(tmp_path, TextTokenizer("chars"), VOICES)
+    broken = tmp_path / "broken"
+    shutil.copytree(tokens, broken)
+    lines = (broken / "train.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    del first["phonemes"]
+    (broken / "train.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    with pytest.raises(DataLayoutError, match=f"clip {first['id']} has no phonemes"):
+        SpeechTokens(broken, model.text, VOICES)
+
+
+def test_tts_training_loss_falls_and_checkpoint_round_trip(tokens, tmp_path):
+    fields = speech_model_fields(tokens, "phonemes")
+    model = tiny_tts(front_end="phonemes", symbols=fields["text_symbols"], frame_rate=fields["frame_rate"])
+    dataset = SpeechTokens(tokens, model.text, VOICES, split="train", max_frames=32)
     batch = collate_speech_tokens([dataset[i] for i in range(len(dataset))], model.pad_text)
     task = TTSTask()
     with torch.no_grad():
@@ -182,18 +226,28 @@ def test_api_checkpoint_round_trip_and_missing_weights(tts, tmp_path):
         TextToSpeech.from_pretrained(tmp_path)
 
 
-def test_the_recipe_config_maps_onto_the_config_dataclasses():
-    """recipes/tts/tts.yaml as recipes/tts/gpu_train.py reads it: every key known, the model builds."""
-    from pathlib import Path
+def test_cli_trains_tts_from_the_recipe_config_on_tokenized_data(tokens, tmp_path, capsys):
+    """`mamba-audio train --task tts` with recipes/tts/tts.yaml (shrunk by overrides): the codec layout,
+    voices and symbols come from the tokenized data; OUT/voice is a TextToSpeech checkpoint."""
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tts" / "tts.yaml"
+    out = tmp_path / "tts"
+    argv = ["--quiet", "train", "--task", "tts", "--data", str(tokens), "--config", str(recipe),
+            "--steps", "2", "--batch-size", "2", "--segment-seconds", "0.02", "--device", "cpu",
+            "--set", "model.backbone.n_layers=1", "--set", "model.backbone.d_model=16", "--set", "train.max_minutes=1"]
+    assert main([*argv, "--out", str(out)]) == 0
+    saved = json.loads((out / "checkpoint" / "config.json").read_text())
+    fields = speech_model_fields(tokens, "phonemes")
+    assert saved["step"] == 2 and saved["config"]["pattern"] == "delay"  # --steps beat the file's steps
+    assert {key: saved["config"][key] for key in fields} == fields
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["split"] == "eval" and r["nll_bits"] > 0 for r in records)  # on the held-out split
+    voice = TextToSpeech.from_pretrained(out / "voice", device="cpu")
+    assert voice.voices == sorted(VOICES) and voice.sample_rate == 16000
 
-    from mamba_audio.configs import ConfigError, from_dict, load_yaml
-
-    sections = load_yaml(Path(__file__).resolve().parents[1] / "recipes" / "tts" / "tts.yaml")
-    assert set(sections) == {"model", "train"}
-    model = from_dict(TTSConfig, {**sections["model"], "num_codebooks": 2, "codebook_size": 16,
-                                  "voices": ["a", "b"], "text_symbols": "abc "}, "model")
-    train = from_dict(TrainConfig, sections["train"], "train")
-    assert train.max_minutes is not None and model.pattern == "delay"
-    assert sum(p.numel() for p in TTSModel(model).parameters()) > 0
-    with pytest.raises(ConfigError, match="unknown"):
-        from_dict(TTSConfig, {**sections["model"], "nonsense": 1}, "model")
+    capsys.readouterr()
+    for extra, message in ((["--set", "model.num_codebooks=8"], "model.num_codebooks comes from the tokenized data"),
+                           (["--set", "model.nonsense=1"], "unknown"), (["--sample-rate", "8000"], "takes no --sample-rate")):
+        assert main([*argv, "--out", str(tmp_path / "x"), *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert main([*argv[:5], str(tmp_path), *argv[6:], "--out", str(tmp_path / "x")]) == 2
+    assert "not a tokenized dataset" in capsys.readouterr().err

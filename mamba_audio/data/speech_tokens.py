@@ -1,11 +1,17 @@
-"""A sentence corpus as codec tokens: tokenized once to disk, so TTS training never runs the codec.
+"""A speech corpus tokenized by `mamba-audio tokenize`, read as text-to-speech examples.
 
-    tokenize_corpus(corpus, codec, "tokens.safetensors")     # {clip id: Tensor[K x F] int16}
-    dataset = SpeechTokens(corpus_root, "tokens.safetensors", text_tokenizer, voices, split="train")
+    mamba-audio tokenize --codec CODEC --data CORPUS --out TOKENS    # tokenize_splits: the one writer
+    dataset = SpeechTokens(TOKENS, text_tokenizer, voices, split="train")
 
-Items: ``text`` (T,) symbol ids, ``voice`` (index in ``voices``), ``tokens`` (K, F) long, ``frames`` F.
-:func:`collate_speech_tokens` pads a batch: text on the left to whole pooling periods (as the model
-wants it), tokens on the right.
+The corpus is a sentence corpus (:class:`mamba_audio.data.sentences.SentenceCorpus`: transcripts,
+phonemes and voices) or the LJSpeech layout (transcripts, one voice). :class:`SpeechTokens` is a thin
+layer over :class:`mamba_audio.data.tokenized.TokenizedDataset`: it adds each clip's text ids (the
+phonemes column for a "phonemes" front end, the normalised transcript for "chars") and voice index.
+
+Items: ``text`` (T,) symbol ids, ``voice`` (index in ``voices``), ``tokens`` (K, F) long, ``frames`` F,
+``id``. :func:`collate_speech_tokens` pads a batch: text on the left to whole pooling periods (as the
+model wants it), tokens on the right. :func:`speech_model_fields` gives the TTS model's fields that the
+tokenized data fixes (codec layout, voices, symbol table).
 """
 
 from __future__ import annotations
@@ -15,101 +21,106 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
-from mamba_audio.codecs import AudioCodec
 from mamba_audio.data.folder import DataLayoutError
-from mamba_audio.data.sentences import SentenceCorpus
+from mamba_audio.data.tokenized import TokenizedDataset, collate_codec_tokens, read_manifest
 from mamba_audio.text import TextTokenizer
 
 Tensor = torch.Tensor
+SINGLE_VOICE = "default"  # the voice of clips without one (the LJSpeech layout: one speaker)
 
 
-@torch.no_grad()
-def tokenize_corpus(corpus: SentenceCorpus, codec: AudioCodec, out_path: str | os.PathLike,
-                    progress: bool = True) -> Path:
-    """Encode every clip of ``corpus`` (read at the codec's rate) with ``codec`` into ``out_path``
-    (safetensors: clip id -> Tensor[K x F] int16; the codec's description in the metadata)."""
-    if corpus.sample_rate != codec.sample_rate:
-        raise ValueError(f"corpus read at {corpus.sample_rate} Hz but the codec runs at {codec.sample_rate} Hz")
-    device = next(codec.parameters()).device if isinstance(codec, torch.nn.Module) else torch.device("cpu")
-    tensors = {}
-    for index in tqdm(range(len(corpus)), desc="tokenizing", unit="clip", disable=not progress):
-        item = corpus[index]
-        tokens = codec.encode(item["audio"][None].to(device), codec.sample_rate)[0]
-        tensors[item["id"]] = tokens.to(torch.int16 if codec.codebook_size <= 2**15 else torch.int32).cpu().contiguous()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, out_path, metadata={"codec": json.dumps({
-        "description": repr(codec), "num_codebooks": codec.num_codebooks, "codebook_size": codec.codebook_size,
-        "sample_rate": codec.sample_rate, "hop_length": codec.hop_length})})
-    return out_path
+def clip_voice(meta: dict) -> str:
+    """The voice of a clip's metadata (SINGLE_VOICE where the corpus names none)."""
+    return meta.get("voice") or SINGLE_VOICE
 
 
-def read_token_metadata(path: str | os.PathLike) -> dict:
-    """The codec description stored by :func:`tokenize_corpus`."""
-    with safe_open(str(path), "pt") as handle:
-        return json.loads((handle.metadata() or {}).get("codec", "{}"))
+def clip_id(meta: dict) -> str:
+    """A clip's id: the sentence corpus's ``id``, else its file's stem."""
+    return str(meta.get("id") or Path(meta.get("path", "")).stem)
+
+
+def _split_metadata(root: Path) -> dict[str, list[dict]]:
+    """Every split's per-clip metadata, without loading the tokens."""
+    manifest = read_manifest(root)
+    lines = {}
+    for split in manifest["splits"]:
+        path = root / f"{split}.jsonl"
+        if not path.is_file():
+            raise DataLayoutError(f"{root}: {path.name} is missing")
+        lines[split] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return lines
+
+
+def speech_model_fields(root: str | os.PathLike, front_end: str) -> dict:
+    """The TTSConfig fields the tokenized corpus at ``root`` fixes: ``num_codebooks``, ``codebook_size``,
+    ``frame_rate``, ``sample_rate``, ``codec`` (for the record), ``voices`` (sorted, every split's) and
+    ``text_symbols`` (for "phonemes" the inventory of the phonemes column; for "chars" the default table)."""
+    root = Path(root)
+    codec = read_manifest(root)["codec"]
+    metadata = [meta for split in _split_metadata(root).values() for meta in split]
+    if not any("transcript" in meta or "normalized_transcript" in meta for meta in metadata):
+        raise DataLayoutError(f"{root}: its clips have no transcripts; tokenize a sentence corpus or an "
+                              "LJSpeech-layout corpus for text-to-speech")
+    symbols = ""
+    if front_end == "phonemes":
+        phonemes = [meta.get("phonemes") or "" for meta in metadata]
+        if not any(phonemes):
+            raise DataLayoutError(f"{root}: its clips have no phonemes (a sentence corpus's phonemes.csv); "
+                                  "use the chars front end (model.text_front_end: chars)")
+        symbols = TextTokenizer.build_symbols(phonemes)
+    return {"num_codebooks": codec["num_codebooks"], "codebook_size": codec["codebook_size"],
+            "frame_rate": codec["frame_rate"], "sample_rate": codec["sample_rate"],
+            "codec": codec.get("spec") or codec["class"], "voices": sorted({clip_voice(m) for m in metadata}),
+            "text_symbols": symbols}
 
 
 class SpeechTokens(Dataset):
-    """Text, voice and codec tokens of a sentence corpus's clips (see the module docstring).
+    """Text, voice and codec tokens of one split of a tokenized speech corpus (see the module docstring).
 
     Args:
-        corpus_root: the corpus folder (read for metadata, voices, phonemes and the split; no audio).
-        tokens_path: the file :func:`tokenize_corpus` wrote for it.
-        text: the model's text tokenizer ("phonemes" reads the corpus's phonemes.csv, "chars" the text).
+        root: the folder `mamba-audio tokenize` (:func:`tokenize_splits`) wrote.
+        text: the model's text tokenizer ("phonemes" reads each clip's phonemes, "chars" its transcript).
         voices: the model's voice names; a clip's voice is its index here.
-        split: None, "train" or "heldout".
-        max_frames: crop longer token sequences to this many frames (None: keep them whole).
+        split: a split of the tokenized corpus ("train", "heldout").
+        max_frames: crop longer token sequences to their first ``max_frames`` frames (None: keep them whole).
     """
 
-    def __init__(self, corpus_root: str | os.PathLike, tokens_path: str | os.PathLike, text: TextTokenizer,
-                 voices: list[str], split: str | None = "train", max_frames: int | None = None):
-        self.corpus = SentenceCorpus(corpus_root, split=split)
-        tokens_path = Path(tokens_path)
-        if not tokens_path.is_file():
-            raise DataLayoutError(f"{tokens_path} does not exist; write it with tokenize_corpus "
-                                  "(`mamba-audio tokenize-corpus`)")
-        with safe_open(str(tokens_path), "pt") as handle:
-            self.tokens = {key: handle.get_tensor(key) for key in handle.keys()}
-        missing = [clip_id for clip_id, _, _ in self.corpus.entries if clip_id not in self.tokens]
-        if missing:
-            raise DataLayoutError(f"{tokens_path} has no tokens for {len(missing)} clips of {corpus_root} "
-                                  f"(first: {missing[0]}); tokenize this corpus again")
-        unknown = sorted(set(self.corpus.voice_of[c] for c, _, _ in self.corpus.entries) - set(voices))
+    def __init__(self, root: str | os.PathLike, text: TextTokenizer, voices: list[str], split: str = "train",
+                 max_frames: int | None = None):
+        self.tokens = TokenizedDataset(root, split, segment_frames=max_frames)
+        self.root, self.text, self.voices = Path(root), text, list(voices)
+        metadata = self.tokens.metadata
+        unknown = sorted({clip_voice(meta) for meta in metadata} - set(voices))
         if unknown:
             raise ValueError(f"corpus voices {unknown} are not among the model's voices {voices}")
-        self.text, self.voices, self.max_frames = text, list(voices), max_frames
-        self._text_ids = {}
-        for clip_id, _, normalized in self.corpus.entries:  # symbol errors surface here, not mid-training
-            symbols = (self.corpus.phonemes_of.get(clip_id) if text.front_end == "phonemes"
-                       else text.to_symbols(normalized))
-            if not symbols:
-                raise DataLayoutError(f"{corpus_root}: clip {clip_id} has no phonemes in phonemes.csv")
-            self._text_ids[clip_id] = text.encode_symbols(symbols)
+        self._text_ids = []
+        for meta in metadata:  # symbol errors surface here, not mid-training
+            if text.front_end == "phonemes":
+                symbols = meta.get("phonemes")
+                if not symbols:
+                    raise DataLayoutError(f"{self.root}: clip {clip_id(meta)} has no phonemes in phonemes.csv")
+            else:
+                transcript = meta.get("normalized_transcript") or meta.get("transcript")
+                if not transcript:
+                    raise DataLayoutError(f"{self.root}: clip {clip_id(meta)} has no transcript; tokenize a "
+                                          "sentence corpus or an LJSpeech-layout corpus")
+                symbols = text.to_symbols(transcript)
+            self._text_ids.append(text.encode_symbols(symbols))
 
     def __len__(self) -> int:
-        return len(self.corpus.entries)
+        return len(self.tokens)
 
     def __getitem__(self, index: int) -> dict:
-        clip_id = self.corpus.entries[index][0]
-        tokens = self.tokens[clip_id].long()
-        if self.max_frames is not None:
-            tokens = tokens[:, : self.max_frames]
-        return {"text": self._text_ids[clip_id], "voice": self.voices.index(self.corpus.voice_of[clip_id]),
-                "tokens": tokens, "frames": tokens.shape[1], "id": clip_id}
+        item = self.tokens[index]
+        return {"text": self._text_ids[index], "voice": self.voices.index(clip_voice(item)),
+                "tokens": item["tokens"], "frames": item["num_frames"], "id": clip_id(item)}
 
 
 def collate_speech_tokens(items: list[dict], pad_text) -> dict:
     """A batch: ``text`` (B, T) through ``pad_text`` (the model's), ``voice`` (B,), ``tokens`` (B, K, F)
-    zero-padded on the right, ``frames`` (B,)."""
-    frames = torch.tensor([item["frames"] for item in items])
-    tokens = torch.zeros(len(items), items[0]["tokens"].shape[0], int(frames.max()), dtype=torch.long)
-    for row, item in enumerate(items):
-        tokens[row, :, : item["frames"]] = item["tokens"]
+    zero-padded on the right (:func:`collate_codec_tokens`), ``frames`` (B,)."""
+    padded = collate_codec_tokens([{"tokens": item["tokens"]} for item in items])
     return {"text": pad_text([item["text"] for item in items]), "voice": torch.tensor([i["voice"] for i in items]),
-            "tokens": tokens, "frames": frames}
+            "tokens": padded["tokens"], "frames": padded["lengths"]}

@@ -171,27 +171,3 @@ class TTSModel(CodecLM):
         seconds = min(self.config.max_seconds, max(1.0, self.config.max_seconds_per_symbol * num_symbols))
         return max(1, int(seconds * self.config.frame_rate))
 
-
-class TTSTask:
-    """The :class:`mamba_audio.training.Trainer` task of a :class:`TTSModel`: batches of
-    :func:`mamba_audio.data.speech_tokens.collate_speech_tokens`; the loss is the codec-token NLL (nats)
-    plus the stop BCE; the metric is the NLL in bits per codec token."""
-
-    metric = "nll_bits"
-    higher_is_better = False
-
-    def loss(self, model: TTSModel, batch: dict) -> tuple[Tensor, dict]:
-        losses = model.losses(batch["text"], batch["voice"], batch["tokens"], batch["frames"])
-        total = losses["nll_bits"] * math.log(2) + losses["stop_bce"]
-        return total, {key: value.detach() for key, value in losses.items()}
-
-    def eval_sums(self, model: TTSModel, batch: dict) -> dict[str, Tensor]:
-        """Sums over the batch's clips (each clip's batch mean weighted by its frame count)."""
-        _, metrics = self.loss(model, batch)
-        frames = batch["frames"].sum().float()
-        return {"nll_bits": metrics["nll_bits"].float() * frames, "stop_bce": metrics["stop_bce"].float() * frames,
-                "count": frames}
-
-    def finalize(self, sums: dict[str, Tensor]) -> dict:
-        count = sums["count"].clamp_min(1)
-        return {"nll_bits": float(sums["nll_bits"] / count), "stop_bce": float(sums["stop_bce"] / count)}

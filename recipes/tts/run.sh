@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Text-to-speech end to end: sentence corpus -> codec -> TTS (tokenizes the corpus first) -> word error rates.
+# Text-to-speech end to end: sentence corpus -> codec -> TTS -> word error rates.
 #   recipes/tts/run.sh [OUT]        (OUT defaults to runs/tts; COUNT=2000 sentences, SEED=0)
 # On a GPU the codec and TTS steps are bounded by their configs' max_minutes.
 set -euo pipefail
@@ -11,6 +11,7 @@ HERE=$(dirname "$0")
 python -c "from mamba_audio.data.sentences import build_sentence_corpus as b; b('$OUT/corpus', count=$COUNT, seed=$SEED)"
 mamba-audio train-codec --data "$OUT/corpus" --out "$OUT/codec" --config "$HERE/codec.yaml" \
     --max-minutes "${CODEC_MINUTES:-20}"   # the corpus root: its held-out sentences stay out of training
+# mamba-audio tokenize, then mamba-audio train --task tts, then the held-out sentences spoken and timed
 python "$HERE/gpu_train.py" --corpus "$OUT/corpus" --codec "$OUT/codec/checkpoint" --out "$OUT/tts" --config "$HERE/tts.yaml"
 python "$HERE/evaluate.py" --corpus "$OUT/corpus" --generated "$OUT/tts/generated" --run "$OUT/tts/run.json" \
     --out "$OUT/results.json"
