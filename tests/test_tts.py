@@ -246,7 +246,8 @@ def test_cli_trains_tts_from_the_recipe_config_on_tokenized_data(tokens, tmp_pat
 
     capsys.readouterr()
     for extra, message in ((["--set", "model.num_codebooks=8"], "model.num_codebooks comes from the tokenized data"),
-                           (["--set", "model.nonsense=1"], "unknown"), (["--sample-rate", "8000"], "takes no --sample-rate")):
+                           (["--set", "model.nonsense=1"], "unknown"),
+                           (["--sample-rate", "8000"], "takes no --sample-rate")):
         assert main([*argv, "--out", str(tmp_path / "x"), *extra]) == 2
         assert message in capsys.readouterr().err
     assert main([*argv[:5], str(tmp_path), *argv[6:], "--out", str(tmp_path / "x")]) == 2
