@@ -474,19 +474,20 @@ def cmd_quickstart(args) -> dict:
                                  sample_rate=args.sample_rate, seconds=1.0, seed=args.seed, snr_db=(50.0, 60.0),
                                  overwrite=True, progress=not args.quiet)
     print(f"corpus: {corpus} ({time.time() - started:.0f} s)")
-    train_args = argparse.Namespace(
-        task="lm", dataset="folder", data=str(corpus), out=str(out / "lm"), preset="tiny", tokenizer="mulaw8",
-        sample_rate=args.sample_rate, segment_seconds=args.segment_seconds, conditional=False, config=None,
-        set=["model.backbone.n_layers=1", f"train.warmup_steps={max(1, args.steps // 10)}"],
-        steps=args.steps, batch_size=8, grad_accum_steps=None, lr=3e-3, ema_decay=None, eval_every=args.steps,
-        save_every=args.steps, seed=args.seed, device="cpu", mix_to_mono=False, quiet=args.quiet, resume=False,
-    )
+    # the train and generate commands as a user would type them, so their defaults stay theirs
+    quiet = ["--quiet"] if args.quiet else []
+    train_args = build_parser().parse_args([
+        *quiet, "train", "--task", "lm", "--data", str(corpus), "--out", str(out / "lm"), "--preset", "tiny",
+        "--tokenizer", "mulaw8", "--sample-rate", str(args.sample_rate), "--segment-seconds", str(args.segment_seconds),
+        "--set", "model.backbone.n_layers=1", "--set", f"train.warmup_steps={max(1, args.steps // 10)}",
+        "--steps", str(args.steps), "--batch-size", "8", "--lr", "3e-3", "--eval-every", str(args.steps),
+        "--save-every", str(args.steps), "--seed", str(args.seed), "--device", "cpu",
+    ])
     metrics = cmd_train(train_args)
-    gen_args = argparse.Namespace(
-        checkpoint=str(out / "lm" / "checkpoint"), out=str(out / "generated.wav"), seconds=args.generate_seconds,
-        num=1, class_name=None, prompt=None, temperature=1.0, top_k=None, top_p=None, seed=args.seed,
-        device="cpu", mix_to_mono=False, max_prompt_seconds=None, quiet=args.quiet,
-    )
+    gen_args = build_parser().parse_args([
+        *quiet, "generate", str(out / "lm" / "checkpoint"), "--out", str(out / "generated.wav"),
+        "--seconds", str(args.generate_seconds), "--seed", str(args.seed), "--device", "cpu",
+    ])
     wav_path = cmd_generate(gen_args)[0]
     summary = {"test_nll_bits_per_sample": metrics.get("nll_bits"), "generated_wav": str(wav_path.resolve()),
                "checkpoint": str((out / "lm" / "checkpoint").resolve()), "seconds": round(time.time() - started)}

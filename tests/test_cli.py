@@ -199,3 +199,14 @@ def test_dataset_errors_exit_2(tmp_path, labelled_folder, capsys, argv, message)
     assert main(["--quiet", "train", "--data", str(labelled_folder), "--out", str(tmp_path / "x"), *argv,
                  *TRAIN_FLAGS]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_quickstart_the_main_job_end_to_end_at_tiny_size(tmp_path, capsys):
+    """`make run`'s command: corpus, training, test NLL, a generated wav and summary.json."""
+    out = tmp_path / "quickstart"
+    assert main(["--quiet", "quickstart", "--out", str(out), "--steps", "2", "--clips-per-word", "6",
+                 "--generate-seconds", "0.01"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < summary["test_nll_bits_per_sample"] < 9
+    assert Path(summary["generated_wav"]).is_file() and (out / "lm" / "checkpoint" / "config.json").is_file()
+    assert "test NLL:" in capsys.readouterr().out
