@@ -532,6 +532,15 @@ def cmd_serve(args) -> None:
 
 
 # -- argument parsing ------------------------------------------------------------------------------
+def add_trainer_options(p: argparse.ArgumentParser) -> None:
+    """The options every training command shares: TRAIN_FLAGS (over the config file), resume, device, mono."""
+    for flag, typ in TRAIN_FLAGS:
+        p.add_argument(flag, type=typ)
+    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/trainer_state if present")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--mix-to-mono", action="store_true", help="average multichannel files instead of refusing them")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mamba-audio", description="Mamba (selective SSM) models for audio.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -576,11 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditional", action="store_true", help="class-conditional generator (labels from folders)")
     p.add_argument("--config", help="YAML file with 'model' and 'train' sections")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3")
-    for flag, typ in TRAIN_FLAGS:
-        p.add_argument(flag, type=typ)
-    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/trainer_state if present")
-    p.add_argument("--device", help="auto, cpu or cuda")
-    p.add_argument("--mix-to-mono", action="store_true", help="average multichannel files instead of refusing them")
+    add_trainer_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("train-codec", help="train our own neural codec (ConvCodec) on a folder of audio")
@@ -591,11 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment-seconds", type=float, default=1.0, help="random crops of this length for training")
     p.add_argument("--config", help="YAML file with 'model', 'train' and 'loss' sections")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. model.num_codebooks=8")
-    for flag, typ in TRAIN_FLAGS:
-        p.add_argument(flag, type=typ)
-    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/trainer_state if present")
-    p.add_argument("--device", help="auto, cpu or cuda")
-    p.add_argument("--mix-to-mono", action="store_true", help="average multichannel files instead of refusing them")
+    add_trainer_options(p)
     p.set_defaults(func=cmd_train_codec)
 
     p = sub.add_parser("tokenize", help="encode a corpus with a codec once, so token models train without it")
