@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import statistics
 import subprocess
@@ -26,6 +25,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from results_io import file_label, save_result  # benchmarks/results_io.py
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "spoken_digits" / "lm_gpu.yaml"
 
@@ -113,9 +114,7 @@ def main() -> None:
     print(f"step-wise loss difference: first {step_diff[0]:.2e}, mean {result['mean_step_loss_diff']:.4f}, "
           f"max {result['max_step_loss_diff']:.4f}; smoothed (20 steps) max {result['max_smoothed_loss_diff']:.4f}; "
           f"test NLL difference {result['test_nll_diff']:.4f} bits")
-    path = Path(args.results) / f"ddp_{re.sub(r'[^a-z0-9]+', '_', name.strip().lower())}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = save_result(result, "ddp", file_label(name), Path(args.results) / f"ddp_{file_label(name)}.json", indent=2)
     print(f"wrote {path}")
 
 

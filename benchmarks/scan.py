@@ -20,10 +20,8 @@ mamba_ssm is built from its PyPI source distribution when it is not importable:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import re
 import subprocess
 import sys
 import tarfile
@@ -32,6 +30,8 @@ import types
 from pathlib import Path
 
 import torch
+
+from results_io import file_label, save_result  # benchmarks/results_io.py
 
 SHAPES = [  # (B, D, L, N)
     (16, 128, 16384, 16),
@@ -244,12 +244,7 @@ def write_result(args, name, gpu, copy_GBps, sms, rows, checks, log) -> Path:
     result = dict(device=name, copy_GBps=copy_GBps, sms=sms, torch=torch.__version__,
                   triton=__import__("triton").__version__,
                   command="python " + " ".join(sys.argv), rows=rows, checks=checks, log=log)
-    out = args.out or Path(__file__).parent / "results" / f"scan_{gpu}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    if os.environ.get("OUT"):
-        (Path(os.environ["OUT"]) / out.name).write_text(json.dumps(result, indent=1))
-    return out
+    return save_result(result, "scan", gpu, args.out)
 
 
 def main():
@@ -265,7 +260,7 @@ def main():
 
     torch.backends.cuda.matmul.allow_tf32 = False
     name = torch.cuda.get_device_name()
-    gpu = re.sub(r"\s+", "_", name.strip().lower())
+    gpu = file_label(name)
     src = None
     args.sweep = args.sweep or args.sweep_only
     try:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import platform
@@ -40,6 +39,7 @@ import torch
 
 from mamba_audio.models import LMConfig, SaShiMiLM, backbone_preset
 from streaming import device_label, percentile  # benchmarks/streaming.py
+from results_io import save_result  # benchmarks/results_io.py
 
 
 def free_port() -> int:
@@ -183,11 +183,7 @@ def main() -> None:
           f"TTFA p50 {result['ttfa_ms']['p50']} ms p99 {result['ttfa_ms']['p99']} ms, late {result['late_chunks']}, "
           f"dropped {result['dropped_chunks']}, errors {len(errors)}, "
           f"aggregate {result['aggregate_realtime_factor']:.3f}x real time")
-    out = args.out or Path(__file__).parent / "results" / f"serve_load_{label}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    if os.environ.get("OUT"):
-        (Path(os.environ["OUT"]) / out.name).write_text(json.dumps(result, indent=1) + "\n")
+    out = save_result(result, "serve_load", label, args.out)
     print(f"wrote {out}")
 
 

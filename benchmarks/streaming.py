@@ -30,10 +30,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -44,6 +42,8 @@ from mamba_audio.kernels import mamba_block_step, mamba_step
 from mamba_audio.models import LMConfig, SaShiMiLM, backbone_preset
 from mamba_audio.models import mixer as mixer_module
 from mamba_audio.streaming import StreamingGenerator
+
+from results_io import file_label, save_result  # benchmarks/results_io.py
 
 
 def sync(device: torch.device) -> None:
@@ -210,7 +210,7 @@ def device_label(device: torch.device) -> tuple[str, str]:
         name = torch.cuda.get_device_name(device)
     else:
         name = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    label = "cpu" if device.type == "cpu" else re.sub(r"\s+", "_", name.strip().lower())
+    label = "cpu" if device.type == "cpu" else file_label(name)
     return name, label
 
 
@@ -298,11 +298,7 @@ def main() -> None:
           + ("not measured" if first_audio is None else f"{first_audio:.1f} ms")
           + f"; tiny preset on the CPU, 1 stream: {result['cpu_smallest_preset_samples_per_s']:.1f} samples/s")
 
-    out = args.out or Path(__file__).parent / "results" / f"streaming_{label}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    if os.environ.get("OUT"):
-        (Path(os.environ["OUT"]) / out.name).write_text(json.dumps(result, indent=1) + "\n")
+    out = save_result(result, "streaming", label, args.out)
     print(f"wrote {out}")
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import re
 import statistics
 import sys
 import time
@@ -31,6 +29,7 @@ from mamba_audio.models import mixer as mixer_module
 
 sys.path.insert(0, str(Path(__file__).parent))
 from scan import build_mamba_ssm, import_mamba_selective_scan  # noqa: E402
+from results_io import file_label, save_result  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -122,10 +121,7 @@ def main() -> None:
     for label, r in (("ours", ours), ("mamba_ssm", theirs)):
         print(f"{label:10} {r['step_ms']:>9.1f} {r['samples_per_s']:>12.0f} {r['peak_MiB']:>9.0f}")
     print(f"speedup (ours / mamba_ssm): {result['speedup']:.2f}x")
-    gpu = re.sub(r"\s+", "_", name.strip().lower())
-    out = args.out or Path(__file__).parent / "results" / f"train_{gpu}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    out = save_result(result, "train", file_label(name), args.out)
     print(f"wrote {out}")
 
 
