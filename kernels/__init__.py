@@ -16,6 +16,10 @@ of streams, see ``selective_scan.step_ref``) and of ``mamba_block_step`` (the sa
 inside a whole pre-norm residual block: norm, in_proj, step, out_proj, residual):
 "reference" (PyTorch, the CPU default) and "triton" (one launch per step, the CUDA
 default; complex A falls back to the reference).
+
+Backends of ``sample_tokens`` (one token per row from logits, temperature, top-k and
+top-p with given uniforms, see ``sampling.reference``): "reference" and "triton" (one
+launch; the CUDA default).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from .selective_scan import (
     selective_state_update_ref,
     seq_idx_from_cu_seqlens,
 )
+from .sampling import sample_tokens_ref
 from .selective_scan.step_ref import mamba_block_step_ref, mamba_step_ref
 
 _SCAN_BACKENDS: dict[str, Callable] = {
@@ -114,6 +119,23 @@ if importlib.util.find_spec("triton") is not None:
     _BLOCK_STEP_BACKENDS["triton"] = _mamba_block_step_triton
 
 
+_SAMPLE_BACKENDS: dict[str, Callable] = {
+    "reference": sample_tokens_ref,
+}
+
+
+def _sample_tokens_triton(logits, uniforms, temperature, top_k, top_p):
+    """The Triton sampler, imported lazily; the reference for vocabularies beyond its limit."""
+    from .sampling.triton_sample import MAX_VOCAB, sample_tokens_triton
+
+    fn = sample_tokens_triton if logits.shape[-1] <= MAX_VOCAB else sample_tokens_ref
+    return fn(logits, uniforms, temperature, top_k, top_p)
+
+
+if importlib.util.find_spec("triton") is not None:
+    _SAMPLE_BACKENDS["triton"] = _sample_tokens_triton
+
+
 def step_backends() -> list[str]:
     """Names accepted by ``mamba_step(..., backend=...)``."""
     return ["auto", *_MAMBA_STEP_BACKENDS]
@@ -130,7 +152,7 @@ _AUTO_ORDER = {"cuda": ("triton", "chunked"), "cpu": ("chunked", "reference")}
 
 def _resolve(backend: str, table: dict[str, Callable], tensor: torch.Tensor) -> Callable:
     if backend == "auto":
-        for name in _AUTO_ORDER.get(tensor.device.type, _AUTO_ORDER["cpu"]):
+        for name in (*_AUTO_ORDER.get(tensor.device.type, _AUTO_ORDER["cpu"]), "reference"):
             if name in table:
                 return table[name]
     if backend not in table:
@@ -200,11 +222,19 @@ def mamba_block_step(x, norm_weight, norm_bias, norm_eps, rms_norm, in_proj_weig
               dt_proj_weight, B, C, dt_softplus)
 
 
+def sample_tokens(logits, uniforms, temperature, top_k, top_p, backend: str = "auto"):
+    """logits (B, V) -> tokens (B,) long, one uniform in (0, 1) per row, per-row temperature (0: greedy),
+    top_k and top_p; see ``sampling.reference`` for the rule. Graph-capturable: no host syncs."""
+    fn = _resolve(backend, _SAMPLE_BACKENDS, logits)
+    return fn(logits, uniforms, temperature, top_k, top_p)
+
+
 __all__ = [
     "default_chunk_size",
     "mamba_block_step",
     "mamba_step",
     "mamba_step_ref",
+    "sample_tokens",
     "scan_backends",
     "step_backends",
     "selective_scan",

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from mamba_audio.kernels import sample_tokens  # the rule (kernels/sampling/reference.py) and its CUDA kernel
+
 Tensor = torch.Tensor
 
 _MASK32 = 0xFFFFFFFF
@@ -56,28 +58,6 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-
-
-def sample_tokens(logits: Tensor, uniforms: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor) -> Tensor:
-    """logits (B, V) -> tokens (B,), one uniform (B,) per row; per-row temperature (0: greedy), top_k, top_p.
-
-    Inverse-CDF sampling over the tokens sorted by probability (ties in index order): keep the
-    top_k most likely, then the smallest prefix whose mass reaches top_p, and pick where the
-    uniform falls in what is kept. Pure tensor code without data-dependent shapes or host syncs.
-    """
-    logits = logits.float()
-    scaled = logits / temperature.clamp_min(1e-6)[:, None]
-    sorted_logits, order = scaled.sort(dim=-1, descending=True, stable=True)
-    rank = torch.arange(logits.shape[-1], device=logits.device)
-    keep = rank[None, :] < top_k[:, None]
-    probs = sorted_logits.masked_fill(~keep, float("-inf")).softmax(-1)
-    mass_before = probs.cumsum(-1) - probs
-    keep = keep & ((mass_before < top_p[:, None]) | (top_p[:, None] >= 1))
-    cdf = (probs * keep).cumsum(-1)
-    target = uniforms[:, None] * cdf[:, -1:]
-    index = (cdf <= target).sum(-1).clamp_max(logits.shape[-1] - 1)
-    sampled = order.gather(-1, index[:, None])[:, 0]
-    return torch.where(temperature == 0, logits.argmax(-1), sampled)
 
 
 def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,

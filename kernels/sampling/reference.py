@@ -1,0 +1,42 @@
+"""The sampling rule, in PyTorch: the oracle of the Triton kernel and the CPU path.
+
+logits (B, V) -> tokens (B,), one uniform in (0, 1) per row and per-row settings:
+
+* temperature 0 is greedy (the first index of the largest logit);
+* otherwise the logits are divided by the temperature; top-k keeps the k most likely tokens
+  and top-p then the smallest set of the most likely whose mass (renormalised over the top-k)
+  reaches p, ranking ties by index (a stable sort);
+* the token is drawn by inverse CDF over the kept tokens *in index order*: the first token whose
+  cumulative kept probability exceeds ``uniform * total``. Walking in index order rather than in
+  probability order draws from the same distribution, and needs no sort when nothing is filtered.
+
+Pure tensor code without data-dependent shapes or host syncs, so CUDA graphs can capture it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+Tensor = torch.Tensor
+
+MIN_TEMPERATURE = 1e-6  # temperatures above 0 are clamped to this before dividing
+
+
+def sample_tokens_ref(logits: Tensor, uniforms: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor) -> Tensor:
+    """logits (B, V) float -> tokens (B,) long; uniforms, temperature, top_p (B,) float, top_k (B,) long."""
+    logits = logits.float()
+    vocab = logits.shape[-1]
+    scaled = logits / temperature.float().clamp_min(MIN_TEMPERATURE)[:, None]
+    sorted_logits, order = scaled.sort(dim=-1, descending=True, stable=True)
+    rank = torch.arange(vocab, device=logits.device)
+    keep_sorted = rank[None, :] < top_k[:, None]
+    probs = sorted_logits.masked_fill(~keep_sorted, float("-inf")).softmax(-1)
+    mass_before = probs.cumsum(-1) - probs
+    keep_sorted = keep_sorted & ((mass_before < top_p[:, None]) | (top_p[:, None] >= 1))
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    weights = torch.where(keep, (scaled - sorted_logits[:, :1]).exp(), torch.zeros_like(scaled))
+    cdf = weights.cumsum(-1)
+    target = uniforms.float()[:, None] * cdf[:, -1:]
+    last_kept = torch.where(keep, rank, -1).amax(-1)
+    index = torch.minimum((cdf <= target).sum(-1), last_kept)
+    return torch.where(temperature == 0, logits.argmax(-1), index)

@@ -1,0 +1,93 @@
+"""Sampling in one launch: ``reference.sample_tokens_ref``'s rule, one program per row.
+
+A row's logits (V <= 4096) sit in registers. Without top-k or top-p the draw needs no ranking:
+exponentials, a cumulative sum in index order and a count. With either filter, each token's rank
+(how many tokens come before it in a stable descending sort) is counted against the row in chunks
+of ``CHUNK`` logits; top-p also needs the probability mass ranked before each token, counted the same
+way from the top-k probabilities and ranks, which go through a per-row scratch row (a barrier
+between the store and the chunked reads).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .reference import MIN_TEMPERATURE
+
+Tensor = torch.Tensor
+
+MAX_VOCAB = 4096
+CHUNK = 32
+
+
+@triton.jit
+def _sample_kernel(logits_ptr, u_ptr, temp_ptr, topk_ptr, topp_ptr, out_ptr, scratch_ptr, vocab, s_lb, s_lv,
+                   MIN_TEMP: tl.constexpr, BLOCK_V: tl.constexpr, CHUNK: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK_V)
+    valid = offs < vocab
+    logits = tl.load(logits_ptr + row * s_lb + offs * s_lv, mask=valid, other=float("-inf")).to(tl.float32)
+    temperature = tl.load(temp_ptr + row).to(tl.float32)
+    top_k = tl.load(topk_ptr + row)
+    top_p = tl.load(topp_ptr + row).to(tl.float32)
+    uniform = tl.load(u_ptr + row).to(tl.float32)
+
+    inv_temp = 1.0 / tl.maximum(temperature, MIN_TEMP)
+    scaled = logits * inv_temp
+    top = tl.max(scaled, axis=0)
+    weights = tl.where(valid, tl.exp(scaled - top), 0.0)
+    keep = valid
+    if (top_k < vocab) | (top_p < 1.0):
+        rank = tl.zeros([BLOCK_V], dtype=tl.int32)
+        for j0 in range(0, vocab, CHUNK):
+            offs_j = j0 + tl.arange(0, CHUNK)
+            other = tl.load(logits_ptr + row * s_lb + offs_j * s_lv, mask=offs_j < vocab,
+                            other=float("-inf")).to(tl.float32) * inv_temp
+            ahead = (other[None, :] > scaled[:, None]) | (
+                (other[None, :] == scaled[:, None]) & (offs_j[None, :] < offs[:, None]))
+            rank += tl.sum((ahead & (offs_j[None, :] < vocab)).to(tl.int32), axis=1)
+        keep = valid & (rank < top_k)
+        if top_p < 1.0:
+            probs = tl.where(keep, weights, 0.0)
+            probs = probs / tl.sum(probs, axis=0)
+            scratch = scratch_ptr + row * 2 * BLOCK_V
+            tl.store(scratch + offs, probs)
+            tl.store(scratch + BLOCK_V + offs, rank.to(tl.float32))
+            tl.debug_barrier()
+            mass_before = tl.zeros([BLOCK_V], dtype=tl.float32)
+            for j0 in range(0, vocab, CHUNK):
+                offs_j = j0 + tl.arange(0, CHUNK)
+                p_j = tl.load(scratch + offs_j, mask=offs_j < vocab, other=0.0)
+                rank_j = tl.load(scratch + BLOCK_V + offs_j, mask=offs_j < vocab, other=float(BLOCK_V))
+                before = rank_j[None, :] < rank.to(tl.float32)[:, None]
+                mass_before += tl.sum(tl.where(before, p_j[None, :], 0.0), axis=1)
+            keep = keep & (mass_before < top_p)
+    kept = tl.where(keep, weights, 0.0)
+    cdf = tl.cumsum(kept, axis=0)
+    target = uniform * tl.sum(kept, axis=0)
+    last_kept = tl.max(tl.where(keep, offs, -1), axis=0)
+    index = tl.minimum(tl.sum((cdf <= target).to(tl.int32), axis=0), last_kept)
+    if temperature == 0.0:
+        index = tl.argmax(logits, axis=0)
+    tl.store(out_ptr + row, index.to(tl.int64))
+
+
+def sample_tokens_triton(logits: Tensor, uniforms: Tensor, temperature: Tensor, top_k: Tensor,
+                         top_p: Tensor) -> Tensor:
+    """``sample_tokens_ref`` in one launch (logits (B, V), V <= ``MAX_VOCAB``); tokens (B,) long."""
+    batch, vocab = logits.shape
+    if vocab > MAX_VOCAB:
+        raise ValueError(f"the Triton sampler takes at most {MAX_VOCAB} logits per row, got {vocab}")
+    for name, t in (("uniforms", uniforms), ("temperature", temperature), ("top_k", top_k), ("top_p", top_p)):
+        if t.shape != (batch,):
+            raise ValueError(f"{name} must be ({batch},), got {tuple(t.shape)}")
+    out = torch.empty(batch, dtype=torch.long, device=logits.device)
+    if batch == 0:
+        return out
+    block_v = max(CHUNK, triton.next_power_of_2(vocab))
+    scratch = torch.empty(batch, 2 * block_v, dtype=torch.float32, device=logits.device)
+    _sample_kernel[(batch,)](logits, uniforms, temperature, top_k, top_p, out, scratch, vocab, *logits.stride(),
+                             MIN_TEMP=MIN_TEMPERATURE, BLOCK_V=block_v, CHUNK=CHUNK, num_warps=4)
+    return out

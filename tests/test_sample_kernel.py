@@ -1,0 +1,108 @@
+"""The one-launch sampler (kernels/sampling): the Triton kernel against the PyTorch rule, and the rule itself.
+
+On the CPU the kernel runs through Triton's interpreter. Tokens are discrete, so kernel and reference
+must agree exactly: on random logits a uniform lands within rounding of a CDF boundary with
+probability ~1e-7 per row.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernel is defined
+
+from mamba_audio.kernels import sample_tokens  # noqa: E402
+from mamba_audio.kernels.sampling import sample_tokens_ref  # noqa: E402
+from mamba_audio.models.sampling import NO_TOP_K  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def triton_sample():
+    module = importlib.import_module("mamba_audio.kernels.sampling.triton_sample")
+    if not torch.cuda.is_available():
+        from triton.runtime.interpreter import InterpretedFunction
+
+        if not isinstance(module._sample_kernel, InterpretedFunction):
+            os.environ["TRITON_INTERPRET"] = "1"
+            module = importlib.reload(module)
+    return module.sample_tokens_triton
+
+
+def settings(rows: int, vocab: int, g: torch.Generator):
+    """Every combination per row: greedy, plain, top-k, top-p, both, temperatures above and below 1."""
+    kind = torch.arange(rows) % 6
+    temperature = torch.where(kind == 0, 0.0, 0.5 + torch.rand(rows, generator=g))
+    top_k = torch.where((kind == 2) | (kind == 4), torch.randint(1, vocab + 1, (rows,), generator=g),
+                        torch.full((rows,), NO_TOP_K))
+    top_p = torch.where((kind == 3) | (kind == 4), 0.05 + 0.9 * torch.rand(rows, generator=g), torch.ones(rows))
+    uniforms = torch.rand(rows, generator=g).clamp(1e-6, 1 - 1e-6)
+    return [t.to(DEVICE) for t in (uniforms, temperature, top_k, top_p)]
+
+
+@pytest.mark.parametrize("vocab", [5, 37, 256])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_kernel_draws_the_reference_tokens(vocab, dtype):
+    g = torch.Generator().manual_seed(vocab)
+    rows = 24
+    logits = (3 * torch.randn(rows, vocab, generator=g)).to(dtype)
+    logits[1, : vocab // 2] = logits[1, 0]  # ties: ranked by index
+    logits = logits.to(DEVICE)
+    args = settings(rows, vocab, g)
+    ours = triton_sample()(logits, *args)
+    assert ours.dtype == torch.long and ours.shape == (rows,)
+    assert torch.equal(ours.cpu(), sample_tokens_ref(logits, *args).cpu())
+
+
+def test_kernel_on_a_non_contiguous_logits_view():
+    g = torch.Generator().manual_seed(1)
+    wide = torch.randn(12, 80, generator=g).to(DEVICE)
+    logits = wide[:, ::2]  # stride 2 along the vocabulary
+    args = settings(12, 40, g)
+    assert torch.equal(triton_sample()(logits, *args).cpu(), sample_tokens_ref(logits.contiguous(), *args).cpu())
+
+
+def test_rule_draws_from_the_filtered_distribution():
+    """Uniforms on a fine grid reproduce the top-k / top-p distribution: each kept token's share of the grid
+    equals its renormalised probability, and nothing outside the kept set is ever drawn."""
+    logits = torch.tensor([[0.5, 2.0, -1.0, 1.0, 0.0]])
+    probs = logits[0].softmax(-1)
+    grid = (torch.arange(20000) + 0.5) / 20000
+    rows = grid.numel()
+
+    def draws(top_k, top_p):
+        return sample_tokens_ref(logits.expand(rows, -1), grid, torch.ones(rows), torch.full((rows,), top_k),
+                                 torch.full((rows,), top_p))
+
+    kept = [1, 3]  # the two most likely
+    counts = torch.bincount(draws(2, 1.0), minlength=5).float() / rows
+    expected = torch.zeros(5)
+    expected[kept] = probs[kept] / probs[kept].sum()
+    assert torch.allclose(counts, expected, atol=1e-3)
+    # top-p just above the top token's mass keeps exactly the top two, whatever top-k allows
+    counts = torch.bincount(draws(NO_TOP_K, float(probs[1]) + 1e-3), minlength=5).float() / rows
+    assert torch.allclose(counts, expected, atol=1e-3)
+    counts = torch.bincount(draws(NO_TOP_K, 1.0), minlength=5).float() / rows
+    assert torch.allclose(counts, probs, atol=1e-3)
+
+
+def test_greedy_takes_the_first_of_tied_maxima():
+    logits = torch.tensor([[1.0, 3.0, 3.0, 0.0]], device=DEVICE)
+    args = [torch.tensor(v, device=DEVICE) for v in ([0.9], [0.0], [NO_TOP_K], [1.0])]
+    assert int(sample_tokens(logits, *args)) == 1
+    assert int(triton_sample()(logits, *args)) == 1
+
+
+def test_kernel_refuses_what_it_cannot_take():
+    sample = triton_sample()
+    logits = torch.zeros(2, 8, device=DEVICE)
+    args = settings(2, 8, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="uniforms must be"):
+        sample(logits, args[0][:1], *args[1:])
+    with pytest.raises(ValueError, match="at most 4096"):
+        sample(torch.zeros(1, 5000, device=DEVICE), *settings(1, 5000, torch.Generator().manual_seed(0)))
