@@ -370,10 +370,13 @@ def mamba_block_step_triton(
     C: Tensor | None = None,
     dt_softplus: bool = True,
     block_e: int | None = None,
+    num_warps: int | None = None,
 ) -> Tensor:
     """A whole residual block's step (``step_ref.mamba_block_step_ref``) in one launch: norm, in_proj, the
     fused Mamba step, out_proj, residual. One program per stream; it walks the channels twice (as
-    ``_mamba_step_kernel``), the conv state holding the new windows between the passes."""
+    ``_mamba_step_kernel``), the conv state holding the new windows between the passes.
+
+    ``block_e`` (channels per tile, a power of two) and ``num_warps`` override ``block_step_config``'s."""
     batch, hidden = x.shape
     dim = conv_weight.shape[0]
     if in_proj_weight.shape != (2 * dim, hidden) or out_proj_weight.shape != (hidden, dim):
@@ -393,9 +396,10 @@ def mamba_block_step_triton(
     if batch == 0:
         return out
     block_h = triton.next_power_of_2(hidden)
-    # (channels x hidden) weight tiles of about 2048 elements: ptxas (sm_90, 4 warps) then spills nothing for
-    # hidden 64, 128 and 256 (the SC09 model's stages); untuned: the GPU benchmark has the last word
-    block_e = block_e or max(16, min(triton.next_power_of_2(dim), 2048 // block_h))
+    default_e, default_warps = block_step_config(hidden, dim)
+    block_e, num_warps = block_e or default_e, num_warps or default_warps
+    if block_e & (block_e - 1):
+        raise ValueError(f"block_e must be a power of two, got {block_e}")
 
     def strides(t: Tensor | None, ndim: int) -> tuple[int, ...]:
         return tuple(t.stride()) if t is not None else (0,) * ndim
@@ -419,6 +423,17 @@ def mamba_block_step_triton(
         HAS_DT_BIAS=dt_bias is not None, SELECTIVE=selective, DT_SOFTPLUS=dt_softplus,
         BLOCK_H=block_h, BLOCK_E=block_e, BLOCK_N=triton.next_power_of_2(n_state),
         BLOCK_R=triton.next_power_of_2(rank), BLOCK_W=triton.next_power_of_2(width),
-        num_warps=4,
+        num_warps=num_warps,
     )
     return out
+
+
+def block_step_config(hidden: int, dim: int) -> tuple[int, int]:
+    """(channels per tile, warps) of the block step for a block of width ``hidden`` and ``dim`` channels.
+
+    (channels x hidden) weight tiles of about 2048 elements on 4 warps: ptxas (sm_90) then spills nothing
+    for hidden 64, 128 and 256 (the SC09 model's stages). Untuned: benchmarks/step_sweep.py measures the
+    alternatives on the GPU.
+    """
+    block_h = triton.next_power_of_2(hidden)
+    return max(16, min(triton.next_power_of_2(dim), 2048 // block_h)), 4

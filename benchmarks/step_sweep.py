@@ -1,0 +1,194 @@
+"""Where a streamed sample's time goes, and which launch parameters the fused block step should use.
+
+On CUDA, for the preset's model (default ``sc09-6m``, random weights, float32):
+
+1. the kernels of one pooling period of the streaming loop, stepped eagerly under torch.profiler:
+   GPU time and launches per sample, grouped by kernel (what the CUDA graph replays);
+2. for every distinct block shape (hidden, channels) of the model and 1 and 256 streams, the fused
+   block step (``mamba_block_step_triton``) at each channel tile and warp count, timed as 64
+   consecutive launches in a CUDA graph (the way the streaming loop runs them), each configuration
+   first checked against the PyTorch reference;
+3. the sampler: the one-launch Triton kernel against the PyTorch rule, 1 and 256 rows, in a graph.
+
+Prints the tables and writes ``benchmarks/results/step_sweep_<gpu>.json``.
+
+    python benchmarks/step_sweep.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from mamba_audio.kernels import mamba_block_step
+from mamba_audio.kernels.sampling import sample_tokens_ref
+from mamba_audio.kernels.sampling.triton_sample import sample_tokens_triton
+from mamba_audio.kernels.selective_scan.triton_step import block_step_config, mamba_block_step_triton
+from mamba_audio.models.blocks import ResidualBlock
+from mamba_audio.models.sampling import sampling_tensors
+from mamba_audio.streaming import StreamingGenerator
+
+from results_io import file_label, save_result  # benchmarks/results_io.py
+from streaming import build_model  # benchmarks/streaming.py
+
+LAUNCHES_PER_GRAPH = 64
+
+
+def graph_time_us(fn, replays: int = 20) -> float:
+    """Microseconds per call of ``fn``, captured LAUNCHES_PER_GRAPH times in one CUDA graph."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(LAUNCHES_PER_GRAPH):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return 1e3 * start.elapsed_time(end) / (replays * LAUNCHES_PER_GRAPH)
+
+
+def profile_period(model, streams: int) -> dict:
+    """GPU time and launch count per sample of each kernel in one eager pooling period."""
+    generator = StreamingGenerator(model, max_streams=streams, cuda_graph=False)
+    for seed in range(streams):
+        generator.start(seed=seed)
+    generator.advance()  # compiles everything
+    period = generator.period
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        generator._run_period()
+        torch.cuda.synchronize()
+    per_kernel = defaultdict(lambda: [0.0, 0])
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            name = event.name.split("(")[0][:60]
+            per_kernel[name][0] += event.time_range.elapsed_us() / period
+            per_kernel[name][1] += 1 / period
+    rows = sorted(([name, us, n] for name, (us, n) in per_kernel.items()), key=lambda r: -r[1])
+    return dict(streams=streams, gpu_us_per_sample=sum(r[1] for r in rows),
+                launches_per_sample=sum(r[2] for r in rows),
+                kernels=[dict(name=n, us_per_sample=us, launches_per_sample=c) for n, us, c in rows])
+
+
+def block_args(block: ResidualBlock, batch: int):
+    """The positional arguments of ``mamba_block_step`` for ``block`` with fresh random states."""
+    mixer, norm = block.mixer, block.norm
+    state = mixer.allocate_inference_cache(batch)
+    torch.nn.init.normal_(state.conv)
+    torch.nn.init.normal_(state.ssm)
+    A, D, dt_bias = mixer._step_constants()
+    layer_norm = isinstance(norm, torch.nn.LayerNorm)
+    x = torch.randn(batch, mixer.d_model, device=state.conv.device)
+    return (x, norm.weight, norm.bias if layer_norm else None, norm.eps, not layer_norm, mixer.in_proj.weight,
+            mixer.in_proj.bias, mixer.out_proj.weight, mixer.out_proj.bias, state.conv, state.ssm,
+            mixer.conv1d.weight[:, 0, :], mixer.conv1d.bias, A, D, dt_bias), mixer._step_ssm()
+
+
+def sweep_block(block: ResidualBlock, batch: int) -> list[dict]:
+    hidden, dim = block.mixer.d_model, block.mixer.d_inner
+    args, ssm = block_args(block, batch)
+    rows = []
+    # tiles up to 16K weights (more spills whatever the warps)
+    tiles = [e for e in (16, 32, 64, 128, 256, 512) if e <= triton_next_pow2(dim) and e * hidden <= 16384]
+    for block_e, warps in itertools.product(tiles, (2, 4, 8)):
+        states = [t.clone() for t in args[9:11]]
+        ref = mamba_block_step(*args[:9], *[t.clone() for t in states], *args[11:], **ssm, backend="reference")
+        mine = mamba_block_step_triton(*args[:9], *[t.clone() for t in states], *args[11:], **ssm,
+                                       block_e=block_e, num_warps=warps)
+        error = float((mine - ref).norm() / ref.norm())
+        us = graph_time_us(lambda: mamba_block_step_triton(*args, **ssm, block_e=block_e, num_warps=warps))
+        rows.append(dict(hidden=hidden, channels=dim, streams=batch, block_e=block_e, num_warps=warps,
+                         us_per_step=us, rel_error=error))
+        print(f"  hidden {hidden:4d} channels {dim:4d} streams {batch:4d} block_e {block_e:4d} warps {warps}: "
+              f"{us:8.2f} us (rel. error {error:.1e})", flush=True)
+    return rows
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def sweep_sampler(vocab: int) -> list[dict]:
+    rows = []
+    for batch in (1, 256):
+        logits = torch.randn(batch, vocab, device="cuda")
+        uniforms = torch.rand(batch, device="cuda")
+        for top_k, top_p in ((None, None), (50, 0.9)):
+            settings = sampling_tensors(batch, 1.0, top_k, top_p, "cuda")
+            same = torch.equal(sample_tokens_triton(logits, uniforms, *settings),
+                               sample_tokens_ref(logits, uniforms, *settings))
+            ours = graph_time_us(lambda: sample_tokens_triton(logits, uniforms, *settings))
+            ref = graph_time_us(lambda: sample_tokens_ref(logits, uniforms, *settings))
+            rows.append(dict(rows=batch, vocab=vocab, top_k=top_k, top_p=top_p, triton_us=ours, pytorch_us=ref,
+                             same_tokens=same))
+            print(f"  sampler rows {batch:4d} top_k {top_k} top_p {top_p}: triton {ours:.2f} us, "
+                  f"PyTorch {ref:.2f} us, same tokens {same}", flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="sc09-6m")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("step_sweep.py measures CUDA kernels; no CUDA device here")
+    name = torch.cuda.get_device_name()
+    model = build_model(args.preset, torch.device("cuda"), torch.float32)
+    print(f"{name}: preset {args.preset}", flush=True)
+
+    profiles = []
+    with torch.no_grad():
+        for streams in (1, 256):
+            profiles.append(profile_period(model, streams))
+            p = profiles[-1]
+            print(f"\none period eagerly, {streams} streams: {p['gpu_us_per_sample']:.1f} us of GPU time and "
+                  f"{p['launches_per_sample']:.1f} launches per sample", flush=True)
+            for k in p["kernels"][:12]:
+                print(f"  {k['us_per_sample']:8.2f} us {k['launches_per_sample']:6.2f} x  {k['name']}")
+
+        shapes, sweeps = {}, []
+        for block in model.modules():
+            if isinstance(block, ResidualBlock):
+                shapes.setdefault((block.mixer.d_model, block.mixer.d_inner), block)
+        print(f"\nblock shapes (hidden, channels): {list(shapes)}", flush=True)
+        for (hidden, dim), block in shapes.items():
+            for batch in (1, 256):
+                sweeps += sweep_block(block, batch)
+        print("\nfastest per shape (current default in brackets):")
+        best = []
+        for (hidden, dim) in shapes:
+            for batch in (1, 256):
+                rows = [r for r in sweeps if (r["hidden"], r["channels"], r["streams"]) == (hidden, dim, batch)]
+                fastest = min(rows, key=lambda r: r["us_per_step"])
+                default = block_step_config(hidden, dim)
+                now = next(r for r in rows if (r["block_e"], r["num_warps"]) == default)
+                best.append(dict(fastest, default_us=now["us_per_step"], default=list(default)))
+                print(f"  hidden {hidden} channels {dim} streams {batch}: block_e {fastest['block_e']}, "
+                      f"{fastest['num_warps']} warps, {fastest['us_per_step']:.2f} us [{default}: "
+                      f"{now['us_per_step']:.2f} us]")
+        print()
+        sampler = sweep_sampler(model.tokenizer.vocab_size)
+
+    result = dict(device=name, command="python " + " ".join(sys.argv), preset=args.preset, dtype="float32",
+                  torch=torch.__version__, launches_per_graph=LAUNCHES_PER_GRAPH, profiles=profiles,
+                  block_step_sweep=sweeps, block_step_fastest=best, sampler=sampler)
+    print(f"wrote {save_result(result, 'step_sweep', file_label(name), args.out)}")
+
+
+if __name__ == "__main__":
+    main()
