@@ -175,7 +175,7 @@ def main() -> None:
             for batch in (1, 256):
                 rows = [r for r in sweeps if (r["hidden"], r["channels"], r["streams"]) == (hidden, dim, batch)]
                 fastest = min(rows, key=lambda r: r["us_per_step"])
-                default = block_step_config(hidden, dim)
+                default = block_step_config(hidden, dim, batch)
                 now = next(r for r in rows if (r["block_e"], r["num_warps"]) == default)
                 best.append(dict(fastest, default_us=now["us_per_step"], default=list(default)))
                 print(f"  hidden {hidden} channels {dim} streams {batch}: block_e {fastest['block_e']}, "

@@ -396,7 +396,7 @@ def mamba_block_step_triton(
     if batch == 0:
         return out
     block_h = triton.next_power_of_2(hidden)
-    default_e, default_warps = block_step_config(hidden, dim)
+    default_e, default_warps = block_step_config(hidden, dim, batch)
     block_e, num_warps = block_e or default_e, num_warps or default_warps
     if block_e & (block_e - 1):
         raise ValueError(f"block_e must be a power of two, got {block_e}")
@@ -428,12 +428,19 @@ def mamba_block_step_triton(
     return out
 
 
-def block_step_config(hidden: int, dim: int) -> tuple[int, int]:
-    """(channels per tile, warps) of the block step for a block of width ``hidden`` and ``dim`` channels.
+def block_step_config(hidden: int, dim: int, batch: int = 1) -> tuple[int, int]:
+    """(channels per tile, warps) of the block step for ``batch`` streams of a block of width ``hidden``
+    with ``dim`` channels.
 
-    (channels x hidden) weight tiles of about 2048 elements on 4 warps: ptxas (sm_90) then spills nothing
-    for hidden 64, 128 and 256 (the SC09 model's stages). Untuned: benchmarks/step_sweep.py measures the
-    alternatives on the GPU.
+    Measured on an H100 (benchmarks/results/step_sweep_nvidia_h100_80gb_hbm3.json, the SC09 model's three
+    block shapes, 1 and 256 streams, tiles of 16 to 512 channels on 2, 4 and 8 warps): a few streams are
+    latency-bound, and the fewest passes over the channels win, tiles of up to 16K weights on 8 warps
+    (hidden 64: 5.6 us per step against 9.2 with the earlier 2K tiles on 4 warps; hidden 128: 13.3
+    against 34.2; hidden 256: 40.4 against 89.0); with 256 streams several programs share each SM, and
+    8K-weight tiles win, on 4 warps from hidden 128 up (7.7, 22.9 and 69.5 us against 10.7, 41.3 and 111.0).
     """
     block_h = triton.next_power_of_2(hidden)
-    return max(16, min(triton.next_power_of_2(dim), 2048 // block_h)), 4
+    few_streams = batch <= 32  # one program per stream: well under the SM count
+    weights = 16384 if few_streams else 8192
+    warps = 8 if few_streams or block_h <= 64 else 4
+    return max(16, min(triton.next_power_of_2(dim), weights // block_h)), warps
