@@ -59,12 +59,16 @@ def test_kernel_draws_the_reference_tokens(vocab, dtype):
     assert torch.equal(ours.cpu(), sample_tokens_ref(logits, *args).cpu())
 
 
-def test_kernel_on_a_non_contiguous_logits_view():
+def test_kernel_on_non_contiguous_views():
+    """Strided logits, and per-row settings that are columns of wider tensors (the streaming loop passes
+    one column of a period's uniforms)."""
     g = torch.Generator().manual_seed(1)
     wide = torch.randn(12, 80, generator=g).to(DEVICE)
     logits = wide[:, ::2]  # stride 2 along the vocabulary
-    args = settings(12, 40, g)
-    assert torch.equal(triton_sample()(logits, *args).cpu(), sample_tokens_ref(logits.contiguous(), *args).cpu())
+    args = [torch.stack([t, t.flip(0), t], dim=1)[:, 1] for t in settings(12, 40, g)]  # stride 3
+    assert all(t.stride(0) == 3 for t in args)
+    contiguous = [t.contiguous() for t in args]
+    assert torch.equal(triton_sample()(logits, *args).cpu(), sample_tokens_ref(logits.contiguous(), *contiguous).cpu())
 
 
 def test_rule_draws_from_the_filtered_distribution():

@@ -24,15 +24,15 @@ CHUNK = 32
 
 @triton.jit
 def _sample_kernel(logits_ptr, u_ptr, temp_ptr, topk_ptr, topp_ptr, out_ptr, scratch_ptr, vocab, s_lb, s_lv,
-                   MIN_TEMP: tl.constexpr, BLOCK_V: tl.constexpr, CHUNK: tl.constexpr):
+                   s_u, s_t, s_k, s_p, MIN_TEMP: tl.constexpr, BLOCK_V: tl.constexpr, CHUNK: tl.constexpr):
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK_V)
     valid = offs < vocab
     logits = tl.load(logits_ptr + row * s_lb + offs * s_lv, mask=valid, other=float("-inf")).to(tl.float32)
-    temperature = tl.load(temp_ptr + row).to(tl.float32)
-    top_k = tl.load(topk_ptr + row)
-    top_p = tl.load(topp_ptr + row).to(tl.float32)
-    uniform = tl.load(u_ptr + row).to(tl.float32)
+    temperature = tl.load(temp_ptr + row * s_t).to(tl.float32)
+    top_k = tl.load(topk_ptr + row * s_k)
+    top_p = tl.load(topp_ptr + row * s_p).to(tl.float32)
+    uniform = tl.load(u_ptr + row * s_u).to(tl.float32)
 
     inv_temp = 1.0 / tl.maximum(temperature, MIN_TEMP)
     scaled = logits * inv_temp
@@ -89,5 +89,6 @@ def sample_tokens_triton(logits: Tensor, uniforms: Tensor, temperature: Tensor, 
     block_v = max(CHUNK, triton.next_power_of_2(vocab))
     scratch = torch.empty(batch, 2 * block_v, dtype=torch.float32, device=logits.device)
     _sample_kernel[(batch,)](logits, uniforms, temperature, top_k, top_p, out, scratch, vocab, *logits.stride(),
+                             uniforms.stride(0), temperature.stride(0), top_k.stride(0), top_p.stride(0),
                              MIN_TEMP=MIN_TEMPERATURE, BLOCK_V=block_v, CHUNK=CHUNK, num_warps=4)
     return out
