@@ -167,11 +167,13 @@ BLOCK_CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", BLOCK_CASES)
-def test_triton_block_step_matches_reference(case, dtype):
+@pytest.mark.parametrize("block_e", [8, 64], ids=["tiles-of-8", "one-tile"])
+def test_triton_block_step_matches_reference(case, dtype, block_e):
+    """Both paths of the kernel: two passes over tiles of 8 channels, and one pass over a tile of all."""
     triton_step = triton_step_module()
     inputs = make_block_inputs(**case, dtype=dtype)
     out_ref, conv_ref, ssm_ref = run_block_steps(mamba_block_step_ref, inputs)
-    out, conv, ssm = run_block_steps(triton_step.mamba_block_step_triton, inputs, block_e=8)
+    out, conv, ssm = run_block_steps(triton_step.mamba_block_step_triton, inputs, block_e=block_e)
     assert out.dtype == dtype and conv.dtype == dtype
     # the SSM input is rounded to the conv state's dtype: a last-bit difference there is one ulp of it
     assert rel_err(conv, conv_ref) < (1e-6 if dtype == torch.float32 else 1e-2)

@@ -26,6 +26,9 @@ more registers than narrow ones.
 in_proj by tiles of channels, the step, and out_proj accumulated tile by tile
 into the residual, so a block costs one launch instead of five. Its first pass
 stores the new conv windows, which the second pass reads back after a barrier.
+When one tile holds every channel (narrow blocks, few streams: see
+``block_step_config``) it runs in one pass instead, issuing every load before any
+arithmetic so that their latencies overlap.
 """
 
 from __future__ import annotations
@@ -216,6 +219,21 @@ def mamba_step_triton(
 
 
 @triton.jit
+def _norm_row(residual, normw_ptr, normb_ptr, offs_h, mask_h, hidden, eps, RMS_NORM: tl.constexpr,
+              HAS_NORM_BIAS: tl.constexpr):
+    """RMS or layer norm of one row (BLOCK_H,) float32, affine; zero beyond ``hidden``."""
+    if RMS_NORM:
+        normed = residual * tl.rsqrt(tl.sum(residual * residual, axis=0) / hidden + eps)
+    else:
+        centred = tl.where(mask_h, residual - tl.sum(residual, axis=0) / hidden, 0.0)
+        normed = centred * tl.rsqrt(tl.sum(centred * centred, axis=0) / hidden + eps)
+    normed *= tl.load(normw_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    if HAS_NORM_BIAS:
+        normed += tl.load(normb_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    return tl.where(mask_h, normed, 0.0)
+
+
+@triton.jit
 def _mamba_block_step_kernel(
     x_ptr, out_ptr, normw_ptr, normb_ptr, win_ptr, bin_ptr, wout_ptr, bout_ptr,
     conv_ptr, ssm_ptr, convw_ptr, convb_ptr, A_ptr, D_ptr, dtb_ptr, xproj_ptr, dtproj_ptr, B_ptr, C_ptr,
@@ -229,7 +247,7 @@ def _mamba_block_step_kernel(
     HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
     SELECTIVE: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_W: tl.constexpr,
+    BLOCK_W: tl.constexpr, ONE_TILE: tl.constexpr,
 ):
     row = tl.program_id(0)
     offs_h = tl.arange(0, BLOCK_H)
@@ -240,107 +258,163 @@ def _mamba_block_step_kernel(
     mask_n = offs_n < n_state
     mask_r = offs_r < rank
 
-    # the norm of the whole row, kept in registers
     residual = tl.load(x_ptr + row * s_xb + offs_h * s_xh, mask=mask_h, other=0.0).to(tl.float32)
-    if RMS_NORM:
-        normed = residual * tl.rsqrt(tl.sum(residual * residual, axis=0) / hidden + eps)
-    else:
-        centred = tl.where(mask_h, residual - tl.sum(residual, axis=0) / hidden, 0.0)
-        normed = centred * tl.rsqrt(tl.sum(centred * centred, axis=0) / hidden + eps)
-    normed *= tl.load(normw_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    if HAS_NORM_BIAS:
-        normed += tl.load(normb_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    normed = tl.where(mask_h, normed, 0.0)
-
-    # pass 1: SSM input u = in_proj[:E] @ normed, shifted into the conv state (the new windows are
-    # stored here), and for the selective SSM the projections of the conv output
-    dt_low = tl.zeros([BLOCK_R], dtype=tl.float32)
-    B_sel = tl.zeros([BLOCK_N], dtype=tl.float32)
-    C_sel = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for e0 in range(0, dim, BLOCK_E):
-        offs_e = e0 + tl.arange(0, BLOCK_E)
+    if ONE_TILE:
+        # every channel in one tile: all loads are issued before any arithmetic, so their latencies overlap,
+        # and the conv output stays in registers (no store-barrier-reload of the window)
+        offs_e = tl.arange(0, BLOCK_E)
         mask_e = offs_e < dim
-        w_in = tl.load(win_ptr + offs_e[:, None] * s_wir + offs_h[None, :] * s_wih,
-                       mask=mask_e[:, None] & mask_h[None, :], other=0.0).to(tl.float32)
-        u = tl.sum(w_in * normed[None, :], axis=1)
-        if HAS_IN_BIAS:
-            u += tl.load(bin_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+        rows_h = mask_e[:, None] & mask_h[None, :]
+        in_window = offs_w[None, :] < width
+        w_in = tl.load(win_ptr + offs_e[:, None] * s_wir + offs_h[None, :] * s_wih, mask=rows_h, other=0.0)
+        w_z = tl.load(win_ptr + (dim + offs_e[:, None]) * s_wir + offs_h[None, :] * s_wih, mask=rows_h, other=0.0)
         old = tl.load(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + (offs_w[None, :] + 1) * s_cw,
                       mask=mask_e[:, None] & (offs_w[None, :] + 1 < width), other=0.0)
+        conv_w = tl.load(convw_ptr + offs_e[:, None] * s_we + offs_w[None, :] * s_ww, mask=mask_e[:, None] & in_window,
+                         other=0.0).to(tl.float32)
+        tile = mask_e[:, None] & mask_n[None, :]
+        A = tl.load(A_ptr + offs_e[:, None] * s_ae + offs_n[None, :] * s_an, mask=tile, other=0.0)
+        h_ptrs = ssm_ptr + row * s_hb + offs_e[:, None] * s_he + offs_n[None, :] * s_hn
+        h = tl.load(h_ptrs, mask=tile, other=0.0)
+        w_out = tl.load(wout_ptr + offs_h[:, None] * s_woh + offs_e[None, :] * s_woe,
+                        mask=mask_h[:, None] & mask_e[None, :], other=0.0)
+        if SELECTIVE:
+            cols = offs_e[None, :] * s_xpe
+            w_dt = tl.load(xproj_ptr + offs_r[:, None] * s_xpr + cols, mask=mask_r[:, None] & mask_e[None, :],
+                           other=0.0)
+            w_B = tl.load(xproj_ptr + (rank + offs_n[:, None]) * s_xpr + cols, mask=mask_n[:, None] & mask_e[None, :],
+                          other=0.0)
+            w_C = tl.load(xproj_ptr + (rank + n_state + offs_n[:, None]) * s_xpr + cols,
+                          mask=mask_n[:, None] & mask_e[None, :], other=0.0)
+            w_delta = tl.load(dtproj_ptr + offs_e[:, None] * s_dpe + offs_r[None, :] * s_dpr,
+                              mask=mask_e[:, None] & mask_r[None, :], other=0.0)
+        else:
+            B_t = tl.load(B_ptr + offs_e[:, None] * s_Be + offs_n[None, :] * s_Bn, mask=tile, other=0.0).to(tl.float32)
+            C_t = tl.load(C_ptr + offs_e[:, None] * s_Ce + offs_n[None, :] * s_Cn, mask=tile, other=0.0).to(tl.float32)
+
+        normed = _norm_row(residual, normw_ptr, normb_ptr, offs_h, mask_h, hidden, eps, RMS_NORM, HAS_NORM_BIAS)
+        u = tl.sum(w_in.to(tl.float32) * normed[None, :], axis=1)
+        z = tl.sum(w_z.to(tl.float32) * normed[None, :], axis=1)
+        if HAS_IN_BIAS:
+            u += tl.load(bin_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+            z += tl.load(bin_ptr + dim + offs_e, mask=mask_e, other=0.0).to(tl.float32)
         window = tl.where(offs_w[None, :] == width - 1, u.to(conv_ptr.dtype.element_ty)[:, None], old)
         tl.debug_barrier()  # the old window is read everywhere before it is overwritten
         tl.store(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + offs_w[None, :] * s_cw, window,
-                 mask=mask_e[:, None] & (offs_w[None, :] < width))
-        if SELECTIVE:
-            weight = tl.load(convw_ptr + offs_e[:, None] * s_we + offs_w[None, :] * s_ww,
-                             mask=mask_e[:, None] & (offs_w[None, :] < width), other=0.0).to(tl.float32)
-            acc = tl.sum(window.to(tl.float32) * weight, axis=1)
-            if HAS_CONV_BIAS:
-                acc += tl.load(convb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
-            xc = acc * tl.sigmoid(acc)
-            cols = offs_e[None, :] * s_xpe
-            w_dt = tl.load(xproj_ptr + offs_r[:, None] * s_xpr + cols, mask=mask_r[:, None] & mask_e[None, :],
-                           other=0.0).to(tl.float32)
-            dt_low += tl.sum(w_dt * xc[None, :], axis=1)
-            w_B = tl.load(xproj_ptr + (rank + offs_n[:, None]) * s_xpr + cols, mask=mask_n[:, None] & mask_e[None, :],
-                          other=0.0).to(tl.float32)
-            B_sel += tl.sum(w_B * xc[None, :], axis=1)
-            w_C = tl.load(xproj_ptr + (rank + n_state + offs_n[:, None]) * s_xpr + cols,
-                          mask=mask_n[:, None] & mask_e[None, :], other=0.0).to(tl.float32)
-            C_sel += tl.sum(w_C * xc[None, :], axis=1)
-    tl.debug_barrier()  # pass 2 reads the windows pass 1 stored, across threads
-
-    # pass 2: conv output from the new window, delta, state update, gate, out_proj accumulated
-    out = tl.zeros([BLOCK_H], dtype=tl.float32)
-    for e0 in range(0, dim, BLOCK_E):
-        offs_e = e0 + tl.arange(0, BLOCK_E)
-        mask_e = offs_e < dim
-        window = tl.load(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + offs_w[None, :] * s_cw,
-                         mask=mask_e[:, None] & (offs_w[None, :] < width), other=0.0).to(tl.float32)
-        weight = tl.load(convw_ptr + offs_e[:, None] * s_we + offs_w[None, :] * s_ww,
-                         mask=mask_e[:, None] & (offs_w[None, :] < width), other=0.0).to(tl.float32)
-        acc = tl.sum(window * weight, axis=1)
+                 mask=mask_e[:, None] & in_window)
+        acc = tl.sum(window.to(tl.float32) * conv_w, axis=1)
         if HAS_CONV_BIAS:
             acc += tl.load(convb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
         xc = acc * tl.sigmoid(acc)
-
         if SELECTIVE:
-            w_dt = tl.load(dtproj_ptr + offs_e[:, None] * s_dpe + offs_r[None, :] * s_dpr,
-                           mask=mask_e[:, None] & mask_r[None, :], other=0.0).to(tl.float32)
-            delta = tl.sum(w_dt * dt_low[None, :], axis=1)
+            dt_low = tl.sum(w_dt.to(tl.float32) * xc[None, :], axis=1)
+            B_t = tl.sum(w_B.to(tl.float32) * xc[None, :], axis=1)[None, :]
+            C_t = tl.sum(w_C.to(tl.float32) * xc[None, :], axis=1)[None, :]
+            delta = tl.sum(w_delta.to(tl.float32) * dt_low[None, :], axis=1)
         else:
             delta = tl.zeros([BLOCK_E], dtype=tl.float32)
         if HAS_DT_BIAS:
             delta += tl.load(dtb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
         if DT_SOFTPLUS:
             delta = _softplus(delta)
-
-        tile = mask_e[:, None] & mask_n[None, :]
-        A = tl.load(A_ptr + offs_e[:, None] * s_ae + offs_n[None, :] * s_an, mask=tile, other=0.0)
-        h_ptrs = ssm_ptr + row * s_hb + offs_e[:, None] * s_he + offs_n[None, :] * s_hn
-        h = tl.load(h_ptrs, mask=tile, other=0.0)
-        if SELECTIVE:
-            B_t = B_sel[None, :]
-            C_t = C_sel[None, :]
-        else:
-            B_t = tl.load(B_ptr + offs_e[:, None] * s_Be + offs_n[None, :] * s_Bn, mask=tile, other=0.0).to(tl.float32)
-            C_t = tl.load(C_ptr + offs_e[:, None] * s_Ce + offs_n[None, :] * s_Cn, mask=tile, other=0.0).to(tl.float32)
         h = tl.exp(delta[:, None] * A) * h + (delta * xc)[:, None] * B_t
         tl.store(h_ptrs, h, mask=tile)
         y = tl.sum(h * C_t, axis=1)
         if HAS_D:
             y += tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32) * xc
-
-        w_z = tl.load(win_ptr + (dim + offs_e[:, None]) * s_wir + offs_h[None, :] * s_wih,
-                      mask=mask_e[:, None] & mask_h[None, :], other=0.0).to(tl.float32)
-        z = tl.sum(w_z * normed[None, :], axis=1)
-        if HAS_IN_BIAS:
-            z += tl.load(bin_ptr + dim + offs_e, mask=mask_e, other=0.0).to(tl.float32)
         y = tl.where(mask_e, y * z * tl.sigmoid(z), 0.0)
+        out = tl.sum(w_out.to(tl.float32) * y[None, :], axis=1)
+    else:
+        normed = _norm_row(residual, normw_ptr, normb_ptr, offs_h, mask_h, hidden, eps, RMS_NORM, HAS_NORM_BIAS)
+        # pass 1: SSM input u = in_proj[:E] @ normed, shifted into the conv state (the new windows are
+        # stored here), and for the selective SSM the projections of the conv output
+        dt_low = tl.zeros([BLOCK_R], dtype=tl.float32)
+        B_sel = tl.zeros([BLOCK_N], dtype=tl.float32)
+        C_sel = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for e0 in range(0, dim, BLOCK_E):
+            offs_e = e0 + tl.arange(0, BLOCK_E)
+            mask_e = offs_e < dim
+            w_in = tl.load(win_ptr + offs_e[:, None] * s_wir + offs_h[None, :] * s_wih,
+                           mask=mask_e[:, None] & mask_h[None, :], other=0.0).to(tl.float32)
+            u = tl.sum(w_in * normed[None, :], axis=1)
+            if HAS_IN_BIAS:
+                u += tl.load(bin_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+            old = tl.load(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + (offs_w[None, :] + 1) * s_cw,
+                          mask=mask_e[:, None] & (offs_w[None, :] + 1 < width), other=0.0)
+            window = tl.where(offs_w[None, :] == width - 1, u.to(conv_ptr.dtype.element_ty)[:, None], old)
+            tl.debug_barrier()  # the old window is read everywhere before it is overwritten
+            tl.store(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + offs_w[None, :] * s_cw, window,
+                     mask=mask_e[:, None] & (offs_w[None, :] < width))
+            if SELECTIVE:
+                weight = tl.load(convw_ptr + offs_e[:, None] * s_we + offs_w[None, :] * s_ww,
+                                 mask=mask_e[:, None] & (offs_w[None, :] < width), other=0.0).to(tl.float32)
+                acc = tl.sum(window.to(tl.float32) * weight, axis=1)
+                if HAS_CONV_BIAS:
+                    acc += tl.load(convb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+                xc = acc * tl.sigmoid(acc)
+                cols = offs_e[None, :] * s_xpe
+                w_dt = tl.load(xproj_ptr + offs_r[:, None] * s_xpr + cols, mask=mask_r[:, None] & mask_e[None, :],
+                               other=0.0).to(tl.float32)
+                dt_low += tl.sum(w_dt * xc[None, :], axis=1)
+                w_B = tl.load(xproj_ptr + (rank + offs_n[:, None]) * s_xpr + cols, mask=mask_n[:, None] & mask_e[None, :],
+                              other=0.0).to(tl.float32)
+                B_sel += tl.sum(w_B * xc[None, :], axis=1)
+                w_C = tl.load(xproj_ptr + (rank + n_state + offs_n[:, None]) * s_xpr + cols,
+                              mask=mask_n[:, None] & mask_e[None, :], other=0.0).to(tl.float32)
+                C_sel += tl.sum(w_C * xc[None, :], axis=1)
+        tl.debug_barrier()  # pass 2 reads the windows pass 1 stored, across threads
 
-        w_out = tl.load(wout_ptr + offs_h[:, None] * s_woh + offs_e[None, :] * s_woe,
-                        mask=mask_h[:, None] & mask_e[None, :], other=0.0).to(tl.float32)
-        out += tl.sum(w_out * y[None, :], axis=1)
+        # pass 2: conv output from the new window, delta, state update, gate, out_proj accumulated
+        out = tl.zeros([BLOCK_H], dtype=tl.float32)
+        for e0 in range(0, dim, BLOCK_E):
+            offs_e = e0 + tl.arange(0, BLOCK_E)
+            mask_e = offs_e < dim
+            window = tl.load(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + offs_w[None, :] * s_cw,
+                             mask=mask_e[:, None] & (offs_w[None, :] < width), other=0.0).to(tl.float32)
+            weight = tl.load(convw_ptr + offs_e[:, None] * s_we + offs_w[None, :] * s_ww,
+                             mask=mask_e[:, None] & (offs_w[None, :] < width), other=0.0).to(tl.float32)
+            acc = tl.sum(window * weight, axis=1)
+            if HAS_CONV_BIAS:
+                acc += tl.load(convb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+            xc = acc * tl.sigmoid(acc)
+
+            if SELECTIVE:
+                w_dt = tl.load(dtproj_ptr + offs_e[:, None] * s_dpe + offs_r[None, :] * s_dpr,
+                               mask=mask_e[:, None] & mask_r[None, :], other=0.0).to(tl.float32)
+                delta = tl.sum(w_dt * dt_low[None, :], axis=1)
+            else:
+                delta = tl.zeros([BLOCK_E], dtype=tl.float32)
+            if HAS_DT_BIAS:
+                delta += tl.load(dtb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+            if DT_SOFTPLUS:
+                delta = _softplus(delta)
+
+            tile = mask_e[:, None] & mask_n[None, :]
+            A = tl.load(A_ptr + offs_e[:, None] * s_ae + offs_n[None, :] * s_an, mask=tile, other=0.0)
+            h_ptrs = ssm_ptr + row * s_hb + offs_e[:, None] * s_he + offs_n[None, :] * s_hn
+            h = tl.load(h_ptrs, mask=tile, other=0.0)
+            if SELECTIVE:
+                B_t = B_sel[None, :]
+                C_t = C_sel[None, :]
+            else:
+                B_t = tl.load(B_ptr + offs_e[:, None] * s_Be + offs_n[None, :] * s_Bn, mask=tile, other=0.0).to(tl.float32)
+                C_t = tl.load(C_ptr + offs_e[:, None] * s_Ce + offs_n[None, :] * s_Cn, mask=tile, other=0.0).to(tl.float32)
+            h = tl.exp(delta[:, None] * A) * h + (delta * xc)[:, None] * B_t
+            tl.store(h_ptrs, h, mask=tile)
+            y = tl.sum(h * C_t, axis=1)
+            if HAS_D:
+                y += tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32) * xc
+
+            w_z = tl.load(win_ptr + (dim + offs_e[:, None]) * s_wir + offs_h[None, :] * s_wih,
+                          mask=mask_e[:, None] & mask_h[None, :], other=0.0).to(tl.float32)
+            z = tl.sum(w_z * normed[None, :], axis=1)
+            if HAS_IN_BIAS:
+                z += tl.load(bin_ptr + dim + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+            y = tl.where(mask_e, y * z * tl.sigmoid(z), 0.0)
+
+            w_out = tl.load(wout_ptr + offs_h[:, None] * s_woh + offs_e[None, :] * s_woe,
+                            mask=mask_h[:, None] & mask_e[None, :], other=0.0).to(tl.float32)
+            out += tl.sum(w_out * y[None, :], axis=1)
 
     if HAS_OUT_BIAS:
         out += tl.load(bout_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
@@ -422,7 +496,7 @@ def mamba_block_step_triton(
         HAS_OUT_BIAS=out_proj_bias is not None, HAS_CONV_BIAS=conv_bias is not None, HAS_D=D is not None,
         HAS_DT_BIAS=dt_bias is not None, SELECTIVE=selective, DT_SOFTPLUS=dt_softplus,
         BLOCK_H=block_h, BLOCK_E=block_e, BLOCK_N=triton.next_power_of_2(n_state),
-        BLOCK_R=triton.next_power_of_2(rank), BLOCK_W=triton.next_power_of_2(width),
+        BLOCK_R=triton.next_power_of_2(rank), BLOCK_W=triton.next_power_of_2(width), ONE_TILE=block_e >= dim,
         num_warps=num_warps,
     )
     return out
