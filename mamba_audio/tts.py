@@ -243,12 +243,14 @@ class TextToSpeech:
             raise CheckpointError(f"{root} has no {CODEC_DIR}/ checkpoint for the codec {model.config.codec!r}")
         return cls(model, codec, max_streams=max_streams, **loop_options)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``tts/`` and (for a codec with weights) ``codec/`` into ``directory``."""
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write ``tts/`` and (for a codec with weights) ``codec/`` into ``directory``; ``dtype``
+        (e.g. torch.float16: half the size, for shipping) stores their floating-point weights in that type,
+        ``from_pretrained`` loads them back as float32."""
         directory = Path(directory)
-        self.model.save_pretrained(directory / MODEL_DIR)
+        self.model.save_pretrained(directory / MODEL_DIR, dtype=dtype)
         if hasattr(self.codec, "save_pretrained"):
-            self.codec.save_pretrained(directory / CODEC_DIR)
+            self.codec.save_pretrained(directory / CODEC_DIR, dtype=dtype)
         return directory
 
     @property
@@ -264,17 +266,26 @@ class TextToSpeech:
         return self.model.config.max_text_chars
 
     def start(self, text: str, voice: str | None = None, speed: float = 1.0, seed: int | None = None,
-              chunk_samples: int | None = None) -> SpeechStream:
+              chunk_samples: int | None = None, *, symbols: bool = False) -> SpeechStream:
         """Start speaking ``text``; returns a stream of ``AudioChunk``s (``stream.stop()`` ends it early).
 
+        With ``symbols``, ``text`` is already the front end's symbol string (for a "phonemes" model the
+        IPA, e.g. a sentence corpus's phonemes.csv column), so no espeak-ng is needed.
+
         Raises:
-            ValueError: empty, too long or unsupported text; an unknown voice; speed outside
-                ``SPEED_RANGE``; chunk_samples <= 0. RuntimeError when every slot is busy.
+            ValueError: empty, too long or unsupported text (or symbols outside the model's inventory);
+                an unknown voice; speed outside ``SPEED_RANGE``; chunk_samples <= 0. RuntimeError when
+                every slot is busy.
         """
         if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
             raise ValueError(f"speed must be a number in [{SPEED_RANGE[0]}, {SPEED_RANGE[1]}], got {speed!r}")
         voice_index = self.model.voice_index(voice)
-        ids = self.model.text.encode(text, max_chars=self.max_text_chars)
+        if symbols:
+            if not isinstance(text, str) or len(text) > self.max_text_chars:
+                raise TextError(f"symbols must be a string of at most {self.max_text_chars} symbols")
+            ids = self.model.text.encode_symbols(text)
+        else:
+            ids = self.model.text.encode(text, max_chars=self.max_text_chars)
         if chunk_samples is None:
             chunk_samples = self.loop.block_steps * self.codec.hop_length
         if isinstance(chunk_samples, bool) or not isinstance(chunk_samples, int) or chunk_samples <= 0:
@@ -285,9 +296,10 @@ class TextToSpeech:
             raise ValueError(f"seed must be an integer, got {seed!r}")
         return self.loop.start(ids, voice_index, float(speed), seed, chunk_samples)
 
-    def synthesize(self, text: str, voice: str | None = None, speed: float = 1.0, seed: int | None = None) -> Tensor:
-        """The whole utterance: Tensor (L,) float32 at ``sample_rate``. Errors as ``start``."""
-        chunks = [chunk.audio for chunk in self.start(text, voice=voice, speed=speed, seed=seed)]
+    def synthesize(self, text: str, voice: str | None = None, speed: float = 1.0, seed: int | None = None, *,
+                   symbols: bool = False) -> Tensor:
+        """The whole utterance: Tensor (L,) float32 at ``sample_rate``. Arguments and errors as ``start``."""
+        chunks = [chunk.audio for chunk in self.start(text, voice=voice, speed=speed, seed=seed, symbols=symbols)]
         return torch.cat(chunks) if chunks else torch.zeros(0)
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import runpy
 import shutil
+import sys
+import tarfile
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -224,6 +228,62 @@ def test_api_checkpoint_round_trip_and_missing_weights(tts, tmp_path):
     torch.testing.assert_close(loaded.synthesize("the red fox.", seed=2), tts.synthesize("the red fox.", seed=2))
     with pytest.raises(CheckpointError, match="not a TTS checkpoint"):
         TextToSpeech.from_pretrained(tmp_path)
+
+
+def test_half_precision_voice_loads_as_float32_and_a_foreign_codec_is_named(tts, tmp_path):
+    """How the default voice ships: weights stored in float16, loaded back as float32 (close to the original)."""
+    full, half = tts.save_pretrained(tmp_path / "full"), tts.save_pretrained(tmp_path / "half", dtype=torch.float16)
+    sizes = [sum(f.stat().st_size for f in root.rglob("*.safetensors")) for root in (full, half)]
+    assert sizes[1] < 0.6 * sizes[0]
+    loaded = TextToSpeech.from_pretrained(half, device="cpu")
+    assert {p.dtype for p in loaded.model.parameters()} | {p.dtype for p in loaded.codec.parameters()} == {torch.float32}
+    model = tts.model.eval()
+    text, voice = model.pad_text([model.text.encode("the red fox.")]), torch.tensor([1])
+    inputs = model.shift(model.targets(torch.randint(0, 16, (1, 2, 6)), torch.tensor([6]))[0])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.eval()(text, voice, inputs), model(text, voice, inputs),
+                                   atol=2e-2, rtol=1e-2)
+    tiny_codec(num_codebooks=3).save_pretrained(half / "codec")  # a codec the model was not trained on
+    with pytest.raises(CheckpointError, match="does not fit the TTS model"):
+        TextToSpeech.from_pretrained(half, device="cpu")
+    huge = tiny_codec()
+    next(huge.parameters()).data.view(-1)[0] = 1e6
+    with pytest.raises(ValueError, match="do not fit torch.float16"):
+        huge.save_pretrained(tmp_path / "huge", dtype=torch.float16)
+
+
+def test_speaking_from_the_front_end_symbols(tts):
+    """symbols=True speaks the front end's symbol string itself (a corpus's phonemes, without espeak-ng)."""
+    torch.testing.assert_close(tts.synthesize("the red fox.", symbols=True, seed=3),
+                               tts.synthesize("The  RED fox.", seed=3))
+    for bad, message in (("the r\u0292d fox", "not in this model's chars inventory"), ("a" * 301, "at most 300"),
+                         ("", "no symbols")):
+        with pytest.raises(TextError, match=message):
+            tts.start(bad, symbols=True)
+
+
+def test_gpu_train_script_trains_ships_and_speaks_on_tokens(tokens, corpus, tmp_path):
+    """recipes/tts/gpu_train.py end to end on the CPU with the default voice's config, shrunk: train on
+    pre-tokenized data, store the voice in float16, speak the held-out sentence from its phonemes."""
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tts"
+    out = tmp_path / "out"
+    argv = ["gpu_train.py", "--tokens", str(tokens), "--out", str(out), "--work", str(tmp_path / "work"),
+            "--device", "cpu", "--set", "train.steps=2", "--set", "train.batch_size=2",
+            "--set", "model.backbone.d_model=16", "--set", "model.backbone.n_layers=1",
+            "--set", "model.max_seconds=0.02"]
+    with patch.object(sys, "argv", argv):
+        runpy.run_path(str(recipe / "gpu_train.py"), run_name="__main__")
+    record = json.loads((out / "run.json").read_text())
+    assert record["train_steps"] == 2 and record["heldout_sentences_spoken"] == 1 and record["shipped_dtype"] == "float16"
+    assert record["model_config"]["text_front_end"] == "phonemes" and record["model_config"]["backbone"]["expand"] == 1
+    assert set(record["heldout_nll_bits"]) == {"trained_float32", "shipped_float16"}
+    assert {f.relative_to(out).as_posix() for f in out.rglob("*") if f.is_file()} == {
+        "run.json", "metrics.jsonl", "generated.tar", "voice/tts/config.json", "voice/tts/model.safetensors",
+        "voice/codec/config.json", "voice/codec/model.safetensors"}  # what the GPU machine hands back
+    heldout = SentenceCorpus(corpus, split="heldout").entries[0][0]
+    with tarfile.open(out / "generated.tar") as archive:
+        assert archive.getnames() == [f"{heldout}.wav"]
+    assert TextToSpeech.from_pretrained(out / "voice", device="cpu").voices == sorted(VOICES)
 
 
 def test_cli_trains_tts_from_the_recipe_config_on_tokenized_data(tokens, tmp_path, capsys):

@@ -63,13 +63,18 @@ class PretrainedMixin:
         super().__init_subclass__(**kwargs)
         _MODEL_TYPES[cls.model_type] = cls
 
-    def save_pretrained(self, directory: str | Path, **metadata) -> Path:
-        """Write config.json and model.safetensors into ``directory`` (created if needed), atomically."""
+    def save_pretrained(self, directory: str | Path, *, dtype: torch.dtype | None = None, **metadata) -> Path:
+        """Write config.json and model.safetensors into ``directory`` (created if needed), atomically.
+
+        ``dtype`` (e.g. torch.float16, to ship weights at half the size) stores the floating-point tensors
+        in that type; ``from_pretrained`` casts them back to the model's own (float32). ValueError when a
+        tensor does not fit the type (a value beyond float16's range, say).
+        """
         from mamba_audio import __version__
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tensors = {k: _stored(k, v.detach().contiguous().cpu(), dtype) for k, v in self.state_dict().items()}
         _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp))
         meta = {"model_type": self.model_type, "mamba_audio_version": __version__, **metadata,
                 "config": to_dict(self.config)}
@@ -100,6 +105,16 @@ class PretrainedMixin:
         _check_state_dict(model.state_dict(), tensors, directory)
         model.load_state_dict(tensors)
         return model.to(device)
+
+
+def _stored(name: str, tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``tensor`` as saved: floating-point tensors in ``dtype`` (None: as they are), others unchanged."""
+    if dtype is None or not tensor.is_floating_point():
+        return tensor
+    stored = tensor.to(dtype)
+    if not torch.isfinite(stored).all() and torch.isfinite(tensor).all():
+        raise ValueError(f"{name}: values up to {tensor.abs().max().item():.4g} do not fit {dtype}")
+    return stored
 
 
 def _check_state_dict(expected: dict, found: dict, directory) -> None:

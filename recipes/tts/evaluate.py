@@ -2,13 +2,16 @@
 
     python recipes/tts/evaluate.py --corpus CORPUS --generated DIR [--run DIR/../run.json] [--out results.json]
 
-DIR holds <id>.wav for held-out clip ids (recipes/tts/gpu_train.py writes them).
+DIR (a folder, or a .tar of them: recipes/tts/gpu_train.py writes OUT/generated.tar) holds <id>.wav for
+held-out clip ids; the held-out clips it holds are scored, generated and recorded alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tarfile
+import tempfile
 from pathlib import Path
 
 from mamba_audio.audio import load_audio
@@ -24,13 +27,23 @@ def main() -> None:
     parser.add_argument("--run", help="run.json of the GPU run, merged into the results")
     parser.add_argument("--out")
     args = parser.parse_args()
+    generated_dir = Path(args.generated)
+    if generated_dir.is_file():  # a .tar of the wavs
+        unpacked = tempfile.TemporaryDirectory(prefix="generated-")
+        with tarfile.open(generated_dir) as archive:
+            archive.extractall(unpacked.name, filter="data")
+        generated_dir = Path(unpacked.name)
     heldout = SentenceCorpus(args.corpus, split="heldout", sample_rate=RECOGNIZER_SAMPLE_RATE)
     transcribe = Transcriber()
     references, generated, recorded = [], [], []
-    for index, (clip_id, text, _) in enumerate(heldout.entries):
+    spoken = [(index, clip_id, text) for index, (clip_id, text, _) in enumerate(heldout.entries)
+              if (generated_dir / f"{clip_id}.wav").is_file()]
+    if not spoken:
+        raise SystemExit(f"{args.generated} holds none of the {len(heldout)} held-out clips of {args.corpus}")
+    for index, clip_id, text in spoken:
         references.append(text)
         recorded.append(transcribe(heldout[index]["audio"], RECOGNIZER_SAMPLE_RATE))
-        wav = load_audio(Path(args.generated) / f"{clip_id}.wav", RECOGNIZER_SAMPLE_RATE)
+        wav = load_audio(generated_dir / f"{clip_id}.wav", RECOGNIZER_SAMPLE_RATE)
         generated.append(transcribe(wav, RECOGNIZER_SAMPLE_RATE))
     results = {"wer_generated": word_error_rate(references, generated),
                "wer_corpus_recordings": word_error_rate(references, recorded), "sentences": len(references),

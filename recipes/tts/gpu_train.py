@@ -1,33 +1,50 @@
-"""One bounded GPU run: tokenize a sentence corpus with a trained codec, train TTS, speak the held-out sentences.
+"""One bounded GPU run: train TTS on a tokenized corpus, ship the voice in float16, speak the held-out sentences.
 
-    python recipes/tts/gpu_train.py --corpus CORPUS --codec CODEC_CHECKPOINT --out $OUT [--config recipes/tts/tts.yaml]
+    python recipes/tts/gpu_train.py --tokens TOKENS --out $OUT [--config recipes/tts/tts_default_voice.yaml]
+    python recipes/tts/gpu_train.py --corpus CORPUS --codec CODEC_CHECKPOINT --out $OUT   # tokenizes first
 
-The first two steps are the library's commands (`mamba-audio tokenize`, then `mamba-audio train --task tts`
-on the tokenized corpus); this script adds the timings of speaking. Writes OUT/tokens/ (the tokenized
-corpus), OUT/checkpoint/ and OUT/metrics.jsonl (the training run), OUT/voice/ (a TextToSpeech checkpoint:
-tts/ and codec/), OUT/generated/<id>.wav for every held-out sentence (in the voice that spoke it in the
-corpus) and OUT/run.json (device, command, timings: time to first audio and real-time factor on this
-device). WER is computed afterwards, where pocketsphinx is installed:
-`python recipes/tts/evaluate.py --corpus CORPUS --generated OUT/generated`.
+TOKENS is a folder `mamba-audio tokenize` wrote (its codec inside), so a run carries a few MB of tokens
+instead of the corpus's audio; with --corpus the script runs `mamba-audio tokenize` itself. Training is
+`mamba-audio train --task tts` into WORK (default OUT/work). OUT then gets what the device machine
+hands back (at most 8 files, 2 folders deep):
+
+    OUT/voice/tts/, OUT/voice/codec/   the trained voice, weights stored in --dtype (float16: half the size),
+                                       loaded back as float32 on this device and on the CPU before it is used
+    OUT/generated.tar                  <id>.wav: the first --heldout held-out sentences spoken by OUT/voice
+    OUT/metrics.jsonl                  the training curve
+    OUT/run.json                       device, command, steps, held-out NLL of the trained and shipped weights,
+                                       time to first audio and real-time factor of one stream, sizes
+
+A "phonemes" model speaks the held-out sentences from their phonemes column, so no espeak-ng is
+needed here. WER is computed afterwards, where pocketsphinx is installed:
+`python recipes/tts/evaluate.py --corpus CORPUS --generated OUT/generated.tar --run OUT/run.json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import shutil
 import statistics
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 from mamba_audio.audio import save_audio
 from mamba_audio.cli import main as mamba_audio
 from mamba_audio.configs import to_dict
-from mamba_audio.data.tokenized import TokenizedDataset
-from mamba_audio.training import resolve_device
-from mamba_audio.tts import TextToSpeech
+from mamba_audio.data.speech_tokens import SpeechTokens, clip_voice, collate_speech_tokens
+from mamba_audio.training import TTSTask, resolve_device
+from mamba_audio.tts import SpeechStream, TextToSpeech
+
+TIMED_SENTENCES = 12  # spoken one at a time for the latency figures; the rest share the step loop
+BULK_BLOCK_STEPS = 48  # codec steps per block for the rest (about 1 s at 50 frames/s)
+DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def run(*argv: str) -> None:
@@ -35,43 +52,120 @@ def run(*argv: str) -> None:
         sys.exit(f"mamba-audio {argv[1]} failed")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--corpus", required=True)
-    parser.add_argument("--codec", required=True, help="a trained codec checkpoint (mamba-audio train-codec)")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--config", default=str(Path(__file__).with_name("tts.yaml")))
-    parser.add_argument("--max-seconds", type=float, default=12.0, help="crop longer training clips to this length")
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args()
-    out, device = Path(args.out), resolve_device(args.device)
-    started = time.time()
-    run("--quiet", "tokenize", "--codec", args.codec, "--data", args.corpus, "--out", str(out / "tokens"),
-        "--device", str(device))
-    print(f"tokenized in {time.time() - started:.0f} s", flush=True)
-    run("--quiet", "train", "--task", "tts", "--data", str(out / "tokens"), "--out", str(out), "--config",
-        args.config, "--segment-seconds", str(args.max_seconds), "--device", str(device))
+@torch.no_grad()
+def heldout_nll(voice: TextToSpeech, tokens: Path, max_clips: int = 64) -> float:
+    """Codec-token NLL (bits per token) of the first ``max_clips`` held-out clips, teacher-forced."""
+    model = voice.model.eval()
+    data = SpeechTokens(tokens, model.text, model.config.voices, "heldout")
+    task, sums = TTSTask(), {}
+    batches = DataLoader(torch.utils.data.Subset(data, range(min(max_clips, len(data)))), batch_size=16,
+                         collate_fn=functools.partial(collate_speech_tokens, pad_text=model.pad_text))
+    device = next(model.parameters()).device
+    for batch in batches:
+        batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+        for key, value in task.eval_sums(model, batch).items():
+            sums[key] = sums.get(key, 0) + value
+    return round(task.finalize(sums)["nll_bits"], 4)
 
-    tts = TextToSpeech.from_pretrained(out / "voice", device=device, max_streams=4)
-    heldout = TokenizedDataset(out / "tokens", "heldout").metadata
+
+def speak(voice: TextToSpeech, clip: dict) -> SpeechStream:
+    """A stream of ``clip``'s sentence in its corpus voice (from its phonemes for a "phonemes" model)."""
+    by_symbols = voice.model.config.text_front_end == "phonemes"
+    return voice.start(clip["phonemes"] if by_symbols else clip["transcript"], voice=clip_voice(clip), seed=0,
+                       symbols=by_symbols)
+
+
+def speak_heldout(voice: TextToSpeech, bulk: TextToSpeech, heldout: list[dict], folder: Path) -> dict:
+    """Write folder/<id>.wav for every clip of ``heldout``: the first TIMED_SENTENCES one stream at a time
+    through ``voice`` (the latency figures), the rest many at a time through ``bulk`` (the same weights,
+    longer blocks: fewer codec calls)."""
     first_audio, factors = [], []
-    for clip in heldout:
+    for clip in heldout[:TIMED_SENTENCES]:
         begun = time.perf_counter()
-        stream = tts.start(clip["transcript"], voice=clip["voice"], seed=0)
+        stream = speak(voice, clip)
         chunks = [next(stream).audio]
         first_audio.append((time.perf_counter() - begun) * 1000)
         chunks += [chunk.audio for chunk in stream]
         audio = torch.cat(chunks)
-        factors.append((time.perf_counter() - begun) / max(audio.numel() / tts.sample_rate, 1e-6))
-        save_audio(out / "generated" / f"{clip['id']}.wav", audio, tts.sample_rate)
-    trained = json.loads((out / "checkpoint" / "config.json").read_text())
-    run_record = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                  "command": " ".join(sys.argv), "train_steps": trained["step"], "heldout_sentences": len(heldout),
-                  "time_to_first_audio_ms": statistics.median(first_audio),
-                  "realtime_factor": statistics.median(factors), "seconds": round(time.time() - started),
-                  "model_config": to_dict(tts.model.config)}
-    (out / "run.json").write_text(json.dumps(run_record, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in run_record.items() if k != "model_config"}, indent=2))
+        factors.append((time.perf_counter() - begun) / max(audio.numel() / voice.sample_rate, 1e-6))
+        save_audio(folder / f"{clip['id']}.wav", audio, voice.sample_rate)
+    rest = heldout[TIMED_SENTENCES:]
+    for start in range(0, len(rest), bulk.loop.max_streams):  # together: iterating one advances them all
+        group = rest[start:start + bulk.loop.max_streams]
+        streams = [speak(bulk, clip) for clip in group]
+        for clip, stream in zip(group, streams):
+            save_audio(folder / f"{clip['id']}.wav", torch.cat([c.audio for c in stream]), bulk.sample_rate)
+    return {"time_to_first_audio_ms": round(statistics.median(first_audio), 1),
+            "realtime_factor": round(statistics.median(factors), 4)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tokens", help="a folder `mamba-audio tokenize` wrote (splits train and heldout)")
+    source.add_argument("--corpus", help="a sentence corpus, tokenized here with --codec")
+    parser.add_argument("--codec", help="with --corpus: a trained codec checkpoint")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--work", help="training output (checkpoint, trainer state); default OUT/work")
+    parser.add_argument("--config", default=str(Path(__file__).with_name("tts_default_voice.yaml")))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("--max-seconds", type=float, default=12.0, help="crop longer training clips to this length")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="how OUT/voice stores weights")
+    parser.add_argument("--heldout", type=int, default=120, help="speak the first N held-out sentences")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    if args.corpus and not args.codec:
+        parser.error("--corpus needs --codec")
+    out, device = Path(args.out), resolve_device(args.device)
+    work = Path(args.work) if args.work else out / "work"
+    started = time.time()
+    tokens = Path(args.tokens) if args.tokens else work / "tokens"
+    if args.corpus:
+        run("--quiet", "tokenize", "--codec", args.codec, "--data", args.corpus, "--out", str(tokens),
+            "--device", str(device))
+        print(f"tokenized in {time.time() - started:.0f} s", flush=True)
+    overrides = [flag for pair in args.set for flag in ("--set", pair)]
+    run("--quiet", "train", "--task", "tts", "--data", str(tokens), "--out", str(work), "--config", args.config,
+        "--segment-seconds", str(args.max_seconds), "--device", str(device), *overrides)
+    trained_seconds = time.time() - started
+
+    # the voice as it ships: stored in --dtype, loaded back as float32, here and on the CPU
+    trained = TextToSpeech.from_pretrained(work / "voice", device=device, max_streams=1)
+    if (out / "voice").exists():
+        shutil.rmtree(out / "voice")
+    trained.save_pretrained(out / "voice", dtype=DTYPES[args.dtype])
+    voice = TextToSpeech.from_pretrained(out / "voice", device=device, max_streams=1)
+    on_cpu = TextToSpeech.from_pretrained(out / "voice", device="cpu", max_streams=1)
+    loaded_dtypes = {str(p.dtype) for v in (voice, on_cpu) for p in v.model.parameters() if p.is_floating_point()}
+    if loaded_dtypes != {"torch.float32"}:
+        sys.exit(f"the shipped voice loaded as {loaded_dtypes}, not float32")
+
+    heldout = SpeechTokens(tokens, voice.model.text, voice.model.config.voices, "heldout").tokens.metadata
+    heldout = heldout[:args.heldout]
+    generated = work / "generated"
+    shutil.rmtree(generated, ignore_errors=True)
+    period = voice.model.config.backbone.total_pool
+    bulk = TextToSpeech.from_pretrained(out / "voice", device=device, max_streams=32,
+                                        block_steps=period * max(1, BULK_BLOCK_STEPS // period))
+    timings = speak_heldout(voice, bulk, heldout, generated)
+    with tarfile.open(out / "generated.tar", "w") as archive:
+        for wav in sorted(generated.glob("*.wav")):
+            archive.add(wav, arcname=wav.name)
+    shutil.copy(work / "metrics.jsonl", out / "metrics.jsonl")
+
+    checkpoint = json.loads((work / "checkpoint" / "config.json").read_text())
+    record = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "command": " ".join(["python", *sys.argv]), "train_steps": checkpoint["step"],
+              "train_and_startup_seconds": round(trained_seconds), "heldout_sentences_spoken": len(heldout),
+              "heldout_nll_bits": {"trained_float32": heldout_nll(trained, tokens),
+                                   f"shipped_{args.dtype}": heldout_nll(voice, tokens)},
+              **timings, "shipped_dtype": args.dtype,
+              "shipped_megabytes": round(sum(f.stat().st_size for f in (out / "voice").rglob("*")) / 2**20, 2),
+              "parameters_millions": round(sum(p.numel() for p in voice.model.parameters()) / 1e6, 3),
+              "codec": voice.model.config.codec, "seconds": round(time.time() - started),
+              "model_config": to_dict(voice.model.config)}
+    (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in record.items() if k != "model_config"}, indent=2))
 
 
 if __name__ == "__main__":
