@@ -219,7 +219,9 @@ def _train_tts(args) -> dict:
 
 def cmd_train_codec(args) -> dict:
     """Train a ConvCodec on a folder of audio: reconstruction through the quantiser, scored by the
-    multi-resolution STFT distance on the corpus's held-out split."""
+    multi-resolution STFT distance on the corpus's held-out split (``--kind spectral``: fit a SpectralCodec)."""
+    if args.kind == "spectral":
+        return _fit_spectral_codec(args)
     import torch
     from torch.utils.data import Subset
 
@@ -261,6 +263,56 @@ def cmd_train_codec(args) -> dict:
         if metrics:
             print(f"held-out mrstft distance: {metrics['mrstft_distance']:.4f}")
     return metrics
+
+
+def _fit_spectral_codec(args) -> dict:
+    """Fit a SpectralCodec's codebooks by k-means to the frames of the corpus's train split (whole clips) on the
+    CPU; write OUT/checkpoint and OUT/fit.json (the errors left per codebook, the held-out mrstft distance)."""
+    from mamba_audio.codecs import SpectralCodec, SpectralCodecConfig, SpectralFitConfig
+    from mamba_audio.data.tokenized import audio_splits
+    from mamba_audio.metrics import codec_round_trip
+
+    given = [flag for flag, _ in TRAIN_FLAGS if getattr(args, flag[2:].replace("-", "_")) is not None]
+    given += [flag for flag, value in (("--device", args.device), ("--resume", args.resume)) if value]
+    if given:
+        raise ValueError(f"--kind spectral takes no {', '.join(given)}: it is fitted by k-means on the CPU "
+                         "(set fit.iterations, fit.max_frames or fit.seed instead)")
+    data = {"model": to_dict(SpectralCodecConfig()), "fit": to_dict(SpectralFitConfig())}
+    if args.config:
+        file_data = load_yaml(args.config)
+        unknown = set(file_data) - set(data)
+        if unknown:
+            raise ConfigError(f"{args.config}: unknown section(s) {sorted(unknown)}; expected 'model' and 'fit'")
+        for section in data:
+            _merge(data[section], file_data.get(section) or {})
+    if args.sample_rate is not None:
+        data["model"]["sample_rate"] = args.sample_rate
+    apply_overrides(data, args.set or [])
+    model_config = from_dict(SpectralCodecConfig, data["model"], "model")
+    fit_config = from_dict(SpectralFitConfig, data["fit"], "fit")
+    splits = audio_splits(args.data, model_config.sample_rate, mix_to_mono=args.mix_to_mono)
+    train_set = splits["train"]
+    codec = SpectralCodec(model_config)
+    print(f"{codec!r}: fitting {model_config.num_codebooks} codebooks by k-means to the frames of "
+          f"{len(train_set)} clips of {args.data}")
+    started = time.time()
+    errors = codec.fit((train_set[i]["audio"] for i in range(len(train_set))), fit_config)
+    summary = {"fit_seconds": round(time.time() - started, 1), "clips": len(train_set),
+               "error_after_each_codebook": [round(e, 4) for e in errors], "config": data}
+    held_out = next((splits[name] for name in ("test", "heldout", "validation") if name in splits), None)
+    if held_out is not None:
+        scores = codec_round_trip(codec, (held_out[i]["audio"] for i in range(min(len(held_out), 60))))
+        summary.update(heldout_mrstft_distance=round(scores["mrstft_distance"], 4),
+                       heldout_realtime_factor=round(scores["realtime_factor"], 4))
+    out = Path(args.out)
+    codec.save_pretrained(out / "checkpoint")
+    (out / "fit.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"fitted in {summary['fit_seconds']} s; squared error left after each codebook: "
+          f"{', '.join(f'{e:.2f}' for e in errors)}")
+    if held_out is not None:
+        print(f"held-out mrstft distance: {summary['heldout_mrstft_distance']:.4f}")
+    print(f"checkpoint: {out / 'checkpoint'}")
+    return summary
 
 
 def cmd_tokenize(args) -> Path:
@@ -588,7 +640,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_trainer_options(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("train-codec", help="train our own neural codec (ConvCodec) on a folder of audio")
+    p = sub.add_parser("train-codec", help="train our own neural codec (ConvCodec) or fit a SpectralCodec on a "
+                                           "folder of audio")
+    p.add_argument("--kind", choices=["conv", "spectral"], default="conv",
+                   help="conv: train a ConvCodec (GPU, minutes to hours); spectral: fit a SpectralCodec's codebooks "
+                        "by k-means on the CPU (whole clips; config sections 'model' and 'fit')")
     p.add_argument("--data", required=True,
                    help="corpus folder: any folder of audio, the Speech Commands or the LJSpeech layout")
     p.add_argument("--out", required=True, help="output folder: checkpoint/ (the codec), metrics.jsonl")

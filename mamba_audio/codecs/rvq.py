@@ -160,3 +160,61 @@ class ResidualVQ(nn.Module):
         """Codes Tensor[B x K x F] long -> latents Tensor[B x D x F] float32, the sum of the K codes."""
         total = sum(codebook.codes[codes[:, k]] for k, codebook in enumerate(self.codebooks))  # (B, F, D)
         return total.transpose(1, 2)
+
+    @torch.no_grad()
+    def fit_kmeans(self, vectors: Tensor, iterations: int = 20, generator: torch.Generator | None = None) -> list[float]:
+        """Fit the codebooks to ``vectors`` Tensor[N x D] by k-means, stage by stage on the residual (no gradients:
+        for features that need no encoder, like a spectral codec's frames). Marks every codebook initialised.
+
+        Returns the mean squared quantisation error left after each stage (K floats, non-increasing).
+        """
+        if vectors.dim() != 2 or vectors.shape[1] != self.codebooks[0].codes.shape[1]:
+            raise ValueError(f"vectors must be (N, {self.codebooks[0].codes.shape[1]}), got {tuple(vectors.shape)}")
+        residual, errors = vectors.float(), []
+        for codebook in self.codebooks:
+            codes = kmeans(residual, codebook.codes.shape[0], iterations, generator).to(codebook.codes)
+            codebook.codes.copy_(codes)
+            index = codebook.nearest(residual)
+            codebook.usage.copy_(torch.bincount(index, minlength=codes.shape[0]).float())
+            codebook.code_sums.copy_(codes * codebook.usage[:, None])
+            codebook.initialized.fill_(True)
+            residual = residual - codes[index]
+            errors.append(float(residual.pow(2).sum(1).mean()))
+        return errors
+
+
+def _nearest_chunked(x: Tensor, centres: Tensor, chunk: int = 16384) -> tuple[Tensor, Tensor]:
+    """(index (N,), squared distance (N,)) of each row of x (N, D) to its nearest centre (C, D), in row chunks."""
+    index, distance = [], []
+    centre_norms = centres.pow(2).sum(1)[None]
+    for rows in x.split(chunk):
+        d = rows.pow(2).sum(1, keepdim=True) - 2 * rows @ centres.T + centre_norms
+        best = d.min(1)
+        index.append(best.indices)
+        distance.append(best.values.clamp_min(0))
+    return torch.cat(index), torch.cat(distance)
+
+
+def kmeans(x: Tensor, num_codes: int, iterations: int, generator: torch.Generator | None = None) -> Tensor:
+    """Lloyd's k-means of x Tensor[N x D] into ``num_codes`` centres (C x D), started at random rows of x.
+
+    A centre left without vectors restarts at the vector worst served (largest distance to its centre),
+    so no code is wasted; with fewer distinct vectors than codes, the extra codes repeat vectors.
+    """
+    if x.shape[0] == 0 or iterations < 1:
+        raise ValueError(f"k-means needs vectors and iterations >= 1, got {x.shape[0]} vectors, {iterations} iterations")
+    x = x.float()
+    start = torch.randperm(x.shape[0], generator=generator)[:num_codes]
+    if start.numel() < num_codes:  # fewer vectors than codes
+        start = torch.cat([start, torch.randint(0, x.shape[0], (num_codes - start.numel(),), generator=generator)])
+    centres = x[start].clone()
+    for _ in range(iterations):
+        index, distance = _nearest_chunked(x, centres)
+        counts = torch.bincount(index, minlength=num_codes).float()
+        sums = torch.zeros_like(centres).index_add_(0, index, x)
+        empty = (counts == 0).nonzero().flatten()
+        centres = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centres)
+        if empty.numel():
+            worst = distance.topk(min(empty.numel(), x.shape[0])).indices
+            centres[empty[: worst.numel()]] = x[worst]
+    return centres

@@ -1,0 +1,163 @@
+"""SpectralCodec: log-mel frames, a residual VQ fitted by k-means, Griffin-Lim. Shapes, determinism, fitting,
+checkpoints, chunked (streaming) decoding against the whole decode, bad input, and `train-codec --kind spectral`."""
+
+import math
+
+import pytest
+import torch
+
+from mamba_audio.cli import main
+from mamba_audio.codecs import CodecError, SpectralCodec, SpectralCodecConfig, SpectralFitConfig, load_codec
+from mamba_audio.codecs.rvq import ResidualVQ, kmeans
+from mamba_audio.metrics import decode_in_chunks, mrstft_distance
+from mamba_audio.models.pretrained import CheckpointError, load_pretrained
+from mamba_audio.tts import DECODE_CONTEXT_FRAMES, DECODE_LOOKAHEAD_FRAMES
+
+SMALL = dict(sample_rate=8000, hop_length=80, n_fft=256, n_mels=20, num_codebooks=3, codebook_size=16,
+             griffin_lim_iterations=8)
+FIT = SpectralFitConfig(iterations=5, max_frames=2000)
+
+
+def voiced(seconds: float = 0.5, sample_rate: int = 8000, pitch: float = 140.0, seed: int = 0) -> torch.Tensor:
+    """A vowel-like test signal: harmonics of a gliding pitch under a slow loudness envelope, plus a little noise."""
+    generator = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * sample_rate)) / sample_rate
+    phase = 2 * math.pi * (pitch * t + 40 * t**2)
+    signal = sum(torch.sin(h * phase) / h for h in range(1, 8))
+    envelope = 0.5 + 0.4 * torch.sin(2 * math.pi * 3 * t)
+    return 0.3 * signal * envelope + 0.01 * torch.randn(t.shape, generator=generator)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> SpectralCodec:
+    codec = SpectralCodec(SpectralCodecConfig(**SMALL))
+    codec.fit([voiced(seed=s, pitch=110 + 30 * s) for s in range(4)], FIT)
+    return codec
+
+
+def test_round_trip_shapes_and_ranges(fitted):
+    audio = voiced(0.3)[None].repeat(2, 1)
+    tokens = fitted.encode(audio, sample_rate=8000)
+    frames = math.ceil(audio.shape[1] / 80)
+    assert tokens.shape == (2, 3, frames) and tokens.dtype == torch.long
+    assert 0 <= int(tokens.min()) and int(tokens.max()) < 16
+    decoded = fitted.decode(tokens)
+    assert decoded.shape == (2, frames * 80) and decoded.dtype == torch.float32 and torch.isfinite(decoded).all()
+    assert fitted.frame_rate == 100
+
+
+def test_encode_and_decode_are_deterministic(fitted):
+    audio = voiced(0.3, seed=3)[None]
+    tokens = fitted.encode(audio)
+    assert torch.equal(tokens, fitted.encode(audio))
+    assert torch.equal(fitted.decode(tokens), fitted.decode(tokens))
+
+
+def test_fitting_reduces_the_error_codebook_by_codebook():
+    clips = [voiced(seed=s, pitch=100 + 25 * s) for s in range(4)]
+    codec = SpectralCodec(SpectralCodecConfig(**SMALL))
+    errors = codec.fit(clips, FIT)
+    assert len(errors) == 3 and errors[0] > errors[1] > errors[2]
+    frames = torch.cat([codec.features(c[None, : len(c) // 80 * 80])[0].T for c in clips])
+    assert errors[0] < 0.5 * float((frames - frames.mean(0)).pow(2).sum(1).mean())  # beats one mean frame
+    one_codebook = SpectralCodec(SpectralCodecConfig(**{**SMALL, "num_codebooks": 1}))
+    one_codebook.fit(clips, FIT)
+    test = voiced(0.4, pitch=130, seed=9)[None]
+    errors_by_codebooks = [float(mrstft_distance(c.decode(c.encode(test))[:, : test.shape[1]], test))
+                           for c in (one_codebook, codec)]
+    assert errors_by_codebooks[1] < errors_by_codebooks[0]
+
+
+def test_kmeans_finds_separated_clusters_and_rvq_fit_marks_codebooks_ready():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [5.0, 5.0], [-5.0, 5.0]])
+    points = centres.repeat_interleave(50, 0) + 0.1 * torch.randn(150, 2, generator=generator)
+    found = kmeans(points, 3, 10, torch.Generator().manual_seed(1))
+    assert torch.cdist(centres, found).min(1).values.max() < 0.2
+    rvq = ResidualVQ(2, 3, 2)
+    errors = rvq.fit_kmeans(points, 10, torch.Generator().manual_seed(1))
+    assert errors[1] <= errors[0] < 0.05 and all(bool(c.initialized) for c in rvq.codebooks)
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
+        rvq.fit_kmeans(points[:, :1])
+
+
+def test_save_and_load_give_the_same_codec(fitted, tmp_path):
+    fitted.save_pretrained(tmp_path / "codec")
+    for loaded in (SpectralCodec.from_pretrained(tmp_path / "codec"), load_pretrained(tmp_path / "codec"),
+                   load_codec(str(tmp_path / "codec"))):
+        assert isinstance(loaded, SpectralCodec) and loaded.config == fitted.config
+        audio = voiced(0.2, seed=5)[None]
+        tokens = fitted.encode(audio)
+        assert torch.equal(loaded.encode(audio), tokens)
+        assert torch.equal(loaded.decode(tokens), fitted.decode(tokens))
+
+
+def test_chunked_decode_agrees_with_the_whole_decode(fitted):
+    """A stream decodes a few frames at a time with context either side; Griffin-Lim's phase then differs a
+    little between windows, the magnitudes do not: the chunked audio is far closer to the whole decode than
+    the codec's own error."""
+    audio = voiced(1.0, pitch=120, seed=7)[None]
+    tokens = fitted.encode(audio)
+    whole = fitted.decode(tokens)
+    chunked = decode_in_chunks(fitted, tokens, 4, DECODE_CONTEXT_FRAMES, DECODE_LOOKAHEAD_FRAMES)
+    assert chunked.shape == whole.shape
+    chunk_distance = float(mrstft_distance(chunked, whole))
+    codec_distance = float(mrstft_distance(whole[:, : audio.shape[1]], audio))
+    assert chunk_distance < 0.5 * codec_distance
+    no_context = decode_in_chunks(fitted, tokens, 4, 0, 0)
+    assert chunk_distance < float(mrstft_distance(no_context, whole))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.full((1, 800), float("nan")), "NaN"),
+    (torch.zeros(800), r"\(batch, samples\)"),
+    (torch.zeros(1, 2, 800), r"\(batch, samples\)"),
+    (torch.zeros(1, 0), "at least one sample"),
+    (torch.zeros(1, 800, dtype=torch.int16), "float tensor"),
+])
+def test_bad_audio_is_a_clear_error(fitted, bad, match):
+    with pytest.raises(CodecError, match=match):
+        fitted.encode(bad)
+
+
+def test_bad_tokens_rate_config_and_unfitted_codec_are_clear_errors(fitted):
+    with pytest.raises(CodecError, match="16000 Hz, but SpectralCodec runs at 8000 Hz"):
+        fitted.encode(torch.zeros(1, 800), sample_rate=16000)
+    with pytest.raises(CodecError, match=r"ids must be in \[0, 16\)"):
+        fitted.decode(torch.full((1, 3, 5), 16))
+    with pytest.raises(CodecError, match="3 codebooks"):
+        fitted.decode(torch.zeros(1, 2, 5, dtype=torch.long))
+    with pytest.raises(CodecError, match="no fitted codebooks"):
+        SpectralCodec(SpectralCodecConfig(**SMALL)).encode(torch.zeros(1, 800))
+    with pytest.raises(CodecError, match="no clips"):
+        SpectralCodec(SpectralCodecConfig(**SMALL)).fit([], FIT)
+    with pytest.raises(ValueError, match="must divide hop_length"):
+        SpectralCodecConfig(hop_length=320, subframes=3)
+    with pytest.raises(ValueError, match="n_mels"):
+        SpectralCodecConfig(n_fft=256, hop_length=80, n_mels=200)
+
+
+def test_checkpoint_of_another_shape_is_refused(fitted, tmp_path):
+    fitted.save_pretrained(tmp_path / "codec")
+    config = (tmp_path / "codec" / "config.json")
+    config.write_text(config.read_text().replace('"n_mels": 20', '"n_mels": 24'))
+    with pytest.raises(CheckpointError, match="do not match its config.json"):
+        load_codec(str(tmp_path / "codec"))
+
+
+def test_train_codec_fits_a_spectral_codec_from_the_command_line(tmp_path, capsys):
+    import soundfile as sf
+
+    data = tmp_path / "corpus"
+    data.mkdir()
+    for index in range(3):
+        sf.write(data / f"clip{index}.wav", voiced(0.5, pitch=110 + 20 * index, seed=index).numpy(), 8000)
+    settings = [f"--set=model.{key}={value}" for key, value in SMALL.items()] + ["--set=fit.iterations=3"]
+    assert main(["train-codec", "--kind", "spectral", "--data", str(data), "--out", str(tmp_path / "out"),
+                 *settings]) == 0
+    codec = load_codec(str(tmp_path / "out" / "checkpoint"))
+    assert isinstance(codec, SpectralCodec) and codec.fitted and codec.sample_rate == 8000
+    assert (tmp_path / "out" / "fit.json").is_file()
+    assert main(["train-codec", "--kind", "spectral", "--data", str(data), "--out", str(tmp_path / "x"),
+                 "--steps", "10"]) == 2
+    assert "--kind spectral takes no --steps" in capsys.readouterr().err
