@@ -125,8 +125,7 @@ class SpeechLoop(StepLoop):
             block_steps = period * max(1, round(DEFAULT_BLOCK_STEPS / period))
         self.model = model.eval()
         self.codec = codec
-        self.codec_device = (next(codec.parameters()).device if isinstance(codec, torch.nn.Module)
-                             else torch.device("cpu"))
+        self.codec_device = codec.device
         super().__init__(max_streams, period, block_steps, model.head.weight.device, cuda_graph)
         self.temperature, self.top_p = temperature, top_p
         self._lock = threading.RLock()

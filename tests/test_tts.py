@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from mamba_audio.tts import TextToSpeech
+from mamba_audio.codecs import SpectralCodec, SpectralCodecConfig, SpectralFitConfig
 from mamba_audio.codecs.learned import ConvCodec, ConvCodecConfig
 from mamba_audio.data.sentences import SentenceCorpus, build_sentence_corpus, make_sentences
 from mamba_audio.data.datasets import LJSpeech
@@ -250,6 +251,23 @@ def test_half_precision_voice_loads_as_float32_and_a_foreign_codec_is_named(tts,
     next(huge.parameters()).data.view(-1)[0] = 1e6
     with pytest.raises(ValueError, match="do not fit torch.float16"):
         huge.save_pretrained(tmp_path / "huge", dtype=torch.float16)
+
+
+def test_a_voice_on_the_spectral_codec_speaks_and_round_trips(tmp_path):
+    """The default voice's codec has buffers but no parameters: the loop must still find its device."""
+    torch.manual_seed(0)
+    codec = SpectralCodec(SpectralCodecConfig(sample_rate=16000, hop_length=160, n_fft=512, n_mels=20,
+                                              num_codebooks=2, codebook_size=16, griffin_lim_iterations=4))
+    t = torch.arange(16000) / 16000
+    codec.fit([torch.sin(2 * torch.pi * f * t) * (0.2 + 0.1 * torch.sin(7 * t)) for f in (120, 180, 260)],
+              SpectralFitConfig(iterations=3, max_frames=500))
+    assert not list(codec.parameters()) and codec.device == torch.device("cpu")
+    voice = TextToSpeech(tiny_tts(frame_rate=codec.frame_rate, max_seconds=0.05, stop_threshold=0.9999), codec)
+    audio = voice.synthesize("the red fox.", seed=4)
+    assert audio.numel() == 5 * codec.hop_length and torch.isfinite(audio).all()
+    loaded = TextToSpeech.from_pretrained(voice.save_pretrained(tmp_path / "voice", dtype=torch.float16), device="cpu")
+    assert isinstance(loaded.codec, SpectralCodec)
+    assert loaded.synthesize("the red fox.", seed=4).shape == audio.shape
 
 
 def test_speaking_from_the_front_end_symbols(tts):

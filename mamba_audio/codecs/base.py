@@ -41,6 +41,14 @@ class AudioCodec(abc.ABC):
         """``encode`` pads the audio to a multiple of this many samples."""
         return self.hop_length
 
+    @property
+    def device(self) -> torch.device:
+        """Where ``decode`` returns audio: a module codec's first parameter or buffer, else the CPU."""
+        if isinstance(self, torch.nn.Module):
+            for tensor in (*self.parameters(), *self.buffers()):
+                return tensor.device
+        return torch.device("cpu")
+
     def num_frames(self, num_samples: int) -> int:
         """F for L = ``num_samples`` samples."""
         padded = -(-num_samples // self.pad_multiple) * self.pad_multiple
