@@ -68,7 +68,8 @@ def rel_err(x, ref):
     return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def run_both(inputs, softplus, want_final, sequential=None, seed=1, seq_idx=None, unroll=None, bwd_BD=None):
+def run_both(inputs, softplus, want_final, sequential=None, seed=1, seq_idx=None, unroll=None, bwd_BD=None,
+             switches=None):
     """Forward and backward through ours and the oracle with the same upstream gradients."""
     leaves = {k: (v.detach().clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
     ref_leaves = {k: (v.detach().clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
@@ -77,7 +78,7 @@ def run_both(inputs, softplus, want_final, sequential=None, seed=1, seq_idx=None
     results = []
     g = torch.Generator().manual_seed(seed)
     grad_y = grad_h = None
-    config = dict(T=CHUNK, sequential=sequential, unroll=unroll, bwd_BD=bwd_BD)
+    config = dict(T=CHUNK, sequential=sequential, unroll=unroll, bwd_BD=bwd_BD, **(switches or {}))
     for fn, lv, extra in ((triton_scan.selective_scan_triton, leaves, dict(config=config)),
                           (selective_scan_ref, ref_leaves, {})):
         out = fn(**lv, delta_softplus=softplus, return_final_state=want_final, **extra)
@@ -94,9 +95,10 @@ def run_both(inputs, softplus, want_final, sequential=None, seed=1, seq_idx=None
 
 
 def check_against_ref(inputs, dtype, softplus=True, want_final=True, sequential=None, seq_idx=None, unroll=None,
-                      bwd_BD=None):
+                      bwd_BD=None, switches=None):
     (y, final, grads), (y_ref, final_ref, grads_ref) = run_both(inputs, softplus, want_final, sequential,
-                                                                seq_idx=seq_idx, unroll=unroll, bwd_BD=bwd_BD)
+                                                                seq_idx=seq_idx, unroll=unroll, bwd_BD=bwd_BD,
+                                                                switches=switches)
     tol = TOL[dtype]
     assert y.dtype == y_ref.dtype and y.shape == y_ref.shape
     assert torch.isfinite(y).all()
@@ -258,6 +260,24 @@ def test_packed_sequences_grouped_low_precision_int64(unroll):
     inputs = make_inputs(1, 4, 41, 4, 2, dtype=torch.bfloat16, seed=9)
     seq_idx = seq_idx_from_starts(41, [[16, 20, 40]]).long()
     check_against_ref(inputs, torch.bfloat16, sequential=False, seq_idx=seq_idx, unroll=unroll, bwd_BD=2)
+
+
+# the backward's switches (choose_config's bwd_*; the GPU sweep picks among them): each value away from
+# the default at least once, with and without packed sequences (SCAN2 has its own shifted sequence starts)
+SWITCHES = [
+    pytest.param(dict(bwd_scan2=True), id="scan2"),
+    pytest.param(dict(bwd_reload=True, bwd_early_dbc=False), id="reload-late-dBC"),
+    pytest.param(dict(bwd_flip=True), id="flip"),
+    pytest.param(dict(bwd_flip=True, bwd_scan2=True, bwd_reload=True), id="flip-scan2-reload"),
+]
+
+
+@pytest.mark.parametrize("switches", SWITCHES)
+def test_backward_switches(switches):
+    inputs = make_inputs(2, 3, 37, 4, seed=21)
+    check_against_ref(inputs, torch.float32, sequential=False, switches=switches)
+    seq_idx = seq_idx_from_starts(37, [[16, 17, 36], [5, 31]])
+    check_against_ref(inputs, torch.float32, sequential=True, seq_idx=seq_idx, bwd_BD=4, switches=switches)
 
 
 def test_packed_sequences_are_independent():

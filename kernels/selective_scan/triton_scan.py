@@ -86,6 +86,34 @@ def _adjoint_combine(f_late, q_late, v_late, f_early, q_early, v_early):
     return f_early, bridge * q_late, v_early + bridge * v_late
 
 
+def _flip_asm(pack: int) -> str:
+    """PTX reversing a thread's `pack` registers and exchanging with lane ^ 31: output i is input pack-1-i of
+    the mirror lane."""
+    return " ".join(f"shfl.sync.bfly.b32 ${i}, ${2 * pack - 1 - i}, 31, 31, -1;" for i in range(pack))
+
+
+_FLIP8 = tl.constexpr(_flip_asm(8))
+_FLIP16 = tl.constexpr(_flip_asm(16))
+_FLIP8_C = tl.constexpr(",".join(["=r"] * 8 + ["r"] * 8))
+_FLIP16_C = tl.constexpr(",".join(["=r"] * 16 + ["r"] * 16))
+
+
+@triton.jit
+def _flip(x, PACK: tl.constexpr):
+    """Reverse a (BD, T) float32 tile along T (PACK = 0: tl.flip, any layout; the interpreter's path), or with
+    PACK = registers per thread, for a tile held by ONE warp without replication: every thread's registers in
+    reverse order, taken from lane ^ 31 (one shuffle per register). That maps each element to the mirror of
+    every one of its coordinates, channels included; a scan along T cannot tell, and applying it twice is
+    the identity. Triton's reverse=True scan (3.6) pays five dependent shuffles per register and operand
+    for the same reversal."""
+    if PACK == 8:
+        return tl.inline_asm_elementwise(_FLIP8, _FLIP8_C, [x], dtype=tl.float32, is_pure=True, pack=8)
+    elif PACK == 16:
+        return tl.inline_asm_elementwise(_FLIP16, _FLIP16_C, [x], dtype=tl.float32, is_pure=True, pack=16)
+    else:
+        return tl.flip(x, 1)
+
+
 @triton.jit
 def _load_delta(dt_ptr, s_dt_b, s_dt_d, s_dt_l, bias_ptr, b, d, t, mask2, d_mask,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
@@ -338,6 +366,7 @@ def _scan_bwd_kernel(
     s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l, s_seq_b, s_seq_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_SEQ: tl.constexpr, BD: tl.constexpr, NS: tl.constexpr, T: tl.constexpr, UNROLL: tl.constexpr,
+    SCAN2: tl.constexpr, RELOAD: tl.constexpr, EARLY_DBC: tl.constexpr, FLIP: tl.constexpr, FLIP_PACK: tl.constexpr,
 ):
     """All gradients of chunk k, batch b, the channels of one split.
 
@@ -346,6 +375,16 @@ def _scan_bwd_kernel(
     (n_split, B, G, N, L) float32, written by the split's first channel block, then
     accumulated over its other channel blocks in order. dA partials (B, K, D, N); dD, d delta_bias (B, K, D).
     The first chunk also writes the gradient of the initial state, a_0 g_0, to dh0 (B, D, N).
+
+    Switches (the same results; which is fastest is measured per shape, benchmarks/scan.py --sweep):
+    SCAN2      the adjoint's reverse scan carries 2 values (a_{t+1}, v) instead of 3: a_{t+1} comes
+               from a delta tile shifted by one step, one more exponential per element and state
+    RELOAD     dout, z and the raw delta are read again after the state loop instead of staying live
+               through it (4 fewer (BD, T) tiles in registers during the scans)
+    EARLY_DBC  this split's dB, dC rows so far are loaded before the scans (latency hidden, two more
+               rows live through them) rather than just before they are updated
+    FLIP       the reverse scan as a forward scan between two reversals done by ``_flip`` (FLIP_PACK
+               registers per thread, one shuffle each; 0: tl.flip) instead of Triton's reverse=True
     """
     pid_k = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -364,13 +403,21 @@ def _scan_bwd_kernel(
     split_local = pid_s % n_split
     dBC_ptrs = (((split_local * tl.num_programs(1) + pid_b) * n_groups + g) * NS) * L + t
     if HAS_SEQ:
-        starts = _starts_tile(seq_ptr, s_seq_b, s_seq_l, pid_b, t, L, BD)
+        # no decay into a sequence start: log2 a gets -inf there (an FMA instead of a select per state);
+        # then h_t = x_t exactly, so g_t a_t h_{t-1} = g_t (h_t - x_t) is zero there without a select
+        cut = tl.where(_starts_tile(seq_ptr, s_seq_b, s_seq_l, pid_b, t, L, BD), float("-inf"), 0.0)
+        if SCAN2:  # the same for a_{t+1}
+            cut_next = tl.where(_starts_tile(seq_ptr, s_seq_b, s_seq_l, pid_b, t + 1, L, BD), float("-inf"), 0.0)
     for d0 in range(d_lo, d_hi, BD):
         d = d0 + tl.arange(0, BD)
         d_mask = d < d_hi
         m2 = d_mask[:, None] & t_mask[None, :]
         offs_dl = pid_b * dim * L + d[:, None] * L + t[None, :]  # contiguous gradient outputs
         dt, raw = _load_delta(dt_ptr, s_dt_b, s_dt_d, s_dt_l, bias_ptr, pid_b, d, t, m2, d_mask, HAS_BIAS, SOFTPLUS)
+        if SCAN2:  # delta one step later (0 past the chunk and the sequence: a_{t+1} = 1, never used there)
+            m_next = d_mask[:, None] & ((t + 1 < L) & (t_loc < T - 1))[None, :]
+            dt_next, _ = _load_delta(dt_ptr, s_dt_b, s_dt_d, s_dt_l, bias_ptr, pid_b, d, t + 1, m_next, d_mask,
+                                     HAS_BIAS, SOFTPLUS)
         u = tl.load(u_ptr + pid_b * s_u_b + d[:, None] * s_u_d + t[None, :] * s_u_l,
                     mask=m2, other=0.0).to(tl.float32)
         dout = tl.load(dout_ptr + pid_b * s_o_b + d[:, None] * s_o_d + t[None, :] * s_o_l,
@@ -395,15 +442,18 @@ def _scan_bwd_kernel(
                 Cn = tl.load(C_tile + n * s_C_n, mask=m2, other=0.0).to(tl.float32)
                 h0 = tl.load(states_ptr + st_base + d * NS + n, mask=d_mask, other=0.0)
                 g_end = tl.load(adj_ptr + st_base + dim * NS + d * NS + n, mask=d_mask, other=0.0)
-                # this split's dB, dC rows so far, loaded early so the latency hides behind the scans;
-                # the first channel block starts them (the partial buffers are not zeroed)
+                # this split's dB, dC rows so far; the first channel block starts them (the partial
+                # buffers are not zeroed)
                 row = dBC_ptrs + n * L
-                dB_prev = tl.load(dB_ptr + row, mask=t_mask & (d0 > d_lo), other=0.0)
-                dC_prev = tl.load(dC_ptr + row, mask=t_mask & (d0 > d_lo), other=0.0)
+                if EARLY_DBC:  # issued before the scans so that the latency hides behind them
+                    dB_prev = tl.load(dB_ptr + row, mask=t_mask & (d0 > d_lo), other=0.0)
+                    dC_prev = tl.load(dC_ptr + row, mask=t_mask & (d0 > d_lo), other=0.0)
                 # forward again: h_t over the chunk
-                a = tl.exp2((A * LOG2E)[:, None] * dt)
+                A2 = (A * LOG2E)[:, None]
                 if HAS_SEQ:
-                    a = tl.where(starts, 0.0, a)
+                    a = tl.exp2(A2 * dt + cut)
+                else:
+                    a = tl.exp2(A2 * dt)
                 x = dtu * Bn
                 _, h = tl.associative_scan((a, tl.where(first, x + a * h0[:, None], x)), axis=1,
                                            combine_fn=_linear_combine)
@@ -411,20 +461,49 @@ def _scan_bwd_kernel(
                 # adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}, entering from the right with g_end
                 v = dy * Cn
                 v = tl.where(last, v + g_end[:, None], v)
-                _, _, gt = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), v), axis=1,
-                                               combine_fn=_adjoint_combine, reverse=True)
+                # reversed, the scan passes the later segment first (the map applied first), with
+                # reverse=True and after FLIP alike
+                if SCAN2:
+                    if HAS_SEQ:
+                        a_next = tl.exp2(A2 * dt_next + cut_next)
+                    else:
+                        a_next = tl.exp2(A2 * dt_next)
+                    if FLIP:
+                        _, gt = tl.associative_scan((_flip(a_next, FLIP_PACK), _flip(v, FLIP_PACK)), axis=1,
+                                                    combine_fn=_linear_combine)
+                        gt = _flip(gt, FLIP_PACK)
+                    else:
+                        _, gt = tl.associative_scan((a_next, v), axis=1, combine_fn=_linear_combine, reverse=True)
+                else:
+                    if FLIP:
+                        _, _, gt = tl.associative_scan((_flip(a, FLIP_PACK), tl.full(a.shape, 1.0, tl.float32),
+                                                        _flip(v, FLIP_PACK)), axis=1, combine_fn=_adjoint_combine)
+                        gt = _flip(gt, FLIP_PACK)
+                    else:
+                        _, _, gt = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), v), axis=1,
+                                                       combine_fn=_adjoint_combine, reverse=True)
                 w = gt * (h - x)  # g_t a_t h_{t-1}
-                if HAS_SEQ:  # no decay into a sequence start, so no gradient through it
-                    w = tl.where(starts, 0.0, w)
                 ddt += w * A[:, None] + (gt * u) * Bn
                 du += (gt * dt) * Bn
                 tl.store(dA_ptr + (part_base + d) * NS + n, tl.sum(w * dt, axis=1), mask=d_mask)
                 # dB, dC: sums over this split's channels, accumulated in order in its own partial rows
+                if not EARLY_DBC:
+                    dB_prev = tl.load(dB_ptr + row, mask=t_mask & (d0 > d_lo), other=0.0)
+                    dC_prev = tl.load(dC_ptr + row, mask=t_mask & (d0 > d_lo), other=0.0)
                 tl.store(dB_ptr + row, dB_prev + tl.sum(gt * dtu, axis=0), mask=t_mask)
                 tl.store(dC_ptr + row, dC_prev + tl.sum(h * dy, axis=0), mask=t_mask)
                 if pid_k == 0:  # a_0 g_0, stored by the threads holding step 0
                     tl.store(dh0_ptr + ((pid_b * dim + d) * NS + n)[:, None] + t_loc[None, :] * 0, a * gt,
                              mask=d_mask[:, None] & first)
+        if RELOAD:  # read again what only the epilogue needs (cache hits, most of them)
+            _, raw = _load_delta(dt_ptr, s_dt_b, s_dt_d, s_dt_l, bias_ptr, pid_b, d, t, m2, d_mask, HAS_BIAS,
+                                 False)
+            dout = tl.load(dout_ptr + pid_b * s_o_b + d[:, None] * s_o_d + t[None, :] * s_o_l,
+                           mask=m2, other=0.0).to(tl.float32)
+            if HAS_Z:
+                z = tl.load(z_ptr + pid_b * s_z_b + d[:, None] * s_z_d + t[None, :] * s_z_l,
+                            mask=m2, other=0.0).to(tl.float32)
+                sig = tl.sigmoid(z)
         if HAS_D:
             Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
             y += u * Dv[:, None]
@@ -490,11 +569,15 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
         cfg = dict(T=128, BD=8, num_warps=4)
     else:
         cfg = dict(T=256, BD=4, num_warps=4)
-    cfg.update(bwd_BD=2, bwd_num_warps=1, unroll=1)
+    cfg.update(bwd_BD=2, bwd_num_warps=1, unroll=1, bwd_scan2=False, bwd_reload=False, bwd_early_dbc=True,
+               bwd_flip=False, bwd_maxnreg=None)
     if length <= 64:
         cfg["T"] = 64
-    keys = ("T", "BD", "num_warps", "bwd_BD", "bwd_num_warps", "unroll")
+    keys = ("T", "BD", "num_warps", "bwd_BD", "bwd_num_warps", "unroll", "bwd_scan2", "bwd_reload",
+            "bwd_early_dbc", "bwd_flip", "bwd_maxnreg")
     cfg.update({k: v for k, v in overrides.items() if k in keys and v is not None})
+    for k in ("bwd_scan2", "bwd_reload", "bwd_early_dbc", "bwd_flip"):
+        cfg[k] = bool(cfg[k])
     cfg["T"] = _pow2(cfg["T"])
     if n_state % cfg["unroll"]:  # the backward's state loop takes whole groups of `unroll` states
         cfg["unroll"] = 1
@@ -509,6 +592,20 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
     cfg["DS"], cfg["n_split"] = _split(batch, groups, K, per_group, cfg["BD"], sm_count)
     cfg["bwd_DS"], cfg["bwd_n_split"] = _split(batch, groups, K, per_group, cfg["bwd_BD"], sm_count)
     return cfg
+
+
+def _flip_args(cfg: dict, compiled: bool):
+    """(FLIP, FLIP_PACK) for the backward. Compiled, the shuffle reversal needs the tile in one warp with no
+    replication (bwd_BD x T >= 256 elements: 8 or 16 registers per thread), else Triton's reverse scan;
+    under the interpreter (no inline assembly) the same code path runs with tl.flip."""
+    if not cfg["bwd_flip"]:
+        return False, 0
+    if not compiled:
+        return True, 0
+    pack = cfg["bwd_BD"] * cfg["T"] // 32
+    if cfg["bwd_num_warps"] != 1 or pack not in (8, 16):
+        return False, 0
+    return True, pack
 
 
 def _strides3(x: Tensor):
@@ -630,6 +727,7 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, seq_i
     dD_part = torch.empty(batch, K, dim, device=dev, dtype=f32) if D is not None else None
     dbias_part = torch.empty(batch, K, dim, device=dev, dtype=f32) if delta_bias is not None else None
     dh0 = torch.empty(batch, dim, n_state, device=dev, dtype=f32)
+    flip, flip_pack = _flip_args(cfg, u.is_cuda)
     _scan_bwd_kernel[(K, batch, groups * b_split)](
         u, delta, A, Bg, Cg, D if D is not None else dummy, z if z is not None else dummy,
         delta_bias if delta_bias is not None else dummy, seq_ptr, states, adj, dout,
@@ -638,8 +736,10 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, seq_i
         length, dim // groups, b_split, bDS, K, dim, groups,
         *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
         *Bg.stride(), *Cg.stride(), *z_strides, *_strides3(dout), *seq_strides,
-        HAS_D=D is not None, BD=bBD, NS=n_state, T=T, UNROLL=cfg["unroll"], num_warps=cfg["bwd_num_warps"],
-        **flags,
+        HAS_D=D is not None, BD=bBD, NS=n_state, T=T, UNROLL=cfg["unroll"], SCAN2=cfg["bwd_scan2"],
+        RELOAD=cfg["bwd_reload"], EARLY_DBC=cfg["bwd_early_dbc"], FLIP=flip, FLIP_PACK=flip_pack,
+        num_warps=cfg["bwd_num_warps"],
+        maxnreg=cfg["bwd_maxnreg"], **flags,
     )
     dB = dB_part.sum(0) if b_split > 1 else dB_part[0]
     dC = dC_part.sum(0) if b_split > 1 else dC_part[0]
