@@ -41,7 +41,7 @@ SHAPES = [  # (B, D, L, N)
     (8, 128, 131072, 16),
     (8, 2048, 2048, 16),
 ]
-# with --sweep, launch parameters tried beside the defaults of choose_config (logged; the rows time the
+# with --sweep --sweep-fwd, launch parameters tried beside the defaults of choose_config (logged; the rows time the
 # defaults). Forward alone, then forward+backward (T is shared; BD/num_warps are the forward's tiles,
 # bwd_BD/bwd_num_warps the backward's); unset keys keep choose_config's value.
 SWEEP = [
@@ -52,13 +52,18 @@ SWEEP = [
     dict(T=128, BD=8, num_warps=4),
     dict(T=512, BD=2, num_warps=4),
 ]
+# the backward's switches (version 8; choose_config's bwd_*), at each shape's default T and tiles unless named.
+# The first entry is the path timed before version 8; each candidate's gradients are checked against the
+# defaults' (max relative error logged; over 1e-2 it counts as failed).
 SWEEP_BWD = [
-    dict(T=256, bwd_BD=1, bwd_num_warps=1),
-    dict(T=256, bwd_BD=2, bwd_num_warps=1),
-    dict(T=256, bwd_BD=2, bwd_num_warps=1, unroll=2),
-    dict(T=128, bwd_BD=2, bwd_num_warps=1),
-    dict(T=128, bwd_BD=4, bwd_num_warps=1),
-    dict(T=512, BD=2, bwd_BD=1, bwd_num_warps=1),
+    dict(bwd_flip=False, bwd_reload=False, bwd_early_dbc=True, bwd_scan2=False),  # versions 5-7
+    dict(bwd_flip=True, bwd_reload=False),
+    dict(bwd_flip=True, bwd_reload=True),  # choose_config's defaults since version 8
+    dict(bwd_flip=True, bwd_reload=True, bwd_early_dbc=False),
+    dict(bwd_flip=True, bwd_reload=True, bwd_scan2=True),
+    dict(bwd_flip=True, bwd_reload=True, bwd_maxnreg=168),
+    dict(T=128, bwd_flip=True, bwd_reload=True),
+    dict(T=256, bwd_flip=True, bwd_reload=True),
 ]
 SEQ_CHECK_SHAPE = (2, 64, 4096, 16)  # packed sequences: ours against the chunked scan in float32, with gradients
 
@@ -254,6 +259,7 @@ def main():
     ap.add_argument("--shapes", type=str, default="all", help="'all' or indices like 0,3")
     ap.add_argument("--sweep", action="store_true", help="try the candidate launch parameters per shape")
     ap.add_argument("--sweep-only", action="store_true", help="only the sweep (no mamba_ssm, no rows); log to $OUT")
+    ap.add_argument("--sweep-fwd", action="store_true", help="with --sweep, also the forward candidates (SWEEP)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--no-reference", action="store_true", help="skip the PyTorch references")
     args = ap.parse_args()
@@ -296,7 +302,7 @@ def main():
 
         # the rows time choose_config's defaults; a sweep is logged beside them
         sweep_fwd = sweep_fb = None
-        if args.sweep:
+        if args.sweep and args.sweep_fwd:
             timings = []
             for c in SWEEP:
                 try:
@@ -308,17 +314,29 @@ def main():
             log.append(f"{(Bn, Dn, Ln, Nn)} fwd sweep: " + ", ".join(f"{c}: {ms:.3f}" for ms, c in timings))
             print(log[-1], flush=True)
             sweep_fwd = min(timings, key=lambda p: p[0])
+        if args.sweep:
+            t_sweep = time.time()
+            g_default = fwd_bwd(ours_fn(None), xg, dout)
             timings = []
             for c in SWEEP_BWD:
                 try:
+                    g_c = fwd_bwd(ours_fn(c), xg, dout)
+                    err = max(rel_err(a, b) for a, b in zip(g_c, g_default))
+                    del g_c
                     ms = bench_ms(lambda: fwd_bwd(ours_fn(c), xg, dout), warmup=5, rep=30)
+                    if not err < 1e-2:
+                        log.append(f"{(Bn, Dn, Ln, Nn)} bwd {c}: gradients differ from the defaults' (max rel err "
+                                   f"{err:.1e}, {ms:.3f} ms): failed")
+                        ms = float("inf")
                 except Exception as e:
-                    ms = float("inf")
+                    ms, err = float("inf"), float("nan")
                     log.append(f"{(Bn, Dn, Ln, Nn)} bwd {c}: {type(e).__name__}: {str(e)[:200]}")
-                timings.append((ms, c))
-            log.append(f"{(Bn, Dn, Ln, Nn)} fwd+bwd sweep: " + ", ".join(f"{c}: {ms:.3f}" for ms, c in timings))
+                timings.append((ms, c, err))
+            del g_default
+            log.append(f"{(Bn, Dn, Ln, Nn)} fwd+bwd sweep ({time.time() - t_sweep:.0f} s): "
+                       + ", ".join(f"{c}: {ms:.3f} (err {err:.0e})" for ms, c, err in timings))
             print(log[-1], flush=True)
-            sweep_fb = min(timings, key=lambda p: p[0])
+            sweep_fb = min(timings, key=lambda p: p[0])[:2]
         if args.sweep_only:
             if os.environ.get("OUT"):
                 (Path(os.environ["OUT"]) / "sweep.log").write_text("\n".join(log) + "\n")

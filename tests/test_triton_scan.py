@@ -265,10 +265,10 @@ def test_packed_sequences_grouped_low_precision_int64(unroll):
 # the backward's switches (choose_config's bwd_*; the GPU sweep picks among them): each value away from
 # the default at least once, with and without packed sequences (SCAN2 has its own shifted sequence starts)
 SWITCHES = [
-    pytest.param(dict(bwd_scan2=True), id="scan2"),
-    pytest.param(dict(bwd_reload=True, bwd_early_dbc=False), id="reload-late-dBC"),
-    pytest.param(dict(bwd_flip=True), id="flip"),
-    pytest.param(dict(bwd_flip=True, bwd_scan2=True, bwd_reload=True), id="flip-scan2-reload"),
+    pytest.param(dict(bwd_flip=False, bwd_reload=False), id="versions-5-to-7"),
+    pytest.param(dict(bwd_scan2=True, bwd_flip=False), id="scan2-reverse-scan"),
+    pytest.param(dict(bwd_early_dbc=False), id="late-dBC"),
+    pytest.param(dict(bwd_scan2=True, bwd_maxnreg=128), id="scan2-flip"),
 ]
 
 

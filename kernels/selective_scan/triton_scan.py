@@ -100,7 +100,7 @@ _FLIP16_C = tl.constexpr(",".join(["=r"] * 16 + ["r"] * 16))
 
 @triton.jit
 def _flip(x, PACK: tl.constexpr):
-    """Reverse a (BD, T) float32 tile along T (PACK = 0: tl.flip, any layout; the interpreter's path), or with
+    """Reverse a (BD, T) float32 tile along T (PACK = 0: a gather, any layout; the interpreter's path), or with
     PACK = registers per thread, for a tile held by ONE warp without replication: every thread's registers in
     reverse order, taken from lane ^ 31 (one shuffle per register). That maps each element to the mirror of
     every one of its coordinates, channels included; a scan along T cannot tell, and applying it twice is
@@ -110,8 +110,9 @@ def _flip(x, PACK: tl.constexpr):
         return tl.inline_asm_elementwise(_FLIP8, _FLIP8_C, [x], dtype=tl.float32, is_pure=True, pack=8)
     elif PACK == 16:
         return tl.inline_asm_elementwise(_FLIP16, _FLIP16_C, [x], dtype=tl.float32, is_pure=True, pack=16)
-    else:
-        return tl.flip(x, 1)
+    else:  # a gather, which the interpreter runs as one numpy call (tl.flip is ~10x slower there)
+        rev = x.shape[1] - 1 - tl.arange(0, x.shape[1])
+        return tl.gather(x, rev[None, :] + tl.zeros(x.shape, dtype=tl.int32), 1)
 
 
 @triton.jit
@@ -549,6 +550,9 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
     BD, num_warps          the forward's tiles: BD channels x T steps, one state at a time
     bwd_BD, bwd_num_warps  the backward's tiles
     unroll   states per trip of the backward's loop over N (copies of its body)
+    bwd_flip, bwd_reload, bwd_early_dbc, bwd_scan2   the backward kernel's switches FLIP, RELOAD,
+             EARLY_DBC, SCAN2 (see ``_scan_bwd_kernel``); bwd_maxnreg caps its registers per thread
+             (None: ptxas decides)
     sequential  forward walks the chunks in order (one exponential per element)
              when batch x channels alone fill the GPU; otherwise chunk summaries,
              a carry pass and a second scan (two per element)
@@ -561,6 +565,8 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
     did not pay. Forward: T=256 x 4 channels on 4 warps, or 128 x 8 when that still gives
     three programs per multiprocessor. With gradients T=128, except T=256 (half the saved
     states, the same speed) where the chunks run sequentially and L >= 2048.
+    Version 8 (predicted from the compiled code, not yet timed on the GPU): bwd_flip (the state
+    loop's shuffles 177 -> 81 at T=128) and bwd_reload (spills at T=256: 324 -> 104 bytes) on.
     """
     sequential = batch * dim >= 12 * sm_count
     if training:
@@ -569,8 +575,8 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
         cfg = dict(T=128, BD=8, num_warps=4)
     else:
         cfg = dict(T=256, BD=4, num_warps=4)
-    cfg.update(bwd_BD=2, bwd_num_warps=1, unroll=1, bwd_scan2=False, bwd_reload=False, bwd_early_dbc=True,
-               bwd_flip=False, bwd_maxnreg=None)
+    cfg.update(bwd_BD=2, bwd_num_warps=1, unroll=1, bwd_scan2=False, bwd_reload=True, bwd_early_dbc=True,
+               bwd_flip=True, bwd_maxnreg=None)
     if length <= 64:
         cfg["T"] = 64
     keys = ("T", "BD", "num_warps", "bwd_BD", "bwd_num_warps", "unroll", "bwd_scan2", "bwd_reload",
@@ -597,7 +603,7 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
 def _flip_args(cfg: dict, compiled: bool):
     """(FLIP, FLIP_PACK) for the backward. Compiled, the shuffle reversal needs the tile in one warp with no
     replication (bwd_BD x T >= 256 elements: 8 or 16 registers per thread), else Triton's reverse scan;
-    under the interpreter (no inline assembly) the same code path runs with tl.flip."""
+    under the interpreter (no inline assembly) the same code path runs with a gather."""
     if not cfg["bwd_flip"]:
         return False, 0
     if not compiled:
