@@ -58,7 +58,7 @@ SWEEP = [
 SWEEP_BWD = [
     dict(bwd_flip=False, bwd_reload=False, bwd_early_dbc=True, bwd_scan2=False),  # versions 5-7
     dict(bwd_flip=True, bwd_reload=False),
-    dict(bwd_flip=True, bwd_reload=True),  # choose_config's defaults since version 8
+    dict(bwd_flip=True, bwd_reload=True),  # choose_config reloads at T=256 only (version 8 sweep)
     dict(bwd_flip=True, bwd_reload=True, bwd_early_dbc=False),
     dict(bwd_flip=True, bwd_reload=True, bwd_scan2=True),
     dict(bwd_flip=True, bwd_reload=True, bwd_maxnreg=168),

@@ -565,8 +565,9 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
     did not pay. Forward: T=256 x 4 channels on 4 warps, or 128 x 8 when that still gives
     three programs per multiprocessor. With gradients T=128, except T=256 (half the saved
     states, the same speed) where the chunks run sequentially and L >= 2048.
-    Version 8 (predicted from the compiled code, not yet timed on the GPU): bwd_flip (the state
-    loop's shuffles 177 -> 81 at T=128) and bwd_reload (spills at T=256: 324 -> 104 bytes) on.
+    Version 8 (H100 sweep): bwd_flip on (the state loop's shuffles 177 -> 81 at T=128; fwd+bwd
+    10-14% faster at every shape); bwd_reload only at T=256, where it cuts spills (324 -> 104
+    bytes) and gains 2-5%; at T=128 (no spills) it cost 1-4%.
     """
     sequential = batch * dim >= 12 * sm_count
     if training:
@@ -575,16 +576,18 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
         cfg = dict(T=128, BD=8, num_warps=4)
     else:
         cfg = dict(T=256, BD=4, num_warps=4)
-    cfg.update(bwd_BD=2, bwd_num_warps=1, unroll=1, bwd_scan2=False, bwd_reload=True, bwd_early_dbc=True,
+    cfg.update(bwd_BD=2, bwd_num_warps=1, unroll=1, bwd_scan2=False, bwd_reload=None, bwd_early_dbc=True,
                bwd_flip=True, bwd_maxnreg=None)
     if length <= 64:
         cfg["T"] = 64
     keys = ("T", "BD", "num_warps", "bwd_BD", "bwd_num_warps", "unroll", "bwd_scan2", "bwd_reload",
             "bwd_early_dbc", "bwd_flip", "bwd_maxnreg")
     cfg.update({k: v for k, v in overrides.items() if k in keys and v is not None})
+    cfg["T"] = _pow2(cfg["T"])
+    if cfg["bwd_reload"] is None:
+        cfg["bwd_reload"] = cfg["T"] >= 256
     for k in ("bwd_scan2", "bwd_reload", "bwd_early_dbc", "bwd_flip"):
         cfg[k] = bool(cfg[k])
-    cfg["T"] = _pow2(cfg["T"])
     if n_state % cfg["unroll"]:  # the backward's state loop takes whole groups of `unroll` states
         cfg["unroll"] = 1
     per_group = dim // groups
