@@ -252,6 +252,14 @@ def write_result(args, name, gpu, copy_GBps, sms, rows, checks, log) -> Path:
     return save_result(result, "scan", gpu, args.out)
 
 
+def write_sweep(name, gpu, copy_GBps, sms, sweep_rows) -> Path:
+    """The backward sweep's timings, one row per shape and candidate: benchmarks/results/scan_sweep_<gpu>.json."""
+    result = dict(device=name, copy_GBps=copy_GBps, sms=sms, torch=torch.__version__,
+                  triton=__import__("triton").__version__, command="python " + " ".join(sys.argv),
+                  rows=sweep_rows)
+    return save_result(result, "scan_sweep", gpu)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mamba-sdist", type=Path, default=None, help="build mamba_ssm from this sdist if needed")
@@ -285,7 +293,7 @@ def main():
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(f"{name}: {sms} SMs, device-to-device copy {copy_GBps:.0f} GB/s (read + write)")
     shapes = SHAPES if args.shapes == "all" else [SHAPES[int(i)] for i in args.shapes.split(",")]
-    rows, checks, log = [], [], []
+    rows, checks, log, sweep_rows = [], [], [], []
     if not args.sweep_only:
         packed = packed_sequences_check()
         checks.append(packed)
@@ -332,7 +340,11 @@ def main():
                     ms, err = float("inf"), float("nan")
                     log.append(f"{(Bn, Dn, Ln, Nn)} bwd {c}: {type(e).__name__}: {str(e)[:200]}")
                 timings.append((ms, c, err))
+                sweep_rows.append(dict(shape=[Bn, Dn, Ln, Nn], candidate=c,
+                                       fwd_bwd_ms=ms if ms < float("inf") else None,  # None: failed
+                                       max_rel_err_vs_defaults=err if err == err else None))
             del g_default
+            write_sweep(name, gpu, copy_GBps, sms, sweep_rows)
             log.append(f"{(Bn, Dn, Ln, Nn)} fwd+bwd sweep ({time.time() - t_sweep:.0f} s): "
                        + ", ".join(f"{c}: {ms:.3f} (err {err:.0e})" for ms, c, err in timings))
             print(log[-1], flush=True)

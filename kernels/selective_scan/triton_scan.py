@@ -566,8 +566,8 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
     three programs per multiprocessor. With gradients T=128, except T=256 (half the saved
     states, the same speed) where the chunks run sequentially and L >= 2048.
     Version 8 (H100 sweep): bwd_flip on (the state loop's shuffles 177 -> 81 at T=128; fwd+bwd
-    10-14% faster at every shape); bwd_reload only at T=256, where it cuts spills (324 -> 104
-    bytes) and gains 2-5%; at T=128 (no spills) it cost 1-4%.
+    7-16% faster at every shape); bwd_reload only at T=256, where it cuts spills (324 -> 104
+    bytes) and gains 4-6%; at T=128 (no spills) it cost 2-4%.
     """
     sequential = batch * dim >= 12 * sm_count
     if training:
