@@ -194,6 +194,9 @@ def _train_tts(args) -> dict:
     model = TTSModel(model_config)
     max_frames = None if args.segment_seconds is None else max(1, round(args.segment_seconds * model_config.frame_rate))
     train_set = SpeechTokens(args.data, model.text, model_config.voices, "train", max_frames)
+    if model_config.text_guide and model_config.guide_frames_per_symbol is None:
+        # the guide's pace in generation: the training clips' frames per symbol, saved with the model
+        model_config.guide_frames_per_symbol = round(train_set.frames_per_symbol(), 4)
     held_out = next((name for name in ("test", "heldout", "validation") if name in splits), None)
     eval_set = SpeechTokens(args.data, model.text, model_config.voices, held_out, max_frames) if held_out else None
     trainer = Trainer(model, TTSTask(), train_config, args.out, progress=not args.quiet,

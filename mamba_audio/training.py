@@ -192,13 +192,15 @@ class CodecTask:
 
 class TTSTask:
     """Text-to-speech (``TTSModel``) on batches of :func:`mamba_audio.data.speech_tokens.collate_speech_tokens`:
-    the loss is the codec-token NLL (nats) plus the stop BCE; the metric is the NLL in bits per codec token."""
+    the loss is the codec-token NLL (nats) plus the stop BCE; the metric is the NLL in bits per codec token.
+    A guided model (``text_guide``) spreads each clip's text over the whole clip's frames (``clip_frames``)."""
 
     metric = "nll_bits"
     higher_is_better = False
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
-        losses = model.losses(batch["text"], batch["voice"], batch["tokens"], batch["frames"])
+        losses = model.losses(batch["text"], batch["voice"], batch["tokens"], batch["frames"],
+                              batch.get("clip_frames"))
         total = losses["nll_bits"] * math.log(2) + losses["stop_bce"]
         return total, {key: value.detach() for key, value in losses.items()}
 

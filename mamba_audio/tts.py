@@ -13,7 +13,11 @@ model step, sampling with per-stream seeds; the stop head ends it. Each :class:`
 steps back into codec frames and decodes them a few at a time, with ``DECODE_CONTEXT_FRAMES`` frames
 of left context and ``DECODE_LOOKAHEAD_FRAMES`` of right context so the codec's convolutions see across
 chunk boundaries. ``speed`` plays the codec frames faster or slower (each output frame is the source
-frame at ``floor(j * speed)``), so the pitch stays.
+frame at ``floor(j * speed)``), so the pitch stays. A model with the text guide (``TTSConfig.text_guide``)
+instead plans ``TTSModel.planned_frames(n, speed)`` frames for the n symbols (speed scales the guide's
+planned length: the model itself speaks faster or slower) and its frames are played as they are; the
+loop keeps each slot's symbols, n and planned length on the device and computes the guide ids of
+every step from the slot's step counter (tensor ops only, so a period can be a CUDA graph).
 
 A checkpoint directory holds ``tts/`` (the :class:`TTSModel`) and ``codec/`` (the codec it was trained
 on; absent for the mu-law codec).
@@ -30,7 +34,7 @@ from mamba_audio.codecs import AudioCodec, MuLawCodec
 from mamba_audio.models.pretrained import CheckpointError, load_pretrained
 from mamba_audio.models.tts import TTSModel
 from mamba_audio.streaming import AudioChunk, Stream, StepLoop
-from mamba_audio.text import TextError
+from mamba_audio.text import PAD_ID, TextError
 
 Tensor = torch.Tensor
 
@@ -142,6 +146,12 @@ class SpeechLoop(StepLoop):
 
         self.sampler = StreamSampler(max_streams * P, self.device)
         self.period_outputs = torch.zeros(max_streams, period, P + 1, **long)
+        # the text guide: each slot's symbols (left-padded like pad_text), their count n and planned frames F
+        self.guided = model.config.text_guide
+        width = model.pad_text([torch.zeros(model.config.max_text_chars, dtype=torch.long)]).shape[1]
+        self.guide_text = torch.full((max_streams, width if self.guided else period), PAD_ID, **long)
+        self.guide_symbols = torch.zeros(max_streams, **long)
+        self.guide_planned = torch.ones(max_streams, **long)
 
     # -- streams ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -160,6 +170,9 @@ class SpeechLoop(StepLoop):
             self.step[slot] = 0
             self.end_frame[slot] = _NOT_ENDED
             self.max_frame[slot] = model.max_frames(text_ids.shape[0])
+            if self.guided:
+                self._set_guide(slot, text_ids, model.planned_frames(text_ids.shape[0], speed))
+                speed = 1.0  # the model speaks at the planned pace: the frames play as they are
             P = model.pattern.streams
             for p in range(P):
                 self.sampler.set_row(slot * P + p, seed * P + p, self.temperature, None, self.top_p)
@@ -167,18 +180,49 @@ class SpeechLoop(StepLoop):
 
     def stop(self, stream: Stream) -> None:
         with self._lock:
+            slot = stream.slot
             super().stop(stream)
+            if slot is not None:
+                self._clear_guide([slot])
 
     def advance(self) -> None:
         with self._lock:
+            busy = [s for s, stream in enumerate(self.streams) if stream is not None]
             super().advance()
+            self._clear_guide([s for s in busy if self.streams[s] is None])  # the streams that finished
+
+    def _set_guide(self, slot: int, text_ids: Tensor, planned: int) -> None:
+        """Give ``slot`` the guide of symbols ``text_ids`` (T,) spread over ``planned`` frames."""
+        length = text_ids.shape[0]
+        if length > self.guide_text.shape[1]:  # longer than max_text_chars symbols: widen (a new graph)
+            width = self.model.pad_text([text_ids]).shape[1]
+            wider = torch.full((self.max_streams, width), PAD_ID, dtype=torch.long, device=self.device)
+            wider[:, width - self.guide_text.shape[1]:] = self.guide_text
+            self.guide_text = wider
+            self._graph = None
+        self.guide_text[slot] = PAD_ID
+        if length:
+            self.guide_text[slot, -length:] = text_ids.to(self.device)
+        self.guide_symbols[slot] = length
+        self.guide_planned[slot] = planned
+
+    def _clear_guide(self, slots: list[int]) -> None:
+        if self.guided and slots:
+            index = torch.tensor(slots, device=self.device)
+            self.guide_text.index_fill_(0, index, PAD_ID)
+            self.guide_symbols.index_fill_(0, index, 0)
+            self.guide_planned.index_fill_(0, index, 1)
 
     # -- the step loop ----------------------------------------------------------------------------
     def _step_once(self, column: int, uniforms: Tensor) -> None:
         """One codec step of every slot: model step, stop decision, sampling of the slots that hold a token."""
         model, batch = self.model, self.max_streams
-        logits, stop_logit = model.step_audio(self.inputs, self.voice, self.state)
         first = self.step - self.delays[0]  # codebook 0's frame at this step
+        guide = None
+        if self.guided:
+            symbols, progress = model.guide_ids(self.guide_text, self.guide_planned, first[:, None], self.guide_symbols)
+            guide = (symbols[:, 0], progress[:, 0])
+        logits, stop_logit = model.step_audio(self.inputs, self.voice, self.state, guide)
         stopping = ((stop_logit.sigmoid() > model.config.stop_threshold) & (first >= 1)) | (first >= self.max_frame)
         self.end_frame.copy_(torch.where((self.end_frame == _NOT_ENDED) & stopping, first, self.end_frame))
         frames = self.step[:, None] - self.delays[None, :]
@@ -201,7 +245,7 @@ class SpeechLoop(StepLoop):
         from mamba_audio.models.sashimi import state_tensors
 
         return [*state_tensors(self.state), self.inputs, self.step, self.end_frame, self.sampler.counters,
-                self.period_outputs]
+                self.period_outputs, self.guide_text, self.guide_symbols, self.guide_planned]
 
 
 class TextToSpeech:

@@ -105,26 +105,61 @@ def test_sentence_corpus_layout_voices_and_split(corpus):
 
 
 # -- model -----------------------------------------------------------------------------------------
+GUIDE = dict(text_guide=True, guide_frames_per_symbol=2.0, guide_progress_bins=8)
+
+
+@pytest.mark.parametrize("guide", [False, True], ids=["unguided", "guided"])
 @pytest.mark.parametrize("pattern", ["delay", "parallel"])
-def test_prefill_then_step_equals_forward(pattern):
-    model = tiny_tts(pattern, num_codebooks=3).eval()
+def test_prefill_then_step_equals_forward(pattern, guide):
+    model = tiny_tts(pattern, num_codebooks=3, **(GUIDE if guide else {})).eval()
     text = model.pad_text([model.text.encode("hello there"), model.text.encode("hi")])
     voice = torch.tensor([0, 1])
     tokens = torch.randint(0, 16, (2, 3, 9))
-    seq, _, _, _ = model.targets(tokens, torch.tensor([9, 5]))
+    lengths = torch.tensor([9, 5])
+    seq, _, _, _ = model.targets(tokens, lengths)
     inputs = model.shift(seq)
+
+    def guide_at(steps):  # the guide ids of steps (L,) for both rows (codebook 0 has delay 0: frame = step)
+        if not guide:
+            return None
+        return model.guide_ids(text, lengths, steps[None].expand(2, -1))
+
     with torch.no_grad():
-        full, full_stop = model(text, voice, inputs)
+        full, full_stop = model(text, voice, inputs, lengths)
         state = model.allocate_inference_cache(2)
         model.prefill_text(text, voice, state)
         logits, stops = [], []
-        prefix, stop = model.prefill_audio(inputs[:, :5], voice, state)  # mid-period: the rest is stepped
+        prefix, stop = model.prefill_audio(inputs[:, :5], voice, state, guide_at(torch.arange(5)))  # mid-period
         logits.append(prefix), stops.append(stop)
         for s in range(5, inputs.shape[1]):
-            step_logits, step_stop = model.step_audio(inputs[:, s], voice, state)
+            ids = guide_at(torch.tensor([s]))
+            step_logits, step_stop = model.step_audio(inputs[:, s], voice, state,
+                                                      None if ids is None else (ids[0][:, 0], ids[1][:, 0]))
             logits.append(step_logits[:, None]), stops.append(step_stop[:, None])
     torch.testing.assert_close(torch.cat(logits, 1), full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.cat(stops, 1), full_stop, atol=1e-5, rtol=1e-5)
+
+
+def test_guide_ids_read_the_text_in_order_and_mark_the_end():
+    model = tiny_tts(**GUIDE)
+    text = model.pad_text([torch.tensor([5, 6, 7]), torch.tensor([9])])  # left-padded to 4 columns
+    symbols, progress = model.guide_ids(text, torch.tensor([6, 2]), torch.arange(8)[None])
+    assert symbols.tolist() == [[5, 5, 6, 6, 7, 7, 7, 7], [9, 9, 9, 9, 9, 9, 9, 9]]  # clamped to the last symbol
+    assert progress.tolist() == [[0, 1, 2, 4, 5, 6, 8, 8], [0, 4, 8, 8, 8, 8, 8, 8]]  # 8 = bins: past the end
+    assert model.planned_frames(3) == 6 and model.planned_frames(3, speed=2.0) == 3 and model.planned_frames(1, 4) == 1
+    with torch.no_grad():  # a guided model needs its guide; an unguided one takes none
+        state = model.allocate_inference_cache(1)
+        with pytest.raises(ValueError, match="reads a text guide"):
+            model.step_audio(torch.zeros(1, 2, dtype=torch.long), torch.tensor([0]), state)
+        with pytest.raises(ValueError, match="forward needs planned_frames"):
+            model(text, torch.tensor([0, 1]), torch.zeros(2, 3, 2, dtype=torch.long))
+        with pytest.raises(ValueError, match="no text guide"):
+            tiny_tts().step_audio(torch.zeros(1, 2, dtype=torch.long), torch.tensor([0]), state,
+                                  (torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)))
+    with pytest.raises(ValueError, match="no guide_frames_per_symbol"):
+        tiny_tts(text_guide=True).planned_frames(3)
+    with pytest.raises(ValueError, match="guide_frames_per_symbol must be positive"):
+        tiny_tts(text_guide=True, guide_frames_per_symbol=0.0)
 
 
 def test_targets_mark_the_end_and_the_flatten_pattern_is_refused():
@@ -166,10 +201,16 @@ def test_speech_tokens_read_the_tokenized_corpus_and_name_what_is_missing(tokens
         SpeechTokens(broken, model.text, VOICES)
 
 
-def test_tts_training_loss_falls_and_checkpoint_round_trip(tokens, tmp_path):
+@pytest.mark.parametrize("guide", [False, True], ids=["unguided", "guided"])
+def test_tts_training_loss_falls_and_checkpoint_round_trip(tokens, tmp_path, guide):
     fields = speech_model_fields(tokens, "phonemes")
-    model = tiny_tts(front_end="phonemes", symbols=fields["text_symbols"], frame_rate=fields["frame_rate"])
+    model = tiny_tts(front_end="phonemes", symbols=fields["text_symbols"], frame_rate=fields["frame_rate"],
+                     **(dict(text_guide=True) if guide else {}))
     dataset = SpeechTokens(tokens, model.text, VOICES, split="train", max_frames=32)
+    if guide:  # as `mamba-audio train` does; the crop to 32 frames leaves each clip's whole length for the guide
+        model.config.guide_frames_per_symbol = dataset.frames_per_symbol()
+        assert [dataset[i]["clip_frames"] for i in range(len(dataset))] == [
+            m["num_frames"] for m in dataset.tokens.metadata]
     batch = collate_speech_tokens([dataset[i] for i in range(len(dataset))], model.pad_text)
     task = TTSTask()
     with torch.no_grad():
@@ -184,6 +225,7 @@ def test_tts_training_loss_falls_and_checkpoint_round_trip(tokens, tmp_path):
 
     loaded = TTSModel.from_pretrained(tmp_path / "run" / "checkpoint")
     assert loaded.config == model.config and loaded.text.symbols == model.text.symbols
+    assert hasattr(loaded, "guide_embedding") == guide and loaded.config.text_guide == guide
     with torch.no_grad():
         assert abs(task.finalize(task.eval_sums(loaded.eval(), batch))["nll_bits"] - after["nll_bits"]) < 1e-4
 
@@ -211,6 +253,76 @@ def test_streams_share_the_loop_and_equal_synthesize(tts):
     b.stop()
     assert not b.active and sum(1 for _ in c) > 0
     assert tts.synthesize("hi", seed=1, speed=0.5).numel() == 4 * tts.synthesize("hi", seed=1, speed=2.0).numel()
+
+
+@pytest.fixture(scope="module")
+def guided_tts():
+    codec = tiny_codec()
+    return TextToSpeech(tiny_tts(frame_rate=codec.frame_rate, max_seconds=0.02, stop_threshold=0.9999, **GUIDE), codec,
+                        max_streams=3)
+
+
+def test_guided_streams_join_mid_flight_equal_synthesize_and_speed_scales_the_plan(guided_tts):
+    """The loop keeps each slot's guide (symbols, n, planned frames) and steps it: a stream that joins
+    mid-flight, in the slot of one that was stopped, speaks as it does alone; speed changes the plan,
+    not the playback rate."""
+    tts, loop, model = guided_tts, guided_tts.loop, guided_tts.model
+    texts = ["the red fox.", "a much longer sentence than that one.", "another one joins."]
+    alone = [tts.synthesize(texts[0], seed=5), tts.synthesize(texts[2], seed=7)]
+    a = tts.start(texts[0], seed=5, chunk_samples=24)
+    b = tts.start(texts[1], seed=6)
+    slot, n = b.slot, len(texts[1])
+    assert loop.guide_symbols[slot] == n and loop.guide_planned[slot] == model.planned_frames(n) == 2 * n
+    assert model.text.decode(loop.guide_text[slot]) == texts[1]
+    first = next(a)
+    b.stop()
+    assert loop.guide_symbols[slot] == 0 and loop.guide_planned[slot] == 1 and (loop.guide_text[slot] == 0).all()
+    c = tts.start(texts[2], seed=7)  # joins mid-flight, in b's slot
+    assert c.slot == slot
+    torch.testing.assert_close(torch.cat([first.audio] + [chunk.audio for chunk in a]), alone[0])
+    torch.testing.assert_close(torch.cat([chunk.audio for chunk in c]), alone[1])
+    assert not loop.active_streams and (loop.guide_symbols == 0).all()  # finished streams' slots are cleared
+    slow, fast = tts.synthesize("hi", seed=1, speed=0.5), tts.synthesize("hi", seed=1, speed=2.0)
+    assert slow.shape == fast.shape and not torch.equal(slow, fast)  # same frames (max_seconds), other plans
+    d = tts.start("hi", speed=0.5)
+    assert loop.guide_planned[d.slot] == model.planned_frames(2, 0.5) == 8 and d.speed == 1.0  # played as made
+    d.stop()
+
+
+def test_the_guided_loop_widens_its_text_rows_for_a_longer_text():
+    """A text of more symbols than max_text_chars (phonemes may outnumber the characters) widens the loop's
+    text rows (left-padded, so the streams in flight keep their symbols); the audio is as with wide rows."""
+    codec = tiny_codec()
+
+    def speak(max_text_chars):
+        model = tiny_tts(frame_rate=codec.frame_rate, max_seconds=0.01, stop_threshold=0.9999,
+                         max_text_chars=max_text_chars, **GUIDE)
+        tts = TextToSpeech(model, codec, max_streams=2)
+        a = tts.start("the fox.", seed=1)
+        first = next(a)
+        b = tts.loop.start(model.text.encode("a longer one here."), 0, 1.0, 2, 24)  # past the API's check
+        audio = [torch.cat([first.audio] + [c.audio for c in a]), torch.cat([c.audio for c in b])]
+        return audio, tts.loop.guide_text.shape[1]
+
+    (narrow, width), (wide, full_width) = speak(8), speak(300)
+    assert (width, full_width) == (20, 300)
+    torch.testing.assert_close(narrow, wide)
+
+
+def test_guided_voice_round_trips_and_an_old_config_loads_unguided(guided_tts, tts, tmp_path):
+    guided = TextToSpeech.from_pretrained(guided_tts.save_pretrained(tmp_path / "guided"), device="cpu")
+    assert guided.model.config == guided_tts.model.config and guided.model.config.text_guide
+    torch.testing.assert_close(guided.synthesize("the red fox.", seed=2), guided_tts.synthesize("the red fox.", seed=2))
+    # a checkpoint from before the guide: its config.json has none of the guide's keys
+    old = tts.save_pretrained(tmp_path / "old")
+    meta = json.loads((old / "tts" / "config.json").read_text())
+    for key in ("text_guide", "guide_frames_per_symbol", "guide_progress_bins"):
+        del meta["config"][key]
+    (old / "tts" / "config.json").write_text(json.dumps(meta))
+    loaded = TextToSpeech.from_pretrained(old, device="cpu")
+    assert not loaded.model.config.text_guide and not any("guide" in k for k in loaded.model.state_dict())
+    torch.testing.assert_close(loaded.synthesize("the red fox.", seed=2, speed=1.5),
+                               tts.synthesize("the red fox.", seed=2, speed=1.5))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -302,6 +414,24 @@ def test_gpu_train_script_trains_ships_and_speaks_on_tokens(tokens, corpus, tmp_
     with tarfile.open(out / "generated.tar") as archive:
         assert archive.getnames() == [f"{heldout}.wav"]
     assert TextToSpeech.from_pretrained(out / "voice", device="cpu").voices == sorted(VOICES)
+
+
+def test_cli_fills_the_guide_pace_from_the_training_data(tokens, tmp_path):
+    """With model.text_guide and no guide_frames_per_symbol, `mamba-audio train` sets it from the train
+    split (whole clips' frames per symbol) and saves it; the voice then speaks at that pace."""
+    out = tmp_path / "guided"
+    assert main(["--quiet", "train", "--task", "tts", "--data", str(tokens), "--out", str(out), "--steps", "1",
+                 "--batch-size", "2", "--segment-seconds", "0.004", "--device", "cpu", "--preset", "tiny",
+                 "--set", "model.backbone.n_layers=1", "--set", "model.text_guide=true",
+                 "--set", "model.max_seconds=0.02"]) == 0
+    saved = json.loads((out / "checkpoint" / "config.json").read_text())["config"]
+    train = SpeechTokens(tokens, TextTokenizer("phonemes", symbols=saved["text_symbols"]), VOICES, "train")
+    expected = sum(m["num_frames"] for m in train.tokens.metadata) / sum(len(train[i]["text"]) for i in range(len(train)))
+    assert saved["text_guide"] and saved["guide_frames_per_symbol"] == pytest.approx(expected, abs=1e-4)
+    voice = TextToSpeech.from_pretrained(out / "voice", device="cpu")
+    assert voice.model.config.guide_frames_per_symbol == saved["guide_frames_per_symbol"]
+    phonemes = train.tokens.metadata[0]["phonemes"]
+    assert voice.synthesize(phonemes, symbols=True, seed=0).numel() > 0
 
 
 def test_cli_trains_tts_from_the_recipe_config_on_tokenized_data(tokens, tmp_path, capsys):

@@ -9,7 +9,7 @@ layer over :class:`mamba_audio.data.tokenized.TokenizedDataset`: it adds each cl
 phonemes column for a "phonemes" front end, the normalised transcript for "chars") and voice index.
 
 Items: ``text`` (T,) symbol ids, ``voice`` (index in ``voices``), ``tokens`` (K, F) long, ``frames`` F,
-``id``. :func:`collate_speech_tokens` pads a batch: text on the left to whole pooling periods (as the
+``clip_frames`` (the whole clip's frames, F before any cropping), ``id``. :func:`collate_speech_tokens` pads a batch: text on the left to whole pooling periods (as the
 model wants it), tokens on the right. :func:`speech_model_fields` gives the TTS model's fields that the
 tokenized data fixes (codec layout, voices, symbol table).
 """
@@ -115,12 +115,20 @@ class SpeechTokens(Dataset):
     def __getitem__(self, index: int) -> dict:
         item = self.tokens[index]
         return {"text": self._text_ids[index], "voice": self.voices.index(clip_voice(item)),
-                "tokens": item["tokens"], "frames": item["num_frames"], "id": clip_id(item)}
+                "tokens": item["tokens"], "frames": item["num_frames"],
+                "clip_frames": self.tokens.metadata[index]["num_frames"], "id": clip_id(item)}
+
+    def frames_per_symbol(self) -> float:
+        """Codec frames per text symbol over the split (whole clips): sum of frames / sum of symbols."""
+        frames = sum(meta["num_frames"] for meta in self.tokens.metadata)
+        return frames / max(1, sum(ids.shape[0] for ids in self._text_ids))
 
 
 def collate_speech_tokens(items: list[dict], pad_text) -> dict:
     """A batch: ``text`` (B, T) through ``pad_text`` (the model's), ``voice`` (B,), ``tokens`` (B, K, F)
-    zero-padded on the right (:func:`collate_codec_tokens`), ``frames`` (B,)."""
+    zero-padded on the right (:func:`collate_codec_tokens`), ``frames`` (B,), ``clip_frames`` (B,) (the whole
+    clips' frames, before cropping)."""
     padded = collate_codec_tokens([{"tokens": item["tokens"]} for item in items])
     return {"text": pad_text([item["text"] for item in items]), "voice": torch.tensor([i["voice"] for i in items]),
-            "tokens": padded["tokens"], "frames": padded["lengths"]}
+            "tokens": padded["tokens"], "frames": padded["lengths"],
+            "clip_frames": torch.tensor([item.get("clip_frames", item["frames"]) for item in items])}

@@ -12,6 +12,22 @@ step lies past the end of the speech, which ends generation.
 
 Only the delay and parallel patterns are allowed: with them a slot's codebook does not depend on
 the step, so streams at different steps can share one batched step.
+
+The optional monotonic alignment guide (``text_guide``, off by default) adds two embeddings to the
+input of every audio step s, whose codebook-0 frame is f (codebook 0 has delay 0 in both patterns,
+so f = s), given the row's n text symbols and its planned length of F frames:
+
+* ``guide_embedding`` of the symbol at the pointer p = min(n - 1, floor(f * n / F)): the text read
+  out at a constant rate;
+* ``guide_progress`` of the progress bin floor(f * bins / F) for f < F, and of the extra id ``bins``
+  ("past the end") for f >= F, so the model knows where it is and when to stop. At f >= F the
+  pointer stays clamped to the last symbol (and f < 0 would clamp to 0, but cannot happen here).
+
+F is the clip's length in training, and ``planned_frames(n, speed)`` = max(1, round(n *
+guide_frames_per_symbol / speed)) in generation, so speed changes the planned length rather than
+resampling the frames. :meth:`TTSModel.guide_ids` is the one place these ids are computed (training,
+prefill and the streaming loop). Without the guide the model has no guide tables, and checkpoints
+from before the guide load and behave as they did.
 """
 
 from __future__ import annotations
@@ -38,6 +54,11 @@ class TTSConfig(CodecLMConfig):
     names of the voices the model was trained on (one embedding each). Generation stops when the stop
     head's probability passes ``stop_threshold``, or after ``max_seconds_per_symbol`` seconds per text
     symbol (and ``max_seconds`` in all).
+
+    ``text_guide`` turns on the monotonic alignment guide (see the module docstring):
+    ``guide_frames_per_symbol`` is the average number of codec frames per text symbol (the training
+    code fills it in from the training data when it is None; generation needs it),
+    ``guide_progress_bins`` the resolution of the progress embedding.
     """
 
     pattern: str = "delay"
@@ -49,6 +70,9 @@ class TTSConfig(CodecLMConfig):
     stop_threshold: float = 0.5
     max_seconds_per_symbol: float = 0.3
     max_seconds: float = 30.0
+    text_guide: bool = False
+    guide_frames_per_symbol: float | None = None
+    guide_progress_bins: int = 32
 
     def __post_init__(self):
         super().__post_init__()
@@ -61,6 +85,10 @@ class TTSConfig(CodecLMConfig):
             raise ValueError(f"voices must be a non-empty list of distinct names, got {self.voices}")
         if not 0 < self.stop_threshold < 1:
             raise ValueError(f"stop_threshold must be in (0, 1), got {self.stop_threshold}")
+        if self.guide_progress_bins < 1:
+            raise ValueError(f"guide_progress_bins must be >= 1, got {self.guide_progress_bins}")
+        if self.guide_frames_per_symbol is not None and not self.guide_frames_per_symbol > 0:
+            raise ValueError(f"guide_frames_per_symbol must be positive, got {self.guide_frames_per_symbol}")
 
 
 class TTSModel(CodecLM):
@@ -76,6 +104,9 @@ class TTSModel(CodecLM):
         self.text_embedding = nn.Embedding(self.text.vocab_size, dim, padding_idx=PAD_ID)
         self.voice_embedding = nn.Embedding(len(config.voices), dim)
         self.stop_head = nn.Linear(dim, 1)
+        if config.text_guide:
+            self.guide_embedding = nn.Embedding(self.text.vocab_size, dim, padding_idx=PAD_ID)
+            self.guide_progress = nn.Embedding(config.guide_progress_bins + 1, dim)  # the last id: past the end
 
     # -- inputs -----------------------------------------------------------------------------------
     def voice_index(self, voice: str | None) -> int:
@@ -112,14 +143,67 @@ class TTSModel(CodecLM):
         """hidden (B, S, H) of audio steps -> logits (B, S, P, C), stop logits (B, S)."""
         return self._logits(hidden, 0), self.stop_head(self.norm(hidden))[..., 0].float()
 
+    # -- the alignment guide ----------------------------------------------------------------------
+    def guide_ids(self, text: Tensor, planned_frames: Tensor, frame: Tensor,
+                  num_symbols: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The guide's ids: text (B, T) left-padded symbol ids (as ``pad_text`` makes them), planned_frames F
+        (B,), frame (B, S) or (1, S) codebook 0's frame at each step, num_symbols n (B,) (default: the
+        non-pad symbols of ``text``) -> (symbol ids (B, S), progress ids (B, S)).
+
+        The symbol is the one at pointer min(n - 1, floor(f * n / F)) (f clamped to >= 0); the progress id
+        is floor(f * bins / F) while f < F, then ``bins`` (past the end). Tensor ops only, no host sync.
+        """
+        length = text.shape[1]
+        n = ((text != PAD_ID).sum(1) if num_symbols is None else num_symbols)[:, None]
+        planned = planned_frames[:, None].clamp_min(1)
+        f = frame.clamp_min(0)
+        pointer = torch.minimum(f * n // planned, n - 1).clamp_min(0)
+        column = (length - n + pointer).clamp(0, length - 1)  # n = 0 (no text) reads the last pad
+        symbols = text.gather(1, column.expand(text.shape[0], -1))
+        bins = self.config.guide_progress_bins
+        progress = torch.where(f < planned, f * bins // planned, torch.full_like(f, bins))
+        return symbols, progress.expand_as(symbols)
+
+    def planned_frames(self, num_symbols: int, speed: float = 1.0) -> int:
+        """The guide's planned length in generation: max(1, round(n * guide_frames_per_symbol / speed))."""
+        rate = self.config.guide_frames_per_symbol
+        if rate is None:
+            raise ValueError("this guided model has no guide_frames_per_symbol (the training code sets it "
+                             "from the training data); set it in its config")
+        return max(1, round(num_symbols * rate / speed))
+
+    def _guide(self, guide: tuple[Tensor, Tensor] | None, shape: tuple[int, ...]) -> Tensor | None:
+        """The guide embedding of ``guide`` = (symbol ids, progress ids) of ``shape``; None for an unguided model."""
+        if not self.config.text_guide:
+            if guide is not None:
+                raise ValueError("this model has no text guide (text_guide is off); pass no guide ids")
+            return None
+        if guide is None:
+            raise ValueError("this model reads a text guide: pass its (symbol ids, progress ids) (see guide_ids)")
+        symbols, progress = guide
+        if symbols.shape != shape or progress.shape != shape:
+            raise ValueError(f"guide ids must both be of shape {shape}, got {tuple(symbols.shape)} and "
+                             f"{tuple(progress.shape)}")
+        return self.guide_embedding(symbols) + self.guide_progress(progress)
+
     # -- training ---------------------------------------------------------------------------------
-    def forward(self, text: Tensor, voice: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, text: Tensor, voice: Tensor, inputs: Tensor,
+                planned_frames: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """text (B, T) ids, voice (B,), audio inputs (B, S, P) (``shift`` of a sequence) ->
-        (logits (B, S, P, C), stop logits (B, S))."""
+        (logits (B, S, P, C), stop logits (B, S)). A guided model needs ``planned_frames`` (B,), the
+        frames the guide spreads the text over (in training the clips' lengths); others ignore it."""
         self._check_text(text, voice)
         self._check_inputs(inputs)
+        audio = self._embed(inputs, 0)
+        if self.config.text_guide:
+            if planned_frames is None:
+                raise ValueError("this model reads a text guide: forward needs planned_frames (B,)")
+            steps = torch.arange(inputs.shape[1], device=inputs.device)
+            frame = self.pattern.frame_at(steps)[None, :, 0]  # codebook 0's frame at every step: (1, S)
+            guide = self.guide_ids(text, planned_frames.to(inputs.device), frame)
+            audio = audio + self._guide(guide, tuple(inputs.shape[:2]))
         speaker = self.voice_embedding(voice)[:, None]
-        x = torch.cat([self.text_embedding(text), self._embed(inputs, 0)], dim=1) + speaker
+        x = torch.cat([self.text_embedding(text), audio], dim=1) + speaker
         return self._outputs(self.backbone(x)[:, text.shape[1]:])
 
     def targets(self, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -138,12 +222,15 @@ class TTSModel(CodecLM):
         stop_mask = (first >= 0) & (first <= end[..., 0])
         return seq, valid, (first == end[..., 0]).float(), stop_mask
 
-    def losses(self, text: Tensor, voice: Tensor, tokens: Tensor, lengths: Tensor) -> dict[str, Tensor]:
-        """``nll_bits`` (codec tokens, bits per token) and ``stop_bce`` (nats per step) of a padded batch."""
+    def losses(self, text: Tensor, voice: Tensor, tokens: Tensor, lengths: Tensor,
+               planned_frames: Tensor | None = None) -> dict[str, Tensor]:
+        """``nll_bits`` (codec tokens, bits per token) and ``stop_bce`` (nats per step) of a padded batch.
+        ``planned_frames`` (B,): the guide's planned lengths (default ``lengths``; a clip cropped for
+        training passes its whole length, so the guide's pace is the clip's)."""
         if tokens.dim() != 3 or tokens.shape[1] != self.config.num_codebooks:
             raise ValueError(f"tokens must be (batch, {self.config.num_codebooks}, frames), got {tuple(tokens.shape)}")
         seq, valid, stop_target, stop_mask = self.targets(tokens, lengths)
-        logits, stop_logits = self(text, voice, self.shift(seq))
+        logits, stop_logits = self(text, voice, self.shift(seq), lengths if planned_frames is None else planned_frames)
         nll = F.cross_entropy(logits[valid].float(), seq[valid])
         stop = F.binary_cross_entropy_with_logits(stop_logits[stop_mask], stop_target[stop_mask])
         return {"nll_bits": nll / math.log(2), "stop_bce": stop}
@@ -154,15 +241,25 @@ class TTSModel(CodecLM):
         self._check_text(text, voice)
         self.backbone.prefill(self.text_embedding(text) + self.voice_embedding(voice)[:, None], state)
 
-    def prefill_audio(self, inputs: Tensor, voice: Tensor, state) -> tuple[Tensor, Tensor]:
-        """Audio inputs (B, L, P) after the text, in parallel -> (logits (B, L, P, C), stop logits (B, L))."""
+    def prefill_audio(self, inputs: Tensor, voice: Tensor, state,
+                      guide: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """Audio inputs (B, L, P) after the text, in parallel -> (logits (B, L, P, C), stop logits (B, L)).
+        A guided model needs ``guide`` = (symbol ids (B, L), progress ids (B, L)) from ``guide_ids``."""
         self._check_inputs(inputs)
         x = self._embed(inputs, 0) + self.voice_embedding(voice)[:, None]
+        extra = self._guide(guide, tuple(inputs.shape[:2]))
+        if extra is not None:
+            x = x + extra
         return self._outputs(self.backbone.prefill(x, state))
 
-    def step_audio(self, inputs: Tensor, voice: Tensor, state) -> tuple[Tensor, Tensor]:
-        """inputs (B, P) -> (logits (B, P, C), stop logits (B,)) of the next step; updates ``state`` in place."""
+    def step_audio(self, inputs: Tensor, voice: Tensor, state,
+                   guide: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """inputs (B, P) -> (logits (B, P, C), stop logits (B,)) of the next step; updates ``state`` in place.
+        A guided model needs ``guide`` = (symbol ids (B,), progress ids (B,)) from ``guide_ids``."""
         x = self._embed(inputs[:, None], 0)[:, 0] + self.voice_embedding(voice)
+        extra = self._guide(guide, (inputs.shape[0],))
+        if extra is not None:
+            x = x + extra
         logits, stop = self._outputs(self.backbone.step(x, state)[:, None])
         return logits[:, 0], stop[:, 0]
 
