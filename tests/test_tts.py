@@ -392,9 +392,10 @@ def test_speaking_from_the_front_end_symbols(tts):
             tts.start(bad, symbols=True)
 
 
-def test_gpu_train_script_trains_ships_and_speaks_on_tokens(tokens, corpus, tmp_path):
+def test_gpu_train_script_trains_ships_and_speaks_on_tokens(tokens, corpus, tmp_path, capsys):
     """recipes/tts/gpu_train.py end to end on the CPU with the default voice's config, shrunk: train on
-    pre-tokenized data, store the voice in float16, speak the held-out sentence from its phonemes."""
+    pre-tokenized data, store the voice in float16, speak the held-out sentence from its phonemes; then
+    recipes/tts/time_voice.py times the voice it shipped."""
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "tts"
     out = tmp_path / "out"
     argv = ["gpu_train.py", "--tokens", str(tokens), "--out", str(out), "--work", str(tmp_path / "work"),
@@ -414,6 +415,11 @@ def test_gpu_train_script_trains_ships_and_speaks_on_tokens(tokens, corpus, tmp_
     with tarfile.open(out / "generated.tar") as archive:
         assert archive.getnames() == [f"{heldout}.wav"]
     assert TextToSpeech.from_pretrained(out / "voice", device="cpu").voices == sorted(VOICES)
+    capsys.readouterr()
+    with patch.object(sys, "argv", ["time_voice.py", "--voice", str(out / "voice"), "--tokens", str(tokens)]):
+        runpy.run_path(str(recipe / "time_voice.py"), run_name="__main__")  # the voice timed as on the GPU
+    timing = json.loads(capsys.readouterr().out)
+    assert timing["sentences"] == 1 and timing["time_to_first_audio_ms"] > 0 and timing["realtime_factor"] > 0
 
 
 def test_cli_fills_the_guide_pace_from_the_training_data(tokens, tmp_path):
