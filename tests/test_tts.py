@@ -12,6 +12,7 @@ from unittest.mock import patch
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mamba_audio.tts import TextToSpeech
 from mamba_audio.codecs import SpectralCodec, SpectralCodecConfig, SpectralFitConfig
@@ -228,6 +229,25 @@ def test_tts_training_loss_falls_and_checkpoint_round_trip(tokens, tmp_path, gui
     assert hasattr(loaded, "guide_embedding") == guide and loaded.config.text_guide == guide
     with torch.no_grad():
         assert abs(task.finalize(task.eval_sums(loaded.eval(), batch))["nll_bits"] - after["nll_bits"]) < 1e-4
+
+
+def test_a_clip_cut_for_training_is_not_taught_to_stop_at_the_cut():
+    """planned_frames > lengths (a clip cropped to max_frames): the stop target at the cut is masked out."""
+    model = tiny_tts().eval()
+    torch.manual_seed(1)
+    tokens, lengths = torch.randint(0, 16, (2, 2, 6)), torch.tensor([6, 4])
+    text, voice = model.pad_text([model.text.encode("hi"), model.text.encode("the fox")]), torch.tensor([0, 1])
+    with torch.no_grad():
+        whole = model.losses(text, voice, tokens, lengths, lengths)
+        cut = model.losses(text, voice, tokens, lengths, torch.tensor([6, 9]))  # row 1: 4 of its 9 frames
+        seq, _, target, mask = model.targets(tokens, lengths)
+        _, stop_logits = model(text, voice, model.shift(seq))
+    keep = mask.clone()
+    keep[1] &= target[1] == 0
+    assert keep.sum() == mask.sum() - 1
+    torch.testing.assert_close(cut["stop_bce"], F.binary_cross_entropy_with_logits(stop_logits[keep], target[keep]))
+    assert not torch.equal(cut["stop_bce"], whole["stop_bce"])
+    torch.testing.assert_close(cut["nll_bits"], whole["nll_bits"])  # unguided: only the stop target changes
 
 
 # -- the public API ----------------------------------------------------------------------------------

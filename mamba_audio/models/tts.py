@@ -225,11 +225,14 @@ class TTSModel(CodecLM):
     def losses(self, text: Tensor, voice: Tensor, tokens: Tensor, lengths: Tensor,
                planned_frames: Tensor | None = None) -> dict[str, Tensor]:
         """``nll_bits`` (codec tokens, bits per token) and ``stop_bce`` (nats per step) of a padded batch.
-        ``planned_frames`` (B,): the guide's planned lengths (default ``lengths``; a clip cropped for
-        training passes its whole length, so the guide's pace is the clip's)."""
+        ``planned_frames`` (B,): the clips' whole lengths (default ``lengths``): a clip cropped for training
+        passes its whole length, so the guide's pace is the clip's, and its cut is not a stop target."""
         if tokens.dim() != 3 or tokens.shape[1] != self.config.num_codebooks:
             raise ValueError(f"tokens must be (batch, {self.config.num_codebooks}, frames), got {tuple(tokens.shape)}")
         seq, valid, stop_target, stop_mask = self.targets(tokens, lengths)
+        if planned_frames is not None:  # a clip cut short for training does not end at the cut: no stop there
+            cut = planned_frames.to(lengths.device) > lengths
+            stop_mask = stop_mask & ~(cut[:, None] & (stop_target > 0))
         logits, stop_logits = self(text, voice, self.shift(seq), lengths if planned_frames is None else planned_frames)
         nll = F.cross_entropy(logits[valid].float(), seq[valid])
         stop = F.binary_cross_entropy_with_logits(stop_logits[stop_mask], stop_target[stop_mask])
