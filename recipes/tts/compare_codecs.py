@@ -1,5 +1,6 @@
-"""Codec round trips of held-out sentences, side by side: pocketsphinx WER (all, flite and espeak-ng voices),
-mrstft distance, CPU real-time factor, and chunked (streaming) against whole decoding.
+"""Codec round trips of held-out sentences, side by side: pocketsphinx WER (all, flite and espeak-ng voices;
+of the whole decode and of the streamed one, decoded in chunks as SpeechStream does), mrstft distance,
+CPU real-time factor, and chunked (streaming) against whole decoding.
 
     python recipes/tts/compare_codecs.py --corpus CORPUS --codec DIR [--codec DIR ...] [--sentences 24] [--out JSON]
 
@@ -35,7 +36,7 @@ def word_error_rates(references: list[str], hypotheses: list[str], voices: list[
 
 
 def score_codec(codec, items: list[dict], transcribe: Transcriber) -> dict:
-    hypotheses, distances, chunk_distances, decode_seconds = [], [], [], 0.0
+    hypotheses, chunked_hypotheses, distances, chunk_distances, decode_seconds = [], [], [], [], 0.0
     for item in items:
         audio = item["audio"]
         tokens = codec.encode(audio[None], sample_rate=item["sample_rate"])
@@ -47,8 +48,9 @@ def score_codec(codec, items: list[dict], transcribe: Transcriber) -> dict:
         decoded = decoded[0, : audio.shape[0]]
         distances.append(float(mrstft_distance(decoded[None], audio[None])))
         hypotheses.append(transcribe(decoded, codec.sample_rate))
+        chunked_hypotheses.append(transcribe(chunked[0, : audio.shape[0]], codec.sample_rate))
     seconds = sum(item["audio"].shape[0] for item in items) / items[0]["sample_rate"]
-    return {"codec": repr(codec), "hypotheses": hypotheses, "mrstft_distance": round(sum(distances) / len(items), 4),
+    return {"codec": repr(codec), "hypotheses": hypotheses, "chunked_hypotheses": chunked_hypotheses, "mrstft_distance": round(sum(distances) / len(items), 4),
             "chunked_vs_whole_mrstft_distance": round(sum(chunk_distances) / len(items), 4),
             "decode_realtime_factor": round(decode_seconds / seconds, 4)}
 
@@ -77,8 +79,9 @@ def main() -> None:
     for spec in args.codec:
         scores = score_codec(load_codec(spec, device="cpu"), items, transcribe)
         scores["wer"] = word_error_rates(references, scores.pop("hypotheses"), voices)
+        scores["chunked_wer"] = word_error_rates(references, scores.pop("chunked_hypotheses"), voices)
         results["codecs"][spec] = scores
-        print(f"{spec}: WER {scores['wer']}, mrstft {scores['mrstft_distance']}, chunked vs whole "
+        print(f"{spec}: WER {scores['wer']} (streamed decode: {scores['chunked_wer']}), mrstft {scores['mrstft_distance']}, chunked vs whole "
               f"{scores['chunked_vs_whole_mrstft_distance']}, decode {scores['decode_realtime_factor']}x real time")
     if args.out:
         with open(args.out, "w") as handle:
