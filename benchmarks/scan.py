@@ -244,20 +244,21 @@ def packed_sequences_check() -> dict:
 # ----------------------------------------------------------------------------- main
 
 
+def run_header(name, copy_GBps, sms) -> dict:
+    """What every result file of this script starts with: the machine, the versions, the command."""
+    return dict(device=name, copy_GBps=copy_GBps, sms=sms, torch=torch.__version__,
+                triton=__import__("triton").__version__, command="python " + " ".join(sys.argv))
+
+
 def write_result(args, name, gpu, copy_GBps, sms, rows, checks, log) -> Path:
     """The JSON result (rewritten after every shape, so a run cut short still leaves one)."""
-    result = dict(device=name, copy_GBps=copy_GBps, sms=sms, torch=torch.__version__,
-                  triton=__import__("triton").__version__,
-                  command="python " + " ".join(sys.argv), rows=rows, checks=checks, log=log)
+    result = dict(run_header(name, copy_GBps, sms), rows=rows, checks=checks, log=log)
     return save_result(result, "scan", gpu, args.out)
 
 
 def write_sweep(name, gpu, copy_GBps, sms, sweep_rows) -> Path:
     """The backward sweep's timings, one row per shape and candidate: benchmarks/results/scan_sweep_<gpu>.json."""
-    result = dict(device=name, copy_GBps=copy_GBps, sms=sms, torch=torch.__version__,
-                  triton=__import__("triton").__version__, command="python " + " ".join(sys.argv),
-                  rows=sweep_rows)
-    return save_result(result, "scan_sweep", gpu)
+    return save_result(dict(run_header(name, copy_GBps, sms), rows=sweep_rows), "scan_sweep", gpu)
 
 
 def main():

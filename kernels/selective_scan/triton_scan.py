@@ -385,7 +385,7 @@ def _scan_bwd_kernel(
     EARLY_DBC  this split's dB, dC rows so far are loaded before the scans (latency hidden, two more
                rows live through them) rather than just before they are updated
     FLIP       the reverse scan as a forward scan between two reversals done by ``_flip`` (FLIP_PACK
-               registers per thread, one shuffle each; 0: tl.flip) instead of Triton's reverse=True
+               registers per thread, one shuffle each; 0: a gather) instead of Triton's reverse=True
     """
     pid_k = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)

@@ -9,9 +9,10 @@ layer over :class:`mamba_audio.data.tokenized.TokenizedDataset`: it adds each cl
 phonemes column for a "phonemes" front end, the normalised transcript for "chars") and voice index.
 
 Items: ``text`` (T,) symbol ids, ``voice`` (index in ``voices``), ``tokens`` (K, F) long, ``frames`` F,
-``clip_frames`` (the whole clip's frames, F before any cropping), ``id``. :func:`collate_speech_tokens` pads a batch: text on the left to whole pooling periods (as the
-model wants it), tokens on the right. :func:`speech_model_fields` gives the TTS model's fields that the
-tokenized data fixes (codec layout, voices, symbol table).
+``clip_frames`` (the whole clip's frames, F before any cropping), ``id``. :func:`collate_speech_tokens`
+pads a batch: text on the left to whole pooling periods (as the model wants it), tokens on the right.
+:func:`speech_model_fields` gives the TTS model's fields that the tokenized data fixes (codec layout,
+voices, symbol table).
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ def score_codec(codec, items: list[dict], transcribe: Transcriber) -> dict:
         hypotheses.append(transcribe(decoded, codec.sample_rate))
         chunked_hypotheses.append(transcribe(chunked[0, : audio.shape[0]], codec.sample_rate))
     seconds = sum(item["audio"].shape[0] for item in items) / items[0]["sample_rate"]
-    return {"codec": repr(codec), "hypotheses": hypotheses, "chunked_hypotheses": chunked_hypotheses, "mrstft_distance": round(sum(distances) / len(items), 4),
+    return {"codec": repr(codec), "hypotheses": hypotheses, "chunked_hypotheses": chunked_hypotheses,
+            "mrstft_distance": round(sum(distances) / len(items), 4),
             "chunked_vs_whole_mrstft_distance": round(sum(chunk_distances) / len(items), 4),
             "decode_realtime_factor": round(decode_seconds / seconds, 4)}
 
@@ -81,7 +82,8 @@ def main() -> None:
         scores["wer"] = word_error_rates(references, scores.pop("hypotheses"), voices)
         scores["chunked_wer"] = word_error_rates(references, scores.pop("chunked_hypotheses"), voices)
         results["codecs"][spec] = scores
-        print(f"{spec}: WER {scores['wer']} (streamed decode: {scores['chunked_wer']}), mrstft {scores['mrstft_distance']}, chunked vs whole "
+        print(f"{spec}: WER {scores['wer']} (streamed decode: {scores['chunked_wer']}), "
+              f"mrstft {scores['mrstft_distance']}, chunked vs whole "
               f"{scores['chunked_vs_whole_mrstft_distance']}, decode {scores['decode_realtime_factor']}x real time")
     if args.out:
         with open(args.out, "w") as handle:

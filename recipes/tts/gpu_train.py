@@ -75,19 +75,32 @@ def speak(voice: TextToSpeech, clip: dict) -> SpeechStream:
                        symbols=by_symbols)
 
 
+def speak_timed(voice: TextToSpeech, clip: dict) -> tuple[torch.Tensor, float, float]:
+    """``clip``'s sentence spoken alone -> (audio, time to first audio in ms, real-time factor)."""
+    begun = time.perf_counter()
+    stream = speak(voice, clip)
+    chunks = [next(stream).audio]
+    first_audio_ms = (time.perf_counter() - begun) * 1000
+    chunks += [chunk.audio for chunk in stream]
+    audio = torch.cat(chunks)
+    return audio, first_audio_ms, (time.perf_counter() - begun) / max(audio.numel() / voice.sample_rate, 1e-6)
+
+
+def latency_figures(first_audio_ms: list[float], factors: list[float]) -> dict:
+    """The medians of ``speak_timed``'s figures, as run.json and time_voice.py report them."""
+    return {"time_to_first_audio_ms": round(statistics.median(first_audio_ms), 1),
+            "realtime_factor": round(statistics.median(factors), 4)}
+
+
 def speak_heldout(voice: TextToSpeech, bulk: TextToSpeech, heldout: list[dict], folder: Path) -> dict:
     """Write folder/<id>.wav for every clip of ``heldout``: the first TIMED_SENTENCES one stream at a time
     through ``voice`` (the latency figures), the rest many at a time through ``bulk`` (the same weights,
     longer blocks: fewer codec calls)."""
     first_audio, factors = [], []
     for clip in heldout[:TIMED_SENTENCES]:
-        begun = time.perf_counter()
-        stream = speak(voice, clip)
-        chunks = [next(stream).audio]
-        first_audio.append((time.perf_counter() - begun) * 1000)
-        chunks += [chunk.audio for chunk in stream]
-        audio = torch.cat(chunks)
-        factors.append((time.perf_counter() - begun) / max(audio.numel() / voice.sample_rate, 1e-6))
+        audio, first_ms, factor = speak_timed(voice, clip)
+        first_audio.append(first_ms)
+        factors.append(factor)
         save_audio(folder / f"{clip['id']}.wav", audio, voice.sample_rate)
     rest = heldout[TIMED_SENTENCES:]
     for start in range(0, len(rest), bulk.loop.max_streams):  # together: iterating one advances them all
@@ -95,8 +108,7 @@ def speak_heldout(voice: TextToSpeech, bulk: TextToSpeech, heldout: list[dict], 
         streams = [speak(bulk, clip) for clip in group]
         for clip, stream in zip(group, streams):
             save_audio(folder / f"{clip['id']}.wav", torch.cat([c.audio for c in stream]), bulk.sample_rate)
-    return {"time_to_first_audio_ms": round(statistics.median(first_audio), 1),
-            "realtime_factor": round(statistics.median(factors), 4)}
+    return latency_figures(first_audio, factors)
 
 
 def main() -> None:

@@ -12,15 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gpu_train import TIMED_SENTENCES, speak  # noqa: E402  (the recipe's own way of speaking a clip)
+from gpu_train import TIMED_SENTENCES, latency_figures, speak, speak_timed  # noqa: E402  (timed as there)
 
 from mamba_audio.data.speech_tokens import SpeechTokens  # noqa: E402
 from mamba_audio.tts import TextToSpeech  # noqa: E402
@@ -39,20 +37,11 @@ def main() -> None:
     heldout = heldout[:args.sentences]
     for _ in speak(voice, heldout[0]):  # warm-up: first calls allocate and compile
         pass
-    first_audio, factors = [], []
-    for clip in heldout:
-        begun = time.perf_counter()
-        stream = speak(voice, clip)
-        chunks = [next(stream).audio]
-        first_audio.append((time.perf_counter() - begun) * 1000)
-        chunks += [chunk.audio for chunk in stream]
-        seconds = torch.cat(chunks).numel() / voice.sample_rate
-        factors.append((time.perf_counter() - begun) / max(seconds, 1e-6))
+    timed = [speak_timed(voice, clip)[1:] for clip in heldout]
     device = (torch.cuda.get_device_name(voice.loop.device) if voice.loop.device.type == "cuda"
               else f"cpu ({platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__})")
     print(json.dumps({"device": device, "command": " ".join(["python", *sys.argv]), "sentences": len(heldout),
-                      "time_to_first_audio_ms": round(statistics.median(first_audio), 1),
-                      "realtime_factor": round(statistics.median(factors), 4)}, indent=2))
+                      **latency_figures(*map(list, zip(*timed)))}, indent=2))
 
 
 if __name__ == "__main__":
