@@ -220,10 +220,12 @@ def codec_round_trip(codec, clips, fft_sizes: tuple[int, ...] = MRSTFT_FFT_SIZES
 
 
 @torch.no_grad()
-def decode_in_chunks(codec, tokens: Tensor, chunk_frames: int, context_frames: int, lookahead_frames: int) -> Tensor:
+def decode_in_chunks(codec, tokens: Tensor, chunk_frames: int, context_frames: int, lookahead_frames: int,
+                     continuing: bool = True) -> Tensor:
     """Decode tokens Tensor[1 x K x F] as a stream does (``mamba_audio.tts.SpeechStream``): ``chunk_frames`` at a
-    time, each decoded with up to ``context_frames`` before it and ``lookahead_frames`` after it, keeping only the
-    chunk's samples. Returns Tensor[1 x F * hop_length], to compare with ``codec.decode(tokens)``."""
+    time, each decoded with up to ``context_frames`` before it (and, with ``continuing``, the audio already
+    kept for them) and ``lookahead_frames`` after it, keeping only the chunk's samples. Returns
+    Tensor[1 x F * hop_length], to compare with ``codec.decode(tokens)``."""
     if tokens.dim() != 3 or tokens.shape[0] != 1:
         raise ValueError(f"tokens must be (1, codebooks, frames), got {tuple(tokens.shape)}")
     if chunk_frames < 1 or min(context_frames, lookahead_frames) < 0:
@@ -232,6 +234,7 @@ def decode_in_chunks(codec, tokens: Tensor, chunk_frames: int, context_frames: i
     for start in range(0, frames, chunk_frames):
         stop = min(start + chunk_frames, frames)
         first, last = max(0, start - context_frames), min(frames, stop + lookahead_frames)
-        audio = codec.decode(tokens[:, :, first:last])
+        played = torch.cat(pieces, 1)[:, first * hop:].to(codec.device) if continuing and pieces else None
+        audio = codec.decode(tokens[:, :, first:last], played)
         pieces.append(audio[:, (start - first) * hop:(stop - first) * hop].cpu())
     return torch.cat(pieces, 1)

@@ -11,8 +11,8 @@ request's text is prefilled by the parallel scan into a fresh one-row state, cop
 and the slot then steps with the others, one codec step (one token per codebook, delay pattern) per
 model step, sampling with per-stream seeds; the stop head ends it. Each :class:`SpeechStream` turns its
 steps back into codec frames and decodes them a few at a time, with ``DECODE_CONTEXT_FRAMES`` frames
-of left context and ``DECODE_LOOKAHEAD_FRAMES`` of right context so the codec's convolutions see across
-chunk boundaries. ``speed`` plays the codec frames faster or slower (each output frame is the source
+of left context (and the audio already played for them, which a Griffin-Lim codec continues) and
+``DECODE_LOOKAHEAD_FRAMES`` of right context so the codec's convolutions see across chunk boundaries. ``speed`` plays the codec frames faster or slower (each output frame is the source
 frame at ``floor(j * speed)``), so the pitch stays. A model with the text guide (``TTSConfig.text_guide``)
 instead plans ``TTSModel.planned_frames(n, speed)`` frames for the n symbols (speed scales the guide's
 planned length: the model itself speaks faster or slower) and its frames are played as they are; the
@@ -59,6 +59,7 @@ class SpeechStream(Stream):
         self._ended = False
         self._frames = torch.zeros(loop.model.config.num_codebooks, 0, dtype=torch.long)  # complete frames (K, F)
         self._decoded = 0  # output frames (after the speed mapping) already turned into audio
+        self._played = torch.zeros(1, 0)  # the audio of the last DECODE_CONTEXT_FRAMES decoded frames
 
     @property
     def finished(self) -> bool:
@@ -95,10 +96,13 @@ class SpeechStream(Stream):
         first = max(0, self._decoded - DECODE_CONTEXT_FRAMES)
         last = stop + DECODE_LOOKAHEAD_FRAMES
         sources = [min(self._source_frame(j), available - 1) for j in range(first, last)]
-        codec = self.generator.codec
-        audio = codec.decode(self._frames[:, sources][None].to(self.generator.codec_device))[0].float().cpu()
+        codec, device = self.generator.codec, self.generator.codec_device
         hop = codec.hop_length
-        self._push(audio[(self._decoded - first) * hop:(stop - first) * hop].clamp(-1.0, 1.0))
+        played = self._played[:, self._played.shape[1] - (self._decoded - first) * hop:]
+        audio = codec.decode(self._frames[:, sources][None].to(device), played.to(device))[0].float().cpu()
+        piece = audio[(self._decoded - first) * hop:(stop - first) * hop].clamp(-1.0, 1.0)
+        self._push(piece)
+        self._played = torch.cat([self._played, piece[None]], 1)[:, -DECODE_CONTEXT_FRAMES * hop:]
         self._decoded = stop
 
     def _make_chunk(self, piece: Tensor) -> AudioChunk:

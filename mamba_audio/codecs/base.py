@@ -62,6 +62,11 @@ class AudioCodec(abc.ABC):
     def _decode(self, tokens: Tensor) -> Tensor:
         """tokens (B, K, F) long, checked -> audio (B, F * hop_length) float32."""
 
+    def _decode_continuing(self, tokens: Tensor, played: Tensor) -> Tensor:
+        """``_decode`` for a codec whose audio is not a function of the tokens alone: continue ``played``
+        (B, n) float32, the audio already played for the first n / hop_length frames. Default: ignore it."""
+        return self._decode(tokens)
+
     @torch.no_grad()
     def encode(self, audio: Tensor, sample_rate: int | None = None) -> Tensor:
         """Tensor[B x L] float at ``sample_rate`` (checked when given) -> Tensor[B x K x F] long."""
@@ -77,10 +82,20 @@ class AudioCodec(abc.ABC):
         return tokens.long()
 
     @torch.no_grad()
-    def decode(self, tokens: Tensor) -> Tensor:
-        """Tensor[B x K x F] long -> Tensor[B x (F * hop_length)] float32 at ``sample_rate``."""
+    def decode(self, tokens: Tensor, played: Tensor | None = None) -> Tensor:
+        """Tensor[B x K x F] long -> Tensor[B x (F * hop_length)] float32 at ``sample_rate``.
+
+        ``played``, Tensor[B x n] float (n a multiple of hop_length, at most F * hop_length): when a stream
+        decodes its frames a few at a time with some frames of left context, the audio it already played for
+        those context frames. A codec whose synthesis is not a function of the tokens alone (SpectralCodec:
+        Griffin-Lim chooses the phase) then continues that audio instead of starting afresh; the others
+        ignore it. The first n samples of the result are the codec's, not necessarily ``played``."""
         self.check_tokens(tokens)
-        audio = self._decode(tokens.long())
+        if played is None:
+            audio = self._decode(tokens.long())
+        else:
+            self.check_played(played, tokens)
+            audio = self._decode_continuing(tokens.long(), played.float())
         return audio.float().reshape(tokens.shape[0], -1)[:, : tokens.shape[2] * self.hop_length]
 
     def check_audio(self, audio: Tensor, sample_rate: int | None = None) -> None:
@@ -96,6 +111,18 @@ class AudioCodec(abc.ABC):
                              "resample it first (mamba_audio.load_audio(path, sample_rate=...) does)")
         if not torch.isfinite(audio).all():
             raise CodecError("audio holds NaN or infinite samples")
+
+    def check_played(self, played: Tensor, tokens: Tensor) -> None:
+        """CodecError unless ``played`` can be the audio of the first frames of ``tokens`` (see ``decode``)."""
+        limit = tokens.shape[2] * self.hop_length
+        if not isinstance(played, Tensor) or not played.is_floating_point():
+            raise CodecError(f"played audio must be a float tensor, got {getattr(played, 'dtype', type(played).__name__)}")
+        if played.dim() != 2 or played.shape[0] != tokens.shape[0] or played.shape[1] % self.hop_length or (
+                played.shape[1] > limit):
+            raise CodecError(f"played audio must be (batch {tokens.shape[0]}, a multiple of {self.hop_length} samples "
+                             f"up to {limit}), got shape {tuple(played.shape)}")
+        if not torch.isfinite(played).all():
+            raise CodecError("played audio holds NaN or infinite samples")
 
     def check_tokens(self, tokens: Tensor) -> None:
         """CodecError unless ``tokens`` is an integer tensor (B, K, F) with K = num_codebooks and ids in range."""

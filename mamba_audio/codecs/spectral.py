@@ -12,9 +12,11 @@ trained neural codec loses them; Griffin-Lim's phase costs naturalness (a slight
 reverberant voice), not words.
 
 Decoding is deterministic (Griffin-Lim starts from zero phase, not random phase). Griffin-Lim works on
-the whole decoded window at once, so a chunk decoded with only some context differs from the same
-frames of a whole decode in phase, never in magnitude; ``SpeechStream``'s context frames keep the
-difference small (tests/test_spectral_codec.py measures it). Checkpoints are ``config.json`` +
+the whole decoded window at once, so a stream that decodes a few frames at a time would restart the
+phase in every window and click at the joins. Given the audio a stream already played for its context
+frames (``decode(tokens, played=...)``), every Griffin-Lim iteration holds those samples fixed, as
+real-time iterative spectrogram inversion does (Zhu et al., 2007), so the new frames' phase continues
+the played audio (tests/test_spectral_codec.py measures the difference from a whole decode). Checkpoints are ``config.json`` +
 ``model.safetensors`` (model type ``spectral_codec``), loaded by ``load_pretrained`` and ``load_codec``.
 """
 
@@ -151,8 +153,9 @@ class SpectralCodec(PretrainedMixin, AudioCodec, nn.Module):
         batch, bands = log.shape[:2]
         return log.view(batch, bands, frames, config.subframes).permute(0, 3, 1, 2).reshape(batch, -1, frames)
 
-    def synthesize(self, features: Tensor) -> Tensor:
-        """Log magnitudes Tensor[B x D x F] -> audio Tensor[B x F * hop_length] by Griffin-Lim from zero phase."""
+    def synthesize(self, features: Tensor, played: Tensor | None = None) -> Tensor:
+        """Log magnitudes Tensor[B x D x F] -> audio Tensor[B x F * hop_length] by Griffin-Lim from zero phase,
+        or continuing ``played`` Tensor[B x n], the audio of the first n / hop_length frames (see ``decode``)."""
         config = self.config
         batch, _, frames = features.shape
         magnitude = (features.float().view(batch, config.subframes, config.bands, frames).permute(0, 2, 3, 1)
@@ -161,9 +164,8 @@ class SpectralCodec(PretrainedMixin, AudioCodec, nn.Module):
             magnitude = (self.mel_inverse @ magnitude).clamp_min(config.magnitude_floor)
         hop = config.hop_length // (config.subframes * config.synthesis_oversampling)
         magnitude = _synthesis_frames(magnitude, config.synthesis_oversampling)
-        return AF.griffinlim(magnitude, self.window, config.n_fft, hop, config.n_fft, power=1.0,
-                             n_iter=config.griffin_lim_iterations, momentum=config.griffin_lim_momentum,
-                             length=features.shape[2] * config.hop_length, rand_init=False)
+        return griffin_lim(magnitude, self.window, hop, config.griffin_lim_iterations, config.griffin_lim_momentum,
+                           length=frames * config.hop_length, played=played)
 
     # -- fitting ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -195,6 +197,9 @@ class SpectralCodec(PretrainedMixin, AudioCodec, nn.Module):
     def _decode(self, tokens: Tensor) -> Tensor:
         return self.synthesize(self.quantizer.decode(tokens.to(self.window.device)))
 
+    def _decode_continuing(self, tokens: Tensor, played: Tensor) -> Tensor:
+        return self.synthesize(self.quantizer.decode(tokens.to(self.window.device)), played.to(self.window.device))
+
     __repr__ = AudioCodec.__repr__
 
 
@@ -207,3 +212,39 @@ def _synthesis_frames(frames: Tensor, factor: int) -> Tensor:
     right = (left + 1).clamp_max(frames.shape[2] - 1)
     weight = (position - left).clamp(0, 1)
     return frames[..., left] * (1 - weight) + frames[..., right] * weight
+
+
+def griffin_lim(magnitude: Tensor, window: Tensor, hop_length: int, iterations: int, momentum: float, length: int,
+                played: Tensor | None = None) -> Tensor:
+    """Fast Griffin-Lim (Perraudin et al., 2013): magnitudes Tensor[B x bins x frames] of a centred STFT with
+    ``window`` (n_fft = its length) and ``hop_length`` -> audio Tensor[B x length], from zero phase.
+
+    With ``played`` Tensor[B x n], the first n samples are known: every iteration puts them back into the
+    estimate before the STFT, and the phase starts from the STFT of the played audio followed by silence
+    (zero phase where that is silent), so the new samples continue the played ones. Without it this is
+    ``torchaudio.functional.griffinlim(..., power=1, rand_init=False)``, step for step (``momentum`` enters
+    as momentum / (1 + momentum), as there)."""
+    n_fft, known = window.shape[0], 0 if played is None else played.shape[1]
+
+    def stft(audio: Tensor) -> Tensor:
+        return torch.stft(audio, n_fft, hop_length, window=window, center=True, pad_mode="reflect",
+                          return_complex=True)
+
+    def istft(spectrum: Tensor) -> Tensor:
+        audio = torch.istft(spectrum, n_fft, hop_length, window=window, length=length)
+        if known:
+            audio[:, :known] = played
+        return audio
+
+    angles = torch.ones(magnitude.shape, dtype=magnitude.dtype.to_complex(), device=magnitude.device)
+    if known:
+        start = stft(torch.nn.functional.pad(played, (0, length - known)))
+        size = start.abs()
+        angles = torch.where(size > 1e-8 * size.amax(), start / size.clamp_min(1e-30), angles)
+    previous, step = torch.zeros((), dtype=magnitude.dtype, device=magnitude.device), momentum / (1 + momentum)
+    for _ in range(iterations):
+        rebuilt = stft(istft(magnitude * angles))
+        angles = rebuilt - previous.mul_(step) if momentum else rebuilt
+        angles = angles.div(angles.abs().add(1e-16))
+        previous = rebuilt
+    return istft(magnitude * angles)
