@@ -14,6 +14,9 @@ weights) and each number of concurrent streams it
   generator (its first chunk of ``--block-samples``), and plain eager stepping
   (``SaShiMiLM.generate`` with the PyTorch reference block step, no Triton, no
   graph) beside it;
+* on CUDA, with 1 and 256 streams, the same generator with every residual block
+  its own launch (``STACKED_STEP = False``) beside the default, where a stage's
+  blocks are one ``mamba_blocks_step`` launch when a channel tile holds a block;
 * the smallest preset (``tiny``) on the CPU, one stream;
 
 then prints a table and writes ``benchmarks/results/streaming_<device>.json``.
@@ -40,6 +43,7 @@ import torch
 
 from mamba_audio.kernels import mamba_block_step, mamba_step
 from mamba_audio.models import LMConfig, SaShiMiLM, backbone_preset
+from mamba_audio.models import blocks as blocks_module
 from mamba_audio.models import mixer as mixer_module
 from mamba_audio.streaming import StreamingGenerator
 
@@ -86,12 +90,34 @@ def check_against_generate(model: SaShiMiLM, samples: int, cuda_graph: bool) -> 
     result = dict(samples=samples, tokens_agreeing_with_generate_before_first_difference=agree)
     if cuda_graph:
         result["cuda_graph_equals_eager"] = all(torch.equal(g, e) for g, e in zip(ours, streamed(False)))
+        with stacked_step(False):
+            block_by_block = streamed(True)
+        agree = [int((o != e).nonzero()[0, 0]) if (o != e).any() else samples for o, e in zip(ours, block_by_block)]
+        result["tokens_agreeing_with_block_by_block_step_before_first_difference"] = agree
     return result
 
 
-def time_generator(model: SaShiMiLM, streams: int, block_samples: int, blocks: int, cuda_graph: bool) -> dict:
-    """Per-stream and aggregate rates of ``streams`` concurrent streams, and block latencies."""
+@contextlib.contextmanager
+def stacked_step(enabled: bool | str):
+    """Within: ``step_blocks`` stacks a stage's blocks into one launch (True), never (False), or on CUDA ("auto")."""
+    saved = blocks_module.STACKED_STEP
+    blocks_module.STACKED_STEP = enabled
+    try:
+        yield
+    finally:
+        blocks_module.STACKED_STEP = saved
+
+
+def time_generator(model: SaShiMiLM, streams: int, block_samples: int, blocks: int, cuda_graph: bool,
+                   stacked: bool | str = "auto") -> dict:
+    """Per-stream and aggregate rates of ``streams`` concurrent streams, and block latencies; ``stacked`` as
+    ``stacked_step``'s (the generator captures its graph, and so the choice, on its first block)."""
     device = model.head.weight.device
+    with stacked_step(stacked):
+        return _time_generator(model, streams, block_samples, blocks, cuda_graph, device)
+
+
+def _time_generator(model, streams, block_samples, blocks, cuda_graph, device) -> dict:
     generator = StreamingGenerator(model, max_streams=streams, block_samples=block_samples, cuda_graph=cuda_graph)
     for seed in range(streams):
         generator.start(seed=seed, chunk_samples=block_samples)
@@ -106,7 +132,8 @@ def time_generator(model: SaShiMiLM, streams: int, block_samples: int, blocks: i
     row = dict(streams=streams, per_stream_samples_per_s=per_stream, aggregate_samples_per_s=per_stream * streams,
                slowest_stream_realtime_factor=per_stream / model.config.sample_rate,
                chunk_latency_ms=dict(p50=1e3 * percentile(latencies, 50), p99=1e3 * percentile(latencies, 99)),
-               cuda_graph=cuda_graph)
+               cuda_graph=cuda_graph, stacked_blocks=blocks_module.STACKED_STEP is True or (
+                   blocks_module.STACKED_STEP == "auto" and device.type == "cuda"))
     if streams == 1:  # a new stream in the warm generator: from start() to its first chunk in hand
         generator.active_streams[0].stop()
         sync(device)
@@ -123,7 +150,8 @@ def reference_step():
     mixer_module.mamba_step = functools.partial(mamba_step, backend="reference")
     mixer_module.mamba_block_step = functools.partial(mamba_block_step, backend="reference")
     try:
-        yield
+        with stacked_step(False):
+            yield
     finally:
         mixer_module.mamba_step, mixer_module.mamba_block_step = originals
 
@@ -180,9 +208,10 @@ def mamba_ssm_step(model: SaShiMiLM):
 
 
 def time_mamba_ssm_baseline(model: SaShiMiLM, block_samples: int, blocks: int) -> dict:
-    """One stream through mamba_ssm's Mamba.step in a CUDA graph, and whether its first tokens match ours."""
-    with mamba_ssm_step(model):
-        row = time_generator(model, 1, block_samples, blocks, cuda_graph=True)
+    """One stream through mamba_ssm's Mamba.step in a CUDA graph, and whether its first tokens match ours.
+    Every block steps through its own (patched) ``step``: a stacked step would bypass them."""
+    with mamba_ssm_step(model), stacked_step(False):
+        row = time_generator(model, 1, block_samples, blocks, cuda_graph=True, stacked=False)
         generator = StreamingGenerator(model, max_streams=1, block_samples=block_samples, cuda_graph=True)
         theirs = next(generator.start(seed=7, chunk_samples=128, max_samples=128)).tokens
     generator = StreamingGenerator(model, max_streams=1, block_samples=block_samples, cuda_graph=True)
@@ -255,6 +284,8 @@ def main() -> None:
         rows.append(time_generator(model, n, args.block_samples, blocks, cuda_graph=on_cuda))
         if on_cuda and n == 1 and not args.no_eager_graph_comparison:
             rows.append(time_generator(model, n, args.block_samples, blocks, cuda_graph=False))
+        if on_cuda and n in (1, 256):  # the ablation: every block its own launch
+            rows.append(time_generator(model, n, args.block_samples, blocks, cuda_graph=True, stacked=False))
         print(rows[-1], flush=True)
     baseline = None
     if on_cuda and not args.no_mamba_ssm:
@@ -265,7 +296,7 @@ def main() -> None:
     tiny = time_generator(build_model("tiny", torch.device("cpu"), torch.float32), 1, args.block_samples, blocks,
                           cuda_graph=False)
 
-    ours = [r for r in rows if r["cuda_graph"] == on_cuda]
+    ours = [r for r in rows if r["cuda_graph"] == on_cuda and r["stacked_blocks"] == on_cuda]
     single = next(r for r in ours if r["streams"] == 1) if any(r["streams"] == 1 for r in ours) else None
     realtime = [r["streams"] for r in ours if r["slowest_stream_realtime_factor"] >= 1]
     result = dict(
@@ -287,10 +318,11 @@ def main() -> None:
         rows=rows,
     )
 
-    print(f"\n{'streams':>8} {'graph':>6} {'samples/s/stream':>17} {'RTF':>8} {'aggregate/s':>12} "
+    print(f"\n{'streams':>8} {'graph':>6} {'stack':>6} {'samples/s/stream':>17} {'RTF':>8} {'aggregate/s':>12} "
           f"{'chunk p50 ms':>13} {'p99 ms':>9}")
     for r in rows:
-        print(f"{r['streams']:>8} {str(r['cuda_graph']):>6} {r['per_stream_samples_per_s']:>17.1f} "
+        print(f"{r['streams']:>8} {str(r['cuda_graph']):>6} {str(r['stacked_blocks']):>6} "
+              f"{r['per_stream_samples_per_s']:>17.1f} "
               f"{r['slowest_stream_realtime_factor']:>8.4f} {r['aggregate_samples_per_s']:>12.1f} "
               f"{r['chunk_latency_ms']['p50']:>13.1f} {r['chunk_latency_ms']['p99']:>9.1f}")
     first_audio = result["time_to_first_audio_ms"]

@@ -15,7 +15,9 @@ Backends of ``mamba_step`` (one fused conv + SSM step of a Mamba mixer for a bat
 of streams, see ``selective_scan.step_ref``) and of ``mamba_block_step`` (the same
 inside a whole pre-norm residual block: norm, in_proj, step, out_proj, residual):
 "reference" (PyTorch, the CPU default) and "triton" (one launch per step, the CUDA
-default; complex A falls back to the reference).
+default; complex A falls back to the reference). ``mamba_blocks_step`` steps a
+``BlockStack`` of consecutive blocks of one shape, in one launch on "triton" when one
+channel tile holds a block (``stack_fits``), else one block at a time.
 
 Backends of ``sample_tokens`` (one token per row from logits, temperature, top-k and
 top-p with given uniforms, see ``sampling.reference``): "reference" and "triton" (one
@@ -37,7 +39,7 @@ from .selective_scan import (
     seq_idx_from_cu_seqlens,
 )
 from .sampling import sample_tokens_ref
-from .selective_scan.step_ref import mamba_block_step_ref, mamba_step_ref
+from .selective_scan.step_ref import BlockStack, mamba_block_step_ref, mamba_blocks_step_ref, mamba_step_ref
 
 _SCAN_BACKENDS: dict[str, Callable] = {
     "reference": selective_scan_ref,
@@ -117,6 +119,29 @@ def _mamba_block_step_triton(*args, **kwargs):
 
 if importlib.util.find_spec("triton") is not None:
     _BLOCK_STEP_BACKENDS["triton"] = _mamba_block_step_triton
+
+
+_BLOCKS_STEP_BACKENDS: dict[str, Callable] = {
+    "reference": mamba_blocks_step_ref,
+}
+
+
+def _mamba_blocks_step_triton(x, stack):
+    """The Triton stacked step, imported lazily; blocks that need several tiles (or complex A) go one launch
+    at a time through ``mamba_block_step``."""
+    from .selective_scan.triton_step import mamba_blocks_step_triton, stack_fits, supports
+
+    first = stack.blocks[0]
+    if supports(first["A"]) and stack_fits(x.shape[1], first["conv_weight"].shape[0], x.shape[0]):
+        return mamba_blocks_step_triton(x, stack)
+    for block in stack.blocks:
+        x = _mamba_block_step_triton(x, norm_eps=stack.norm_eps, rms_norm=stack.rms_norm,
+                                     dt_softplus=stack.dt_softplus, **block)
+    return x
+
+
+if importlib.util.find_spec("triton") is not None:
+    _BLOCKS_STEP_BACKENDS["triton"] = _mamba_blocks_step_triton
 
 
 _SAMPLE_BACKENDS: dict[str, Callable] = {
@@ -222,6 +247,13 @@ def mamba_block_step(x, norm_weight, norm_bias, norm_eps, rms_norm, in_proj_weig
               dt_proj_weight, B, C, dt_softplus)
 
 
+def mamba_blocks_step(x, stack: BlockStack, backend: str = "auto"):
+    """x (B, H) through every block of ``stack`` in turn (``selective_scan.step_ref.BlockStack``), states updated
+    in place: ``mamba_block_step`` block after block, in one launch where the backend can."""
+    fn = _resolve(backend, _BLOCKS_STEP_BACKENDS, x)
+    return fn(x, stack)
+
+
 def sample_tokens(logits, uniforms, temperature, top_k, top_p, backend: str = "auto"):
     """logits (B, V) -> tokens (B,) long, one uniform in (0, 1) per row, per-row temperature (0: greedy),
     top_k and top_p; see ``sampling.reference`` for the rule. Graph-capturable: no host syncs."""
@@ -230,6 +262,8 @@ def sample_tokens(logits, uniforms, temperature, top_k, top_p, backend: str = "a
 
 
 __all__ = [
+    "BlockStack",
+    "mamba_blocks_step",
     "default_chunk_size",
     "mamba_block_step",
     "mamba_step",

@@ -8,6 +8,7 @@ steps (so the conv window has shifted), by the relative error of the whole tenso
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 
@@ -18,9 +19,10 @@ import torch.nn.functional as F
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are defined
 
-from mamba_audio.kernels import mamba_block_step, mamba_step, step_backends  # noqa: E402
+from mamba_audio.kernels import BlockStack, mamba_block_step, mamba_blocks_step, mamba_step, step_backends  # noqa: E402
 from mamba_audio.kernels.selective_scan import selective_scan_ref  # noqa: E402
-from mamba_audio.kernels.selective_scan.step_ref import mamba_block_step_ref, mamba_step_ref  # noqa: E402
+from mamba_audio.kernels.selective_scan.step_ref import (  # noqa: E402
+    mamba_block_step_ref, mamba_blocks_step_ref, mamba_step_ref)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}  # y is rounded to the input dtype
@@ -224,19 +226,22 @@ def test_reference_step_equals_the_scan_oracle(selective):
     assert rel_err(ssm_step, ssm_scan) < 1e-5
 
 
+@pytest.mark.parametrize("stacked", [False, True], ids=["block-by-block", "stacked"])
 @pytest.mark.parametrize("stage_mixers", [None, ["s4d", "mamba"]], ids=["mamba", "s4d-outer"])
-def test_model_steps_through_the_triton_kernel(monkeypatch, stage_mixers):
-    """A SaShiMi LM stepped with the fused block step on the Triton backend gives the parallel forward."""
-    import functools
-
+def test_model_steps_through_the_triton_kernel(monkeypatch, stage_mixers, stacked):
+    """A SaShiMi LM stepped with the fused block step on the Triton backend gives the parallel forward, with
+    each stage's blocks stepped one launch each or (``stacked``) all in one ``mamba_blocks_step``."""
     from mamba_audio.models import BackboneConfig, LMConfig, MixerConfig, SaShiMiLM
+    from mamba_audio.models import blocks as blocks_module
     from mamba_audio.models import mixer as mixer_module
 
     triton_step_module()
     monkeypatch.setattr(mixer_module, "mamba_step", functools.partial(mamba_step, backend="triton"))
     monkeypatch.setattr(mixer_module, "mamba_block_step", functools.partial(mamba_block_step, backend="triton"))
+    monkeypatch.setattr(blocks_module, "mamba_blocks_step", functools.partial(mamba_blocks_step, backend="triton"))
+    monkeypatch.setattr(blocks_module, "STACKED_STEP", stacked)
     torch.manual_seed(0)
-    backbone = BackboneConfig(d_model=8, n_layers=1, pool=[2], mixer=MixerConfig(d_state=4),
+    backbone = BackboneConfig(d_model=8, n_layers=2, pool=[2], mixer=MixerConfig(d_state=4),
                               stage_mixers=stage_mixers, norm="rmsnorm" if stage_mixers else "layernorm")
     model = SaShiMiLM(LMConfig(backbone=backbone)).eval().to(DEVICE)
     tokens = torch.randint(0, 256, (2, 6), device=DEVICE)
@@ -245,6 +250,8 @@ def test_model_steps_through_the_triton_kernel(monkeypatch, stage_mixers):
         state = model.allocate_inference_cache(2)
         stepped = torch.stack([model.step(tokens[:, t], state) for t in range(tokens.shape[1])], dim=1)
     assert (stepped - parallel).abs().max().item() < 1e-4
+    assert sorted(state.stacks) == (["down", "up"] if stacked else [])
+    assert sorted(state.inner.stacks) == (["down"] if stacked else [])
 
 
 COMPILE_FOR_SM90 = """
@@ -260,12 +267,14 @@ in_act_dtype = {"x_ptr", "z_ptr", "y_ptr", "out_ptr", "conv_ptr", "convw_ptr", "
                 "wout_ptr", "normw_ptr", "normb_ptr", "bin_ptr", "bout_ptr"}
 constants = dict(HAS_Z=flags, HAS_CONV_BIAS=flags, HAS_D=flags, HAS_DT_BIAS=flags, SELECTIVE=selective,
                  DT_SOFTPLUS=True, RMS_NORM=not flags, HAS_NORM_BIAS=flags, HAS_IN_BIAS=flags, HAS_OUT_BIAS=flags,
-                 BLOCK_H=64, BLOCK_E=64, BLOCK_N=16, BLOCK_R=8, BLOCK_W=4)
+                 BLOCK_H=64, BLOCK_E=64, BLOCK_N=16, BLOCK_R=8, BLOCK_W=4, N_TENSORS=17)
 constants = {k: v for k, v in constants.items() if k in fn.arg_names}
 signature = {}
 for name in fn.arg_names:
     if name in constants:
         signature[name] = "constexpr"
+    elif name == "offsets_ptr":
+        signature[name] = "*i64"
     elif name.endswith("_ptr"):
         signature[name] = f"*{act}" if name in in_act_dtype else "*fp32"
     else:
@@ -282,8 +291,9 @@ print("compiled")
     ("_mamba_step_kernel", "fp32", "0", "0"),
     ("_mamba_block_step_kernel", "bf16", "1", "1"),
     ("_mamba_block_step_kernel", "fp32", "0", "0"),
+    ("_mamba_blocks_step_kernel", "bf16", "1", "1"),
 ], ids=["step-bf16-selective-all-operands", "step-fp32-time-invariant-bare", "block-bf16-selective-layernorm",
-        "block-fp32-time-invariant-rmsnorm-bare"])
+        "block-fp32-time-invariant-rmsnorm-bare", "stacked-blocks-bf16-selective-layernorm"])
 def test_triton_kernels_compile_for_sm90_without_a_gpu(kernel, act, selective, flags):
     """The interpreter runs the kernels as Python; this compiles them to PTX (layouts, constexpr branches, types)."""
     import subprocess
@@ -293,3 +303,82 @@ def test_triton_kernels_compile_for_sm90_without_a_gpu(kernel, act, selective, f
     result = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90, kernel, act, selective, flags], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-2000:]
+
+
+def make_block_stack(n_blocks, batch, hidden, dim, dtype=torch.float32, **kw):
+    """``n_blocks`` blocks of one shape with their own weights and states, and per-step inputs x."""
+    blocks = []
+    for index in range(n_blocks):
+        inputs = make_block_inputs(batch, hidden, dim, dtype=dtype, seed=10 + index, **kw)
+        xs = inputs.pop("xs")
+        norm_eps, rms_norm = inputs.pop("norm_eps"), inputs.pop("rms_norm")
+        blocks.append(inputs)
+    return blocks, xs, norm_eps, rms_norm
+
+
+def step_stack(fn, blocks, xs, norm_eps, rms_norm):
+    """Step copies of the blocks' states through xs with ``fn(x, stack)``: (out (B, H, steps), states)."""
+    blocks = [dict(b, conv_state=b["conv_state"].clone(), ssm_state=b["ssm_state"].clone()) for b in blocks]
+    stack = BlockStack(blocks, norm_eps, rms_norm)
+    outs = torch.stack([fn(x, stack) for x in xs], dim=-1)
+    return outs, [(b["conv_state"], b["ssm_state"]) for b in blocks]
+
+
+STACK_CASES = [
+    pytest.param(dict(batch=2, hidden=12, dim=23), id="B2-H12-E23-layernorm"),
+    pytest.param(dict(batch=3, hidden=20, dim=40, rms_norm=True, proj_bias=False, has_z=False), id="rmsnorm-bare"),
+    pytest.param(dict(batch=1, hidden=16, dim=32, selective=False), id="time-invariant"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", STACK_CASES)
+def test_triton_stacked_blocks_step_matches_the_blocks_one_by_one(case, dtype):
+    """Three blocks in one launch, the residual stream in registers between them, against the reference
+    stepping them one after another: outputs and every block's states after three steps."""
+    triton_step = triton_step_module()
+    blocks, xs, norm_eps, rms_norm = make_block_stack(3, **case, dtype=dtype)
+    out_ref, states_ref = step_stack(mamba_blocks_step_ref, blocks, xs, norm_eps, rms_norm)
+    out, states = step_stack(triton_step.mamba_blocks_step_triton, blocks, xs, norm_eps, rms_norm)
+    assert out.dtype == dtype
+    assert rel_err(out, out_ref) < TOL[dtype]
+    for (conv, ssm), (conv_ref, ssm_ref) in zip(states, states_ref):
+        assert rel_err(conv, conv_ref) < (1e-6 if dtype == torch.float32 else 1e-2)
+        assert rel_err(ssm, ssm_ref) < (2e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_blocks_step_reference_is_block_after_block():
+    blocks, xs, norm_eps, rms_norm = make_block_stack(2, 2, 12, 23)
+    out, states = step_stack(mamba_blocks_step_ref, blocks, xs, norm_eps, rms_norm)
+    copies = [dict(b, conv_state=b["conv_state"].clone(), ssm_state=b["ssm_state"].clone()) for b in blocks]
+    for t, x in enumerate(xs):
+        for block in copies:
+            x = mamba_block_step_ref(x, norm_eps=norm_eps, rms_norm=rms_norm, **block)
+        assert torch.equal(out[..., t], x)
+    assert all(torch.equal(s, c[k]) for (conv, ssm), c in zip(states, copies)
+               for s, k in ((conv, "conv_state"), (ssm, "ssm_state")))
+
+
+def test_stacked_step_dispatch_falls_back_to_one_launch_per_block(monkeypatch):
+    """Blocks too wide for one tile: the Triton backend steps them one launch each, with the same result."""
+    triton_step = triton_step_module()
+    blocks, xs, norm_eps, rms_norm = make_block_stack(2, 2, 12, 23)
+    out_ref, _ = step_stack(mamba_blocks_step_ref, blocks, xs, norm_eps, rms_norm)
+    monkeypatch.setattr(triton_step, "stack_fits", lambda *args: False)
+    out, _ = step_stack(functools.partial(mamba_blocks_step, backend="triton"), blocks, xs, norm_eps, rms_norm)
+    assert rel_err(out, out_ref) < TOL[torch.float32]
+    with pytest.raises(ValueError, match="fit one tile"):
+        step_stack(triton_step.mamba_blocks_step_triton, blocks, xs, norm_eps, rms_norm)
+
+
+def test_block_stack_rejects_blocks_that_differ():
+    blocks, *_ = make_block_stack(2, 2, 12, 23)
+    with pytest.raises(ValueError, match="at least one block"):
+        BlockStack([], 1e-5, False)
+    with pytest.raises(ValueError, match="unknown block tensors"):
+        BlockStack([dict(blocks[0], gate_weight=blocks[0]["D"])], 1e-5, False)
+    with pytest.raises(ValueError, match="block 1 lacks D"):
+        BlockStack([blocks[0], dict(blocks[1], D=None)], 1e-5, False)
+    with pytest.raises(ValueError, match="block 1's conv_weight is"):
+        BlockStack([blocks[0], dict(blocks[1], conv_weight=blocks[1]["conv_weight"].t().contiguous().t())], 1e-5,
+                   False)

@@ -183,3 +183,68 @@ def mamba_block_step_ref(
                        dt_proj_weight, B, C, dt_softplus)
     out = F.linear(y, out_proj_weight.float(), None if out_proj_bias is None else out_proj_bias.float())
     return (residual + out).to(x.dtype)
+
+
+# the tensors of one block's step, as ``mamba_block_step_ref`` names them
+BLOCK_TENSORS = ("norm_weight", "norm_bias", "in_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias",
+                 "conv_state", "ssm_state", "conv_weight", "conv_bias", "A", "D", "dt_bias", "x_proj_weight",
+                 "dt_proj_weight", "B", "C")
+
+
+class BlockStack:
+    """Consecutive pre-norm residual Mamba blocks of one shape, stepped together (``mamba_blocks_step``).
+
+    ``blocks``: one mapping per block from the names of ``BLOCK_TENSORS`` to its tensors (None or absent
+    for an optional one), states included; ``norm_eps``, ``rms_norm`` and ``dt_softplus`` are shared.
+    Every block must have the same tensors, shapes, strides and dtypes, on one device. ``offsets``
+    (blocks, len(BLOCK_TENSORS)) int64, on that device, holds each tensor's distance in elements from
+    the first block's (0 for an absent one), so a kernel reaches block k's tensors from block 0's.
+    Build it once, outside a CUDA graph capture (it copies the table to the device); it keeps the
+    tensors alive, and stays valid while they keep their storage.
+    """
+
+    def __init__(self, blocks, norm_eps: float, rms_norm: bool, dt_softplus: bool = True):
+        self.blocks = [{name: block.get(name) for name in BLOCK_TENSORS} for block in blocks]
+        if not self.blocks:
+            raise ValueError("a block stack needs at least one block")
+        unknown = {name for block in blocks for name in block} - set(BLOCK_TENSORS)
+        if unknown:
+            raise ValueError(f"unknown block tensors {sorted(unknown)}; expected names from {BLOCK_TENSORS}")
+        first = self.blocks[0]
+        device = first["norm_weight"].device
+        rows = []
+        for index, block in enumerate(self.blocks):
+            row = []
+            for name in BLOCK_TENSORS:
+                tensor, reference = block[name], first[name]
+                if (tensor is None) != (reference is None):
+                    raise ValueError(f"block {index} {'lacks' if tensor is None else 'has'} {name}, block 0 "
+                                     f"{'has' if tensor is None else 'does not'}")
+                if tensor is None:
+                    row.append(0)
+                    continue
+                if (tensor.shape, tensor.stride(), tensor.dtype, tensor.device) != (
+                        reference.shape, reference.stride(), reference.dtype, device):
+                    raise ValueError(f"block {index}'s {name} is {tuple(tensor.shape)} {tensor.dtype} on "
+                                     f"{tensor.device} (strides {tensor.stride()}); block 0's is "
+                                     f"{tuple(reference.shape)} {reference.dtype} on {device} "
+                                     f"(strides {reference.stride()})")
+                distance = tensor.data_ptr() - reference.data_ptr()
+                if distance % tensor.element_size():
+                    raise ValueError(f"block {index}'s {name} is not aligned to its element size")
+                row.append(distance // tensor.element_size())
+            rows.append(row)
+        self.offsets = torch.tensor(rows, dtype=torch.int64).to(device)
+        self.norm_eps, self.rms_norm, self.dt_softplus = float(norm_eps), bool(rms_norm), bool(dt_softplus)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+
+def mamba_blocks_step_ref(x: Tensor, stack: BlockStack) -> Tensor:
+    """x (B, H) through every block of ``stack`` in turn, one ``mamba_block_step_ref`` each; states updated in
+    place. Between blocks the residual stream is rounded to x.dtype, as separate steps would round it."""
+    for block in stack.blocks:
+        x = mamba_block_step_ref(x, norm_eps=stack.norm_eps, rms_norm=stack.rms_norm, dt_softplus=stack.dt_softplus,
+                                 **block)
+    return x

@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .step_ref import check_step_inputs
+from .step_ref import BLOCK_TENSORS, BlockStack, check_step_inputs
 from .triton_scan import _softplus
 
 Tensor = torch.Tensor
@@ -234,6 +234,93 @@ def _norm_row(residual, normw_ptr, normb_ptr, offs_h, mask_h, hidden, eps, RMS_N
 
 
 @triton.jit
+def _one_tile_block(
+    residual, row, normw_ptr, normb_ptr, win_ptr, bin_ptr, wout_ptr, conv_ptr, ssm_ptr, convw_ptr, convb_ptr,
+    A_ptr, D_ptr, dtb_ptr, xproj_ptr, dtproj_ptr, B_ptr, C_ptr, hidden, dim, rank, n_state, width, eps,
+    s_wir, s_wih, s_woh, s_woe, s_cb, s_ce, s_cw, s_hb, s_he, s_hn, s_we, s_ww, s_ae, s_an,
+    s_xpr, s_xpe, s_dpe, s_dpr, s_Be, s_Bn, s_Ce, s_Cn,
+    RMS_NORM: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SELECTIVE: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    """One block's step for stream ``row`` when one tile holds every channel: residual (BLOCK_H,) float32 ->
+    out_proj's output before its bias (BLOCK_H,) float32; both states updated in place."""
+    offs_h = tl.arange(0, BLOCK_H)
+    mask_h = offs_h < hidden
+    offs_w = tl.arange(0, BLOCK_W)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_n = offs_n < n_state
+    mask_r = offs_r < rank
+    # every channel in one tile: all loads are issued before any arithmetic, so their latencies overlap,
+    # and the conv output stays in registers (no store-barrier-reload of the window)
+    offs_e = tl.arange(0, BLOCK_E)
+    mask_e = offs_e < dim
+    rows_h = mask_e[:, None] & mask_h[None, :]
+    in_window = offs_w[None, :] < width
+    w_in = tl.load(win_ptr + offs_e[:, None] * s_wir + offs_h[None, :] * s_wih, mask=rows_h, other=0.0)
+    w_z = tl.load(win_ptr + (dim + offs_e[:, None]) * s_wir + offs_h[None, :] * s_wih, mask=rows_h, other=0.0)
+    old = tl.load(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + (offs_w[None, :] + 1) * s_cw,
+                  mask=mask_e[:, None] & (offs_w[None, :] + 1 < width), other=0.0)
+    conv_w = tl.load(convw_ptr + offs_e[:, None] * s_we + offs_w[None, :] * s_ww, mask=mask_e[:, None] & in_window,
+                     other=0.0).to(tl.float32)
+    tile = mask_e[:, None] & mask_n[None, :]
+    A = tl.load(A_ptr + offs_e[:, None] * s_ae + offs_n[None, :] * s_an, mask=tile, other=0.0)
+    h_ptrs = ssm_ptr + row * s_hb + offs_e[:, None] * s_he + offs_n[None, :] * s_hn
+    h = tl.load(h_ptrs, mask=tile, other=0.0)
+    w_out = tl.load(wout_ptr + offs_h[:, None] * s_woh + offs_e[None, :] * s_woe,
+                    mask=mask_h[:, None] & mask_e[None, :], other=0.0)
+    if SELECTIVE:
+        cols = offs_e[None, :] * s_xpe
+        w_dt = tl.load(xproj_ptr + offs_r[:, None] * s_xpr + cols, mask=mask_r[:, None] & mask_e[None, :],
+                       other=0.0)
+        w_B = tl.load(xproj_ptr + (rank + offs_n[:, None]) * s_xpr + cols, mask=mask_n[:, None] & mask_e[None, :],
+                      other=0.0)
+        w_C = tl.load(xproj_ptr + (rank + n_state + offs_n[:, None]) * s_xpr + cols,
+                      mask=mask_n[:, None] & mask_e[None, :], other=0.0)
+        w_delta = tl.load(dtproj_ptr + offs_e[:, None] * s_dpe + offs_r[None, :] * s_dpr,
+                          mask=mask_e[:, None] & mask_r[None, :], other=0.0)
+    else:
+        B_t = tl.load(B_ptr + offs_e[:, None] * s_Be + offs_n[None, :] * s_Bn, mask=tile, other=0.0).to(tl.float32)
+        C_t = tl.load(C_ptr + offs_e[:, None] * s_Ce + offs_n[None, :] * s_Cn, mask=tile, other=0.0).to(tl.float32)
+
+    normed = _norm_row(residual, normw_ptr, normb_ptr, offs_h, mask_h, hidden, eps, RMS_NORM, HAS_NORM_BIAS)
+    u = tl.sum(w_in.to(tl.float32) * normed[None, :], axis=1)
+    z = tl.sum(w_z.to(tl.float32) * normed[None, :], axis=1)
+    if HAS_IN_BIAS:
+        u += tl.load(bin_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+        z += tl.load(bin_ptr + dim + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+    window = tl.where(offs_w[None, :] == width - 1, u.to(conv_ptr.dtype.element_ty)[:, None], old)
+    tl.debug_barrier()  # the old window is read everywhere before it is overwritten
+    tl.store(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + offs_w[None, :] * s_cw, window,
+             mask=mask_e[:, None] & in_window)
+    acc = tl.sum(window.to(tl.float32) * conv_w, axis=1)
+    if HAS_CONV_BIAS:
+        acc += tl.load(convb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+    xc = acc * tl.sigmoid(acc)
+    if SELECTIVE:
+        dt_low = tl.sum(w_dt.to(tl.float32) * xc[None, :], axis=1)
+        B_t = tl.sum(w_B.to(tl.float32) * xc[None, :], axis=1)[None, :]
+        C_t = tl.sum(w_C.to(tl.float32) * xc[None, :], axis=1)[None, :]
+        delta = tl.sum(w_delta.to(tl.float32) * dt_low[None, :], axis=1)
+    else:
+        delta = tl.zeros([BLOCK_E], dtype=tl.float32)
+    if HAS_DT_BIAS:
+        delta += tl.load(dtb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+    if DT_SOFTPLUS:
+        delta = _softplus(delta)
+    h = tl.exp(delta[:, None] * A) * h + (delta * xc)[:, None] * B_t
+    tl.store(h_ptrs, h, mask=tile)
+    y = tl.sum(h * C_t, axis=1)
+    if HAS_D:
+        y += tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32) * xc
+    y = tl.where(mask_e, y * z * tl.sigmoid(z), 0.0)
+    out = tl.sum(w_out.to(tl.float32) * y[None, :], axis=1)
+    return out
+
+
+@triton.jit
 def _mamba_block_step_kernel(
     x_ptr, out_ptr, normw_ptr, normb_ptr, win_ptr, bin_ptr, wout_ptr, bout_ptr,
     conv_ptr, ssm_ptr, convw_ptr, convb_ptr, A_ptr, D_ptr, dtb_ptr, xproj_ptr, dtproj_ptr, B_ptr, C_ptr,
@@ -260,70 +347,13 @@ def _mamba_block_step_kernel(
 
     residual = tl.load(x_ptr + row * s_xb + offs_h * s_xh, mask=mask_h, other=0.0).to(tl.float32)
     if ONE_TILE:
-        # every channel in one tile: all loads are issued before any arithmetic, so their latencies overlap,
-        # and the conv output stays in registers (no store-barrier-reload of the window)
-        offs_e = tl.arange(0, BLOCK_E)
-        mask_e = offs_e < dim
-        rows_h = mask_e[:, None] & mask_h[None, :]
-        in_window = offs_w[None, :] < width
-        w_in = tl.load(win_ptr + offs_e[:, None] * s_wir + offs_h[None, :] * s_wih, mask=rows_h, other=0.0)
-        w_z = tl.load(win_ptr + (dim + offs_e[:, None]) * s_wir + offs_h[None, :] * s_wih, mask=rows_h, other=0.0)
-        old = tl.load(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + (offs_w[None, :] + 1) * s_cw,
-                      mask=mask_e[:, None] & (offs_w[None, :] + 1 < width), other=0.0)
-        conv_w = tl.load(convw_ptr + offs_e[:, None] * s_we + offs_w[None, :] * s_ww, mask=mask_e[:, None] & in_window,
-                         other=0.0).to(tl.float32)
-        tile = mask_e[:, None] & mask_n[None, :]
-        A = tl.load(A_ptr + offs_e[:, None] * s_ae + offs_n[None, :] * s_an, mask=tile, other=0.0)
-        h_ptrs = ssm_ptr + row * s_hb + offs_e[:, None] * s_he + offs_n[None, :] * s_hn
-        h = tl.load(h_ptrs, mask=tile, other=0.0)
-        w_out = tl.load(wout_ptr + offs_h[:, None] * s_woh + offs_e[None, :] * s_woe,
-                        mask=mask_h[:, None] & mask_e[None, :], other=0.0)
-        if SELECTIVE:
-            cols = offs_e[None, :] * s_xpe
-            w_dt = tl.load(xproj_ptr + offs_r[:, None] * s_xpr + cols, mask=mask_r[:, None] & mask_e[None, :],
-                           other=0.0)
-            w_B = tl.load(xproj_ptr + (rank + offs_n[:, None]) * s_xpr + cols, mask=mask_n[:, None] & mask_e[None, :],
-                          other=0.0)
-            w_C = tl.load(xproj_ptr + (rank + n_state + offs_n[:, None]) * s_xpr + cols,
-                          mask=mask_n[:, None] & mask_e[None, :], other=0.0)
-            w_delta = tl.load(dtproj_ptr + offs_e[:, None] * s_dpe + offs_r[None, :] * s_dpr,
-                              mask=mask_e[:, None] & mask_r[None, :], other=0.0)
-        else:
-            B_t = tl.load(B_ptr + offs_e[:, None] * s_Be + offs_n[None, :] * s_Bn, mask=tile, other=0.0).to(tl.float32)
-            C_t = tl.load(C_ptr + offs_e[:, None] * s_Ce + offs_n[None, :] * s_Cn, mask=tile, other=0.0).to(tl.float32)
-
-        normed = _norm_row(residual, normw_ptr, normb_ptr, offs_h, mask_h, hidden, eps, RMS_NORM, HAS_NORM_BIAS)
-        u = tl.sum(w_in.to(tl.float32) * normed[None, :], axis=1)
-        z = tl.sum(w_z.to(tl.float32) * normed[None, :], axis=1)
-        if HAS_IN_BIAS:
-            u += tl.load(bin_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
-            z += tl.load(bin_ptr + dim + offs_e, mask=mask_e, other=0.0).to(tl.float32)
-        window = tl.where(offs_w[None, :] == width - 1, u.to(conv_ptr.dtype.element_ty)[:, None], old)
-        tl.debug_barrier()  # the old window is read everywhere before it is overwritten
-        tl.store(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + offs_w[None, :] * s_cw, window,
-                 mask=mask_e[:, None] & in_window)
-        acc = tl.sum(window.to(tl.float32) * conv_w, axis=1)
-        if HAS_CONV_BIAS:
-            acc += tl.load(convb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
-        xc = acc * tl.sigmoid(acc)
-        if SELECTIVE:
-            dt_low = tl.sum(w_dt.to(tl.float32) * xc[None, :], axis=1)
-            B_t = tl.sum(w_B.to(tl.float32) * xc[None, :], axis=1)[None, :]
-            C_t = tl.sum(w_C.to(tl.float32) * xc[None, :], axis=1)[None, :]
-            delta = tl.sum(w_delta.to(tl.float32) * dt_low[None, :], axis=1)
-        else:
-            delta = tl.zeros([BLOCK_E], dtype=tl.float32)
-        if HAS_DT_BIAS:
-            delta += tl.load(dtb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
-        if DT_SOFTPLUS:
-            delta = _softplus(delta)
-        h = tl.exp(delta[:, None] * A) * h + (delta * xc)[:, None] * B_t
-        tl.store(h_ptrs, h, mask=tile)
-        y = tl.sum(h * C_t, axis=1)
-        if HAS_D:
-            y += tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32) * xc
-        y = tl.where(mask_e, y * z * tl.sigmoid(z), 0.0)
-        out = tl.sum(w_out.to(tl.float32) * y[None, :], axis=1)
+        out = _one_tile_block(
+            residual, row, normw_ptr, normb_ptr, win_ptr, bin_ptr, wout_ptr, conv_ptr, ssm_ptr, convw_ptr, convb_ptr,
+            A_ptr, D_ptr, dtb_ptr, xproj_ptr, dtproj_ptr, B_ptr, C_ptr, hidden, dim, rank, n_state, width, eps,
+            s_wir, s_wih, s_woh, s_woe, s_cb, s_ce, s_cw, s_hb, s_he, s_hn, s_we, s_ww, s_ae, s_an,
+            s_xpr, s_xpe, s_dpe, s_dpr, s_Be, s_Bn, s_Ce, s_Cn,
+            RMS_NORM, HAS_NORM_BIAS, HAS_IN_BIAS, HAS_CONV_BIAS, HAS_D, HAS_DT_BIAS, SELECTIVE, DT_SOFTPLUS,
+            BLOCK_H, BLOCK_E, BLOCK_N, BLOCK_R, BLOCK_W)
     else:
         normed = _norm_row(residual, normw_ptr, normb_ptr, offs_h, mask_h, hidden, eps, RMS_NORM, HAS_NORM_BIAS)
         # pass 1: SSM input u = in_proj[:E] @ normed, shifted into the conv state (the new windows are
@@ -421,6 +451,99 @@ def _mamba_block_step_kernel(
     tl.store(out_ptr + row * s_ob + offs_h * s_oh, (residual + out).to(out_ptr.dtype.element_ty), mask=mask_h)
 
 
+@triton.jit
+def _mamba_blocks_step_kernel(
+    x_ptr, out_ptr, normw_ptr, normb_ptr, win_ptr, bin_ptr, wout_ptr, bout_ptr,
+    conv_ptr, ssm_ptr, convw_ptr, convb_ptr, A_ptr, D_ptr, dtb_ptr, xproj_ptr, dtproj_ptr, B_ptr, C_ptr,
+    hidden, dim, rank, n_state, width, eps,
+    s_xb, s_xh, s_ob, s_oh, s_wir, s_wih, s_woh, s_woe,
+    s_cb, s_ce, s_cw, s_hb, s_he, s_hn,
+    s_we, s_ww, s_ae, s_an,
+    s_xpr, s_xpe, s_dpe, s_dpr,
+    s_Be, s_Bn, s_Ce, s_Cn,
+    offsets_ptr, n_blocks,
+    RMS_NORM: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_OUT_BIAS: tl.constexpr,
+    HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
+    SELECTIVE: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr, N_TENSORS: tl.constexpr,
+):
+    """``n_blocks`` one-tile blocks in turn for stream ``row``, the residual stream kept in registers. The
+    pointers are block 0's; block k's tensors lie ``offsets[k, j]`` elements from them (j in the order of
+    ``step_ref.BLOCK_TENSORS``)."""
+    row = tl.program_id(0)
+    offs_h = tl.arange(0, BLOCK_H)
+    mask_h = offs_h < hidden
+    residual = tl.load(x_ptr + row * s_xb + offs_h * s_xh, mask=mask_h, other=0.0).to(tl.float32)
+    for k in range(n_blocks):
+        o = offsets_ptr + k * N_TENSORS
+        out = _one_tile_block(
+            residual, row, normw_ptr + tl.load(o), normb_ptr + tl.load(o + 1), win_ptr + tl.load(o + 2),
+            bin_ptr + tl.load(o + 3), wout_ptr + tl.load(o + 4), conv_ptr + tl.load(o + 6), ssm_ptr + tl.load(o + 7),
+            convw_ptr + tl.load(o + 8), convb_ptr + tl.load(o + 9), A_ptr + tl.load(o + 10), D_ptr + tl.load(o + 11),
+            dtb_ptr + tl.load(o + 12), xproj_ptr + tl.load(o + 13), dtproj_ptr + tl.load(o + 14),
+            B_ptr + tl.load(o + 15), C_ptr + tl.load(o + 16), hidden, dim, rank, n_state, width, eps,
+            s_wir, s_wih, s_woh, s_woe, s_cb, s_ce, s_cw, s_hb, s_he, s_hn, s_we, s_ww, s_ae, s_an,
+            s_xpr, s_xpe, s_dpe, s_dpr, s_Be, s_Bn, s_Ce, s_Cn,
+            RMS_NORM, HAS_NORM_BIAS, HAS_IN_BIAS, HAS_CONV_BIAS, HAS_D, HAS_DT_BIAS, SELECTIVE, DT_SOFTPLUS,
+            BLOCK_H, BLOCK_E, BLOCK_N, BLOCK_R, BLOCK_W)
+        if HAS_OUT_BIAS:
+            out += tl.load(bout_ptr + tl.load(o + 5) + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+        residual = (residual + out).to(out_ptr.dtype.element_ty).to(tl.float32)  # as separate steps round it
+    tl.store(out_ptr + row * s_ob + offs_h * s_oh, residual.to(out_ptr.dtype.element_ty), mask=mask_h)
+
+
+def _block_launch(x: Tensor, out: Tensor, block: dict, norm_eps: float, rms_norm: bool, dt_softplus: bool,
+                  block_e: int | None, num_warps: int | None) -> tuple[tuple, dict]:
+    """Check one block's tensors (named as ``step_ref.BLOCK_TENSORS``) for x (B, H) -> (the block kernel's
+    positional arguments, its constexpr and launch keywords)."""
+    batch, hidden = x.shape
+    dim = block["conv_weight"].shape[0]
+    in_proj_weight, out_proj_weight = block["in_proj_weight"], block["out_proj_weight"]
+    if in_proj_weight.shape != (2 * dim, hidden) or out_proj_weight.shape != (hidden, dim):
+        raise ValueError(f"in_proj_weight must be (2 * channels, hidden)=({2 * dim}, {hidden}) and out_proj_weight "
+                         f"(hidden, channels)=({hidden}, {dim}); got {tuple(in_proj_weight.shape)} and "
+                         f"{tuple(out_proj_weight.shape)}")
+    check_step_inputs(x.new_empty(batch, dim), None, *(block[name] for name in (
+        "conv_state", "ssm_state", "conv_weight", "conv_bias", "A", "D", "dt_bias", "x_proj_weight", "dt_proj_weight",
+        "B", "C")))
+    if block["norm_weight"].shape != (hidden,):
+        raise ValueError(f"norm_weight must be (hidden,)=({hidden},), got {tuple(block['norm_weight'].shape)}")
+    A = block["A"]
+    if not supports(A) or A.dtype != torch.float32:
+        raise ValueError("the Triton step takes real float32 A; complex A runs on the reference")
+    selective = block["x_proj_weight"] is not None
+    n_state, width = A.shape[1], block["conv_weight"].shape[1]
+    rank = block["dt_proj_weight"].shape[1] if selective else 1
+    default_e, default_warps = block_step_config(hidden, dim, batch)
+    block_e, num_warps = block_e or default_e, num_warps or default_warps
+    if block_e & (block_e - 1):
+        raise ValueError(f"block_e must be a power of two, got {block_e}")
+
+    def given(name: str) -> Tensor:  # any tensor stands in for an absent operand; the constexpr flags keep it unread
+        return x if block[name] is None or (name in ("B", "C") and selective) else block[name]
+
+    def strides(name: str, ndim: int) -> tuple[int, ...]:
+        return tuple(given(name).stride()) if given(name) is not x else (0,) * ndim
+
+    args = (x, out, *(given(name) for name in ("norm_weight", "norm_bias", "in_proj_weight", "in_proj_bias",
+                                                 "out_proj_weight", "out_proj_bias", "conv_state", "ssm_state",
+                                                 "conv_weight", "conv_bias", "A", "D", "dt_bias", "x_proj_weight",
+                                                 "dt_proj_weight", "B", "C")),
+            hidden, dim, rank, n_state, width, float(norm_eps),
+            *x.stride(), *out.stride(), *in_proj_weight.stride(), *out_proj_weight.stride(),
+            *block["conv_state"].stride(), *block["ssm_state"].stride(), *block["conv_weight"].stride(), *A.stride(),
+            *strides("x_proj_weight", 2), *strides("dt_proj_weight", 2), *strides("B", 2), *strides("C", 2))
+    meta = dict(
+        RMS_NORM=rms_norm, HAS_NORM_BIAS=block["norm_bias"] is not None, HAS_IN_BIAS=block["in_proj_bias"] is not None,
+        HAS_OUT_BIAS=block["out_proj_bias"] is not None, HAS_CONV_BIAS=block["conv_bias"] is not None,
+        HAS_D=block["D"] is not None, HAS_DT_BIAS=block["dt_bias"] is not None, SELECTIVE=selective,
+        DT_SOFTPLUS=dt_softplus, BLOCK_H=triton.next_power_of_2(hidden), BLOCK_E=block_e,
+        BLOCK_N=triton.next_power_of_2(n_state), BLOCK_R=triton.next_power_of_2(rank),
+        BLOCK_W=triton.next_power_of_2(width), ONE_TILE=block_e >= dim, num_warps=num_warps)
+    return args, meta
+
+
 def mamba_block_step_triton(
     x: Tensor,
     norm_weight: Tensor,
@@ -451,54 +574,41 @@ def mamba_block_step_triton(
     ``_mamba_step_kernel``), the conv state holding the new windows between the passes.
 
     ``block_e`` (channels per tile, a power of two) and ``num_warps`` override ``block_step_config``'s."""
-    batch, hidden = x.shape
-    dim = conv_weight.shape[0]
-    if in_proj_weight.shape != (2 * dim, hidden) or out_proj_weight.shape != (hidden, dim):
-        raise ValueError(f"in_proj_weight must be (2 * channels, hidden)=({2 * dim}, {hidden}) and out_proj_weight "
-                         f"(hidden, channels)=({hidden}, {dim}); got {tuple(in_proj_weight.shape)} and "
-                         f"{tuple(out_proj_weight.shape)}")
-    check_step_inputs(x.new_empty(batch, dim), None, conv_state, ssm_state, conv_weight, conv_bias, A, D, dt_bias,
-                      x_proj_weight, dt_proj_weight, B, C)
-    if norm_weight.shape != (hidden,):
-        raise ValueError(f"norm_weight must be (hidden,)=({hidden},), got {tuple(norm_weight.shape)}")
-    if not supports(A) or A.dtype != torch.float32:
-        raise ValueError("the Triton step takes real float32 A; complex A runs on the reference")
-    selective = x_proj_weight is not None
-    n_state, width = A.shape[1], conv_weight.shape[1]
-    rank = dt_proj_weight.shape[1] if selective else 1
+    block = dict(norm_weight=norm_weight, norm_bias=norm_bias, in_proj_weight=in_proj_weight,
+                 in_proj_bias=in_proj_bias, out_proj_weight=out_proj_weight, out_proj_bias=out_proj_bias,
+                 conv_state=conv_state, ssm_state=ssm_state, conv_weight=conv_weight, conv_bias=conv_bias, A=A, D=D,
+                 dt_bias=dt_bias, x_proj_weight=x_proj_weight, dt_proj_weight=dt_proj_weight, B=B, C=C)
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    if batch == 0:
-        return out
-    block_h = triton.next_power_of_2(hidden)
-    default_e, default_warps = block_step_config(hidden, dim, batch)
-    block_e, num_warps = block_e or default_e, num_warps or default_warps
-    if block_e & (block_e - 1):
-        raise ValueError(f"block_e must be a power of two, got {block_e}")
+    args, meta = _block_launch(x, out, block, norm_eps, rms_norm, dt_softplus, block_e, num_warps)
+    if x.shape[0]:
+        _mamba_block_step_kernel[(x.shape[0],)](*args, **meta)
+    return out
 
-    def strides(t: Tensor | None, ndim: int) -> tuple[int, ...]:
-        return tuple(t.stride()) if t is not None else (0,) * ndim
 
-    unused = x
-    _mamba_block_step_kernel[(batch,)](
-        x, out, norm_weight, norm_bias if norm_bias is not None else unused, in_proj_weight,
-        in_proj_bias if in_proj_bias is not None else unused, out_proj_weight,
-        out_proj_bias if out_proj_bias is not None else unused,
-        conv_state, ssm_state, conv_weight, conv_bias if conv_bias is not None else unused, A,
-        D if D is not None else unused, dt_bias if dt_bias is not None else unused,
-        x_proj_weight if selective else unused, dt_proj_weight if selective else unused,
-        B if not selective else unused, C if not selective else unused,
-        hidden, dim, rank, n_state, width, float(norm_eps),
-        *x.stride(), *out.stride(), *in_proj_weight.stride(), *out_proj_weight.stride(),
-        *conv_state.stride(), *ssm_state.stride(), *conv_weight.stride(), *A.stride(),
-        *strides(x_proj_weight, 2), *strides(dt_proj_weight, 2),
-        *strides(None if selective else B, 2), *strides(None if selective else C, 2),
-        RMS_NORM=rms_norm, HAS_NORM_BIAS=norm_bias is not None, HAS_IN_BIAS=in_proj_bias is not None,
-        HAS_OUT_BIAS=out_proj_bias is not None, HAS_CONV_BIAS=conv_bias is not None, HAS_D=D is not None,
-        HAS_DT_BIAS=dt_bias is not None, SELECTIVE=selective, DT_SOFTPLUS=dt_softplus,
-        BLOCK_H=block_h, BLOCK_E=block_e, BLOCK_N=triton.next_power_of_2(n_state),
-        BLOCK_R=triton.next_power_of_2(rank), BLOCK_W=triton.next_power_of_2(width), ONE_TILE=block_e >= dim,
-        num_warps=num_warps,
-    )
+def stack_fits(hidden: int, dim: int, batch: int) -> bool:
+    """Whether ``mamba_blocks_step_triton`` takes blocks of width ``hidden`` with ``dim`` channels for ``batch``
+    streams: with ``block_step_config``'s tile, one tile holds every channel."""
+    return block_step_config(hidden, dim, batch)[0] >= dim
+
+
+def mamba_blocks_step_triton(x: Tensor, stack: BlockStack, num_warps: int | None = None) -> Tensor:
+    """Every block of ``stack`` (``step_ref.BlockStack``) stepped in turn in one launch, the residual stream
+    kept in registers between blocks: ``step_ref.mamba_blocks_step_ref``'s result, states updated in place.
+    Takes blocks that fit one tile (``stack_fits``), as the SC09 model's outer stage does."""
+    batch, hidden = x.shape
+    dim = stack.blocks[0]["conv_weight"].shape[0]
+    if not stack_fits(hidden, dim, batch):
+        raise ValueError(f"the stacked step takes blocks whose {dim} channels fit one tile; "
+                         f"{batch} streams of width {hidden} need {block_step_config(hidden, dim, batch)[0]}-channel "
+                         "tiles: step the blocks one at a time (mamba_block_step)")
+    if stack.offsets.device != x.device:
+        raise ValueError(f"the stack's tensors are on {stack.offsets.device}, x on {x.device}")
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    args, meta = _block_launch(x, out, stack.blocks[0], stack.norm_eps, stack.rms_norm, stack.dt_softplus, None,
+                               num_warps)
+    del meta["ONE_TILE"]
+    if batch:
+        _mamba_blocks_step_kernel[(batch,)](*args, stack.offsets, len(stack), N_TENSORS=len(BLOCK_TENSORS), **meta)
     return out
 
 

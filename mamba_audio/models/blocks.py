@@ -8,8 +8,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mamba_audio.kernels import BlockStack, mamba_blocks_step
+
 from .config import BackboneConfig, MixerConfig
-from .mixer import MambaMixer, MixerState
+from .mixer import MambaMixer, MixerState, block_step_rms_norm
 
 Tensor = torch.Tensor
 
@@ -75,6 +77,11 @@ class ResidualBlock(nn.Module):
             x = x + self.mlp(self.mlp_norm(x))
         return x
 
+    @property
+    def stackable(self) -> bool:
+        """Whether ``step`` is exactly one fused block step (no MLP), so ``step_blocks`` may run it in a stack."""
+        return self.mlp is None
+
     def step(self, x: Tensor, state: BlockState) -> Tensor:
         """x (B, H) -> (B, H) for one position; updates ``state`` in place. Norm, mixer and residual are one
         fused step (one launch on CUDA)."""
@@ -103,3 +110,28 @@ class BidirectionalBlock(ResidualBlock):
 
     def step(self, x: Tensor, state: BlockState) -> Tensor:
         raise RuntimeError("a bidirectional block needs the whole sequence; it cannot be stepped")
+
+
+# where consecutive blocks step in one launch (mamba_blocks_step): "auto" on CUDA, True everywhere, False never
+STACKED_STEP: bool | str = "auto"
+
+
+def step_blocks(blocks, states: list[BlockState], x: Tensor, stacks: dict, part: str) -> Tensor:
+    """x (B, H) through ``blocks`` (ResidualBlocks of one shape) for one position, updating ``states`` in place.
+
+    Where ``STACKED_STEP`` allows it and every block is ``stackable``, all of them are one ``mamba_blocks_step``
+    (one launch on CUDA where a channel tile holds a block): its ``BlockStack`` is kept in ``stacks[part]``
+    and rebuilt when a weight or state tensor moves, so a CUDA graph captures none of that bookkeeping.
+    Otherwise the blocks step one at a time."""
+    stacked = STACKED_STEP is True or (STACKED_STEP == "auto" and x.is_cuda)
+    if not stacked or len(blocks) < 2 or not all(block.stackable for block in blocks):
+        for block, state in zip(blocks, states):
+            x = block.step(x, state)
+        return x
+    tensors = [block.mixer.block_step_tensors(block.norm, state.mixer) for block, state in zip(blocks, states)]
+    key = tuple(t.data_ptr() if t is not None else 0 for block in tensors for t in block.values())
+    cached = stacks.get(part)
+    if cached is None or cached[0] != key:
+        norm = blocks[0].norm
+        cached = stacks[part] = (key, BlockStack(tensors, norm.eps, block_step_rms_norm(norm)))
+    return mamba_blocks_step(x, cached[1])

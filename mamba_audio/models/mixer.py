@@ -166,12 +166,24 @@ class MambaMixer(nn.Module):
                        dt_softplus=True, **self._step_ssm())
         return self.out_proj(y)
 
+    def block_step_tensors(self, norm: nn.Module, state: MixerState) -> dict[str, Tensor | None]:
+        """The tensors of ``norm`` + this mixer's step on ``state``, named as ``mamba_block_step`` takes them
+        (``kernels.selective_scan.step_ref.BLOCK_TENSORS``). ``norm`` is an affine ``nn.LayerNorm`` or an
+        RMSNorm over H (``block_step_rms_norm`` tells which)."""
+        A, D, dt_bias = self._step_constants()
+        return dict(norm_weight=norm.weight, norm_bias=None if block_step_rms_norm(norm) else norm.bias,
+                    in_proj_weight=self.in_proj.weight, in_proj_bias=self.in_proj.bias,
+                    out_proj_weight=self.out_proj.weight, out_proj_bias=self.out_proj.bias,
+                    conv_state=state.conv, ssm_state=state.ssm, conv_weight=self.conv1d.weight[:, 0, :],
+                    conv_bias=self.conv1d.bias, A=A, D=D, dt_bias=dt_bias, **self._step_ssm())
+
     def step_residual(self, hidden: Tensor, norm: nn.Module, state: MixerState) -> Tensor:
         """``hidden + self.step(norm(hidden))`` for one position (B, H), as one fused ``mamba_block_step``
         (a single Triton launch on CUDA). ``norm`` is an affine ``nn.LayerNorm`` or an RMSNorm over H."""
-        layer_norm = isinstance(norm, nn.LayerNorm)
-        A, D, dt_bias = self._step_constants()
-        return mamba_block_step(hidden, norm.weight, norm.bias if layer_norm else None, norm.eps, not layer_norm,
-                                self.in_proj.weight, self.in_proj.bias, self.out_proj.weight, self.out_proj.bias,
-                                state.conv, state.ssm, self.conv1d.weight[:, 0, :], self.conv1d.bias, A, D, dt_bias,
-                                dt_softplus=True, **self._step_ssm())
+        return mamba_block_step(hidden, norm_eps=norm.eps, rms_norm=block_step_rms_norm(norm), dt_softplus=True,
+                                **self.block_step_tensors(norm, state))
+
+
+def block_step_rms_norm(norm: nn.Module) -> bool:
+    """Whether the fused block step treats ``norm`` as an RMSNorm (weight only) rather than a LayerNorm."""
+    return not isinstance(norm, nn.LayerNorm)

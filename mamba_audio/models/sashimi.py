@@ -20,13 +20,13 @@ next every p-th sample, with the pooling buffers part of the streaming state.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import BidirectionalBlock, BlockState, ResidualBlock
+from .blocks import BidirectionalBlock, BlockState, ResidualBlock, step_blocks
 from .config import BackboneConfig
 
 Tensor = torch.Tensor
@@ -76,6 +76,7 @@ class StageState:
     pool_in: Tensor | None = None  # (B, p, H): this group's outer activations, waiting to be pooled
     pool_out: Tensor | None = None  # (B, p, H): up-pooled inner output for this group's positions
     position: int = 0  # steps taken at this stage's rate
+    stacks: dict = field(default_factory=dict, repr=False, compare=False)  # step_blocks' BlockStacks
 
 
 def state_tensors(state) -> list[Tensor]:
@@ -181,8 +182,7 @@ class Stage(nn.Module):
 
     def step(self, x: Tensor, state: StageState) -> Tensor:
         """One step at this stage's rate: x (B, H) -> (B, H); updates ``state`` in place."""
-        for block, block_state in zip(self.down_blocks, state.down):
-            x = block.step(x, block_state)
+        x = step_blocks(self.down_blocks, state.down, x, state.stacks, "down")
         if self.is_center:
             state.position += 1
             return x
@@ -195,9 +195,7 @@ class Stage(nn.Module):
             state.pool_out.copy_(self.up_pool.expand_step(self.inner.step(pooled, state.inner)))
         state.position += 1
         x = x + from_inner
-        for block, block_state in zip(self.up_blocks, state.up):
-            x = block.step(x, block_state)
-        return x
+        return step_blocks(self.up_blocks, state.up, x, state.stacks, "up")
 
 
 class SaShiMi(nn.Module):
