@@ -1,6 +1,7 @@
-"""Codec round trips of held-out sentences, side by side: pocketsphinx WER (all, flite and espeak-ng voices;
-of the whole decode and of the streamed one, decoded in chunks as SpeechStream does), mrstft distance,
-CPU real-time factor, and chunked (streaming) against whole decoding.
+"""Codec round trips of held-out sentences, side by side: pocketsphinx WER (all, flite and espeak-ng voices)
+and mrstft distance to the recording, of the whole decode, of the streamed one (decoded in chunks as
+SpeechStream does, continuing the audio already played) and of a streamed one that restarts in every
+window; CPU real-time factor of the whole decode.
 
     python recipes/tts/compare_codecs.py --corpus CORPUS --codec DIR [--codec DIR ...] [--sentences 24] [--out JSON]
 
@@ -36,22 +37,31 @@ def word_error_rates(references: list[str], hypotheses: list[str], voices: list[
 
 
 def score_codec(codec, items: list[dict], transcribe: Transcriber) -> dict:
-    hypotheses, chunked_hypotheses, distances, chunk_distances, decode_seconds = [], [], [], [], 0.0
+    """Round trips of ``items``: transcripts and mrstft distance (to the recording) of the whole decode, of
+    the streamed decode as SpeechStream does it (continuing the audio already played), and of the streamed
+    decode restarting in every window (what streams did before ``decode(..., played=)``)."""
+    hypotheses = {"whole": [], "streamed": [], "restarting": []}
+    distances = {name: [] for name in hypotheses}
+    chunk_distances, decode_seconds = [], 0.0
     for item in items:
         audio = item["audio"]
         tokens = codec.encode(audio[None], sample_rate=item["sample_rate"])
         started = time.perf_counter()
         decoded = codec.decode(tokens).cpu()
         decode_seconds += time.perf_counter() - started
-        chunked = decode_in_chunks(codec, tokens, STREAM_CHUNK_FRAMES, DECODE_CONTEXT_FRAMES, DECODE_LOOKAHEAD_FRAMES)
-        chunk_distances.append(float(mrstft_distance(chunked, decoded)))
-        decoded = decoded[0, : audio.shape[0]]
-        distances.append(float(mrstft_distance(decoded[None], audio[None])))
-        hypotheses.append(transcribe(decoded, codec.sample_rate))
-        chunked_hypotheses.append(transcribe(chunked[0, : audio.shape[0]], codec.sample_rate))
+        versions = {"whole": decoded, "streamed": decode_in_chunks(codec, tokens, STREAM_CHUNK_FRAMES,
+                                                                   DECODE_CONTEXT_FRAMES, DECODE_LOOKAHEAD_FRAMES),
+                    "restarting": decode_in_chunks(codec, tokens, STREAM_CHUNK_FRAMES, DECODE_CONTEXT_FRAMES,
+                                                   DECODE_LOOKAHEAD_FRAMES, continuing=False)}
+        chunk_distances.append(float(mrstft_distance(versions["streamed"], decoded)))
+        for name, version in versions.items():
+            version = version[0, : audio.shape[0]]
+            distances[name].append(float(mrstft_distance(version[None], audio[None])))
+            hypotheses[name].append(transcribe(version, codec.sample_rate))
     seconds = sum(item["audio"].shape[0] for item in items) / items[0]["sample_rate"]
-    return {"codec": repr(codec), "hypotheses": hypotheses, "chunked_hypotheses": chunked_hypotheses,
-            "mrstft_distance": round(sum(distances) / len(items), 4),
+    mean = {name: round(sum(values) / len(items), 4) for name, values in distances.items()}
+    return {"codec": repr(codec), "hypotheses": hypotheses, "mrstft_distance": mean["whole"],
+            "chunked_mrstft_distance": mean["streamed"], "chunked_restarting_mrstft_distance": mean["restarting"],
             "chunked_vs_whole_mrstft_distance": round(sum(chunk_distances) / len(items), 4),
             "decode_realtime_factor": round(decode_seconds / seconds, 4)}
 
@@ -79,12 +89,14 @@ def main() -> None:
     print(f"recordings: WER {results['recordings']['wer']}")
     for spec in args.codec:
         scores = score_codec(load_codec(spec, device="cpu"), items, transcribe)
-        scores["wer"] = word_error_rates(references, scores.pop("hypotheses"), voices)
-        scores["chunked_wer"] = word_error_rates(references, scores.pop("chunked_hypotheses"), voices)
+        hypotheses = scores.pop("hypotheses")
+        for name, key in (("whole", "wer"), ("streamed", "chunked_wer"), ("restarting", "chunked_restarting_wer")):
+            scores[key] = word_error_rates(references, hypotheses[name], voices)
         results["codecs"][spec] = scores
-        print(f"{spec}: WER {scores['wer']} (streamed decode: {scores['chunked_wer']}), "
-              f"mrstft {scores['mrstft_distance']}, chunked vs whole "
-              f"{scores['chunked_vs_whole_mrstft_distance']}, decode {scores['decode_realtime_factor']}x real time")
+        print(f"{spec}: WER {scores['wer']} (streamed decode: {scores['chunked_wer']}, restarting in every window: "
+              f"{scores['chunked_restarting_wer']}), mrstft {scores['mrstft_distance']} (streamed "
+              f"{scores['chunked_mrstft_distance']}, restarting {scores['chunked_restarting_mrstft_distance']}), "
+              f"decode {scores['decode_realtime_factor']}x real time")
     if args.out:
         with open(args.out, "w") as handle:
             handle.write(json.dumps(results, indent=2) + "\n")
