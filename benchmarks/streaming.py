@@ -15,8 +15,8 @@ weights) and each number of concurrent streams it
   (``SaShiMiLM.generate`` with the PyTorch reference block step, no Triton, no
   graph) beside it;
 * on CUDA, with 1 and 256 streams, the same generator with every residual block
-  its own launch (``STACKED_STEP = False``) beside the default, where a stage's
-  blocks are one ``mamba_blocks_step`` launch when a channel tile holds a block;
+  its own launch (``STACKED_STEP = False``) beside the default, where each run of a
+  stage's blocks is one ``mamba_blocks_step`` launch;
 * the smallest preset (``tiny``) on the CPU, one stream;
 
 then prints a table and writes ``benchmarks/results/streaming_<device>.json``.

@@ -16,8 +16,7 @@ of streams, see ``selective_scan.step_ref``) and of ``mamba_block_step`` (the sa
 inside a whole pre-norm residual block: norm, in_proj, step, out_proj, residual):
 "reference" (PyTorch, the CPU default) and "triton" (one launch per step, the CUDA
 default; complex A falls back to the reference). ``mamba_blocks_step`` steps a
-``BlockStack`` of consecutive blocks of one shape, in one launch on "triton" when one
-channel tile holds a block (``stack_fits``), else one block at a time.
+``BlockStack`` of consecutive blocks of one shape in turn, in one launch on "triton".
 
 Backends of ``sample_tokens`` (one token per row from logits, temperature, top-k and
 top-p with given uniforms, see ``sampling.reference``): "reference" and "triton" (one
@@ -127,17 +126,10 @@ _BLOCKS_STEP_BACKENDS: dict[str, Callable] = {
 
 
 def _mamba_blocks_step_triton(x, stack):
-    """The Triton stacked step, imported lazily; blocks that need several tiles (or complex A) go one launch
-    at a time through ``mamba_block_step``."""
-    from .selective_scan.triton_step import mamba_blocks_step_triton, stack_fits, supports
+    """The Triton stacked step, imported lazily; the reference for complex A."""
+    from .selective_scan.triton_step import mamba_blocks_step_triton, supports
 
-    first = stack.blocks[0]
-    if supports(first["A"]) and stack_fits(x.shape[1], first["conv_weight"].shape[0], x.shape[0]):
-        return mamba_blocks_step_triton(x, stack)
-    for block in stack.blocks:
-        x = _mamba_block_step_triton(x, norm_eps=stack.norm_eps, rms_norm=stack.rms_norm,
-                                     dt_softplus=stack.dt_softplus, **block)
-    return x
+    return (mamba_blocks_step_triton if supports(stack.blocks[0]["A"]) else mamba_blocks_step_ref)(x, stack)
 
 
 if importlib.util.find_spec("triton") is not None:

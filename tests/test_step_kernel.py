@@ -292,8 +292,10 @@ print("compiled")
     ("_mamba_block_step_kernel", "bf16", "1", "1"),
     ("_mamba_block_step_kernel", "fp32", "0", "0"),
     ("_mamba_blocks_step_kernel", "bf16", "1", "1"),
+    ("_mamba_blocks_step_kernel", "fp32", "0", "0"),
 ], ids=["step-bf16-selective-all-operands", "step-fp32-time-invariant-bare", "block-bf16-selective-layernorm",
-        "block-fp32-time-invariant-rmsnorm-bare", "stacked-blocks-bf16-selective-layernorm"])
+        "block-fp32-time-invariant-rmsnorm-bare", "stacked-blocks-bf16-selective-layernorm",
+        "stacked-blocks-fp32-time-invariant-rmsnorm-bare"])
 def test_triton_kernels_compile_for_sm90_without_a_gpu(kernel, act, selective, flags):
     """The interpreter runs the kernels as Python; this compiles them to PTX (layouts, constexpr branches, types)."""
     import subprocess
@@ -333,13 +335,15 @@ STACK_CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", STACK_CASES)
-def test_triton_stacked_blocks_step_matches_the_blocks_one_by_one(case, dtype):
+@pytest.mark.parametrize("block_e", [8, None], ids=["tiles-of-8", "one-tile"])
+def test_triton_stacked_blocks_step_matches_the_blocks_one_by_one(case, dtype, block_e):
     """Three blocks in one launch, the residual stream in registers between them, against the reference
-    stepping them one after another: outputs and every block's states after three steps."""
+    stepping them one after another: outputs and every block's states after three steps; both block paths."""
     triton_step = triton_step_module()
     blocks, xs, norm_eps, rms_norm = make_block_stack(3, **case, dtype=dtype)
     out_ref, states_ref = step_stack(mamba_blocks_step_ref, blocks, xs, norm_eps, rms_norm)
-    out, states = step_stack(triton_step.mamba_blocks_step_triton, blocks, xs, norm_eps, rms_norm)
+    out, states = step_stack(functools.partial(triton_step.mamba_blocks_step_triton, block_e=block_e), blocks, xs,
+                             norm_eps, rms_norm)
     assert out.dtype == dtype
     assert rel_err(out, out_ref) < TOL[dtype]
     for (conv, ssm), (conv_ref, ssm_ref) in zip(states, states_ref):
@@ -357,18 +361,6 @@ def test_blocks_step_reference_is_block_after_block():
         assert torch.equal(out[..., t], x)
     assert all(torch.equal(s, c[k]) for (conv, ssm), c in zip(states, copies)
                for s, k in ((conv, "conv_state"), (ssm, "ssm_state")))
-
-
-def test_stacked_step_dispatch_falls_back_to_one_launch_per_block(monkeypatch):
-    """Blocks too wide for one tile: the Triton backend steps them one launch each, with the same result."""
-    triton_step = triton_step_module()
-    blocks, xs, norm_eps, rms_norm = make_block_stack(2, 2, 12, 23)
-    out_ref, _ = step_stack(mamba_blocks_step_ref, blocks, xs, norm_eps, rms_norm)
-    monkeypatch.setattr(triton_step, "stack_fits", lambda *args: False)
-    out, _ = step_stack(functools.partial(mamba_blocks_step, backend="triton"), blocks, xs, norm_eps, rms_norm)
-    assert rel_err(out, out_ref) < TOL[torch.float32]
-    with pytest.raises(ValueError, match="fit one tile"):
-        step_stack(triton_step.mamba_blocks_step_triton, blocks, xs, norm_eps, rms_norm)
 
 
 def test_block_stack_rejects_blocks_that_differ():

@@ -321,6 +321,119 @@ def _one_tile_block(
 
 
 @triton.jit
+def _tiled_block(
+    residual, row, normw_ptr, normb_ptr, win_ptr, bin_ptr, wout_ptr, conv_ptr, ssm_ptr, convw_ptr, convb_ptr,
+    A_ptr, D_ptr, dtb_ptr, xproj_ptr, dtproj_ptr, B_ptr, C_ptr, hidden, dim, rank, n_state, width, eps,
+    s_wir, s_wih, s_woh, s_woe, s_cb, s_ce, s_cw, s_hb, s_he, s_hn, s_we, s_ww, s_ae, s_an,
+    s_xpr, s_xpe, s_dpe, s_dpr, s_Be, s_Bn, s_Ce, s_Cn,
+    RMS_NORM: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SELECTIVE: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    """One block's step for stream ``row`` in two passes over tiles of BLOCK_E channels (the module
+    docstring): residual (BLOCK_H,) float32 -> out_proj's output before its bias; states updated in place."""
+    offs_h = tl.arange(0, BLOCK_H)
+    mask_h = offs_h < hidden
+    offs_w = tl.arange(0, BLOCK_W)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_n = offs_n < n_state
+    mask_r = offs_r < rank
+    normed = _norm_row(residual, normw_ptr, normb_ptr, offs_h, mask_h, hidden, eps, RMS_NORM, HAS_NORM_BIAS)
+    # pass 1: SSM input u = in_proj[:E] @ normed, shifted into the conv state (the new windows are
+    # stored here), and for the selective SSM the projections of the conv output
+    dt_low = tl.zeros([BLOCK_R], dtype=tl.float32)
+    B_sel = tl.zeros([BLOCK_N], dtype=tl.float32)
+    C_sel = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for e0 in range(0, dim, BLOCK_E):
+        offs_e = e0 + tl.arange(0, BLOCK_E)
+        mask_e = offs_e < dim
+        w_in = tl.load(win_ptr + offs_e[:, None] * s_wir + offs_h[None, :] * s_wih,
+                       mask=mask_e[:, None] & mask_h[None, :], other=0.0).to(tl.float32)
+        u = tl.sum(w_in * normed[None, :], axis=1)
+        if HAS_IN_BIAS:
+            u += tl.load(bin_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+        old = tl.load(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + (offs_w[None, :] + 1) * s_cw,
+                      mask=mask_e[:, None] & (offs_w[None, :] + 1 < width), other=0.0)
+        window = tl.where(offs_w[None, :] == width - 1, u.to(conv_ptr.dtype.element_ty)[:, None], old)
+        tl.debug_barrier()  # the old window is read everywhere before it is overwritten
+        tl.store(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + offs_w[None, :] * s_cw, window,
+                 mask=mask_e[:, None] & (offs_w[None, :] < width))
+        if SELECTIVE:
+            weight = tl.load(convw_ptr + offs_e[:, None] * s_we + offs_w[None, :] * s_ww,
+                             mask=mask_e[:, None] & (offs_w[None, :] < width), other=0.0).to(tl.float32)
+            acc = tl.sum(window.to(tl.float32) * weight, axis=1)
+            if HAS_CONV_BIAS:
+                acc += tl.load(convb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+            xc = acc * tl.sigmoid(acc)
+            cols = offs_e[None, :] * s_xpe
+            w_dt = tl.load(xproj_ptr + offs_r[:, None] * s_xpr + cols, mask=mask_r[:, None] & mask_e[None, :],
+                           other=0.0).to(tl.float32)
+            dt_low += tl.sum(w_dt * xc[None, :], axis=1)
+            w_B = tl.load(xproj_ptr + (rank + offs_n[:, None]) * s_xpr + cols, mask=mask_n[:, None] & mask_e[None, :],
+                          other=0.0).to(tl.float32)
+            B_sel += tl.sum(w_B * xc[None, :], axis=1)
+            w_C = tl.load(xproj_ptr + (rank + n_state + offs_n[:, None]) * s_xpr + cols,
+                          mask=mask_n[:, None] & mask_e[None, :], other=0.0).to(tl.float32)
+            C_sel += tl.sum(w_C * xc[None, :], axis=1)
+    tl.debug_barrier()  # pass 2 reads the windows pass 1 stored, across threads
+
+    # pass 2: conv output from the new window, delta, state update, gate, out_proj accumulated
+    out = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for e0 in range(0, dim, BLOCK_E):
+        offs_e = e0 + tl.arange(0, BLOCK_E)
+        mask_e = offs_e < dim
+        window = tl.load(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + offs_w[None, :] * s_cw,
+                         mask=mask_e[:, None] & (offs_w[None, :] < width), other=0.0).to(tl.float32)
+        weight = tl.load(convw_ptr + offs_e[:, None] * s_we + offs_w[None, :] * s_ww,
+                         mask=mask_e[:, None] & (offs_w[None, :] < width), other=0.0).to(tl.float32)
+        acc = tl.sum(window * weight, axis=1)
+        if HAS_CONV_BIAS:
+            acc += tl.load(convb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+        xc = acc * tl.sigmoid(acc)
+
+        if SELECTIVE:
+            w_dt = tl.load(dtproj_ptr + offs_e[:, None] * s_dpe + offs_r[None, :] * s_dpr,
+                           mask=mask_e[:, None] & mask_r[None, :], other=0.0).to(tl.float32)
+            delta = tl.sum(w_dt * dt_low[None, :], axis=1)
+        else:
+            delta = tl.zeros([BLOCK_E], dtype=tl.float32)
+        if HAS_DT_BIAS:
+            delta += tl.load(dtb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+        if DT_SOFTPLUS:
+            delta = _softplus(delta)
+
+        tile = mask_e[:, None] & mask_n[None, :]
+        A = tl.load(A_ptr + offs_e[:, None] * s_ae + offs_n[None, :] * s_an, mask=tile, other=0.0)
+        h_ptrs = ssm_ptr + row * s_hb + offs_e[:, None] * s_he + offs_n[None, :] * s_hn
+        h = tl.load(h_ptrs, mask=tile, other=0.0)
+        if SELECTIVE:
+            B_t = B_sel[None, :]
+            C_t = C_sel[None, :]
+        else:
+            B_t = tl.load(B_ptr + offs_e[:, None] * s_Be + offs_n[None, :] * s_Bn, mask=tile, other=0.0).to(tl.float32)
+            C_t = tl.load(C_ptr + offs_e[:, None] * s_Ce + offs_n[None, :] * s_Cn, mask=tile, other=0.0).to(tl.float32)
+        h = tl.exp(delta[:, None] * A) * h + (delta * xc)[:, None] * B_t
+        tl.store(h_ptrs, h, mask=tile)
+        y = tl.sum(h * C_t, axis=1)
+        if HAS_D:
+            y += tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32) * xc
+
+        w_z = tl.load(win_ptr + (dim + offs_e[:, None]) * s_wir + offs_h[None, :] * s_wih,
+                      mask=mask_e[:, None] & mask_h[None, :], other=0.0).to(tl.float32)
+        z = tl.sum(w_z * normed[None, :], axis=1)
+        if HAS_IN_BIAS:
+            z += tl.load(bin_ptr + dim + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+        y = tl.where(mask_e, y * z * tl.sigmoid(z), 0.0)
+
+        w_out = tl.load(wout_ptr + offs_h[:, None] * s_woh + offs_e[None, :] * s_woe,
+                        mask=mask_h[:, None] & mask_e[None, :], other=0.0).to(tl.float32)
+        out += tl.sum(w_out * y[None, :], axis=1)
+    return out
+
+
+@triton.jit
 def _mamba_block_step_kernel(
     x_ptr, out_ptr, normw_ptr, normb_ptr, win_ptr, bin_ptr, wout_ptr, bout_ptr,
     conv_ptr, ssm_ptr, convw_ptr, convb_ptr, A_ptr, D_ptr, dtb_ptr, xproj_ptr, dtproj_ptr, B_ptr, C_ptr,
@@ -339,12 +452,6 @@ def _mamba_block_step_kernel(
     row = tl.program_id(0)
     offs_h = tl.arange(0, BLOCK_H)
     mask_h = offs_h < hidden
-    offs_w = tl.arange(0, BLOCK_W)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_r = tl.arange(0, BLOCK_R)
-    mask_n = offs_n < n_state
-    mask_r = offs_r < rank
-
     residual = tl.load(x_ptr + row * s_xb + offs_h * s_xh, mask=mask_h, other=0.0).to(tl.float32)
     if ONE_TILE:
         out = _one_tile_block(
@@ -355,96 +462,13 @@ def _mamba_block_step_kernel(
             RMS_NORM, HAS_NORM_BIAS, HAS_IN_BIAS, HAS_CONV_BIAS, HAS_D, HAS_DT_BIAS, SELECTIVE, DT_SOFTPLUS,
             BLOCK_H, BLOCK_E, BLOCK_N, BLOCK_R, BLOCK_W)
     else:
-        normed = _norm_row(residual, normw_ptr, normb_ptr, offs_h, mask_h, hidden, eps, RMS_NORM, HAS_NORM_BIAS)
-        # pass 1: SSM input u = in_proj[:E] @ normed, shifted into the conv state (the new windows are
-        # stored here), and for the selective SSM the projections of the conv output
-        dt_low = tl.zeros([BLOCK_R], dtype=tl.float32)
-        B_sel = tl.zeros([BLOCK_N], dtype=tl.float32)
-        C_sel = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for e0 in range(0, dim, BLOCK_E):
-            offs_e = e0 + tl.arange(0, BLOCK_E)
-            mask_e = offs_e < dim
-            w_in = tl.load(win_ptr + offs_e[:, None] * s_wir + offs_h[None, :] * s_wih,
-                           mask=mask_e[:, None] & mask_h[None, :], other=0.0).to(tl.float32)
-            u = tl.sum(w_in * normed[None, :], axis=1)
-            if HAS_IN_BIAS:
-                u += tl.load(bin_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
-            old = tl.load(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + (offs_w[None, :] + 1) * s_cw,
-                          mask=mask_e[:, None] & (offs_w[None, :] + 1 < width), other=0.0)
-            window = tl.where(offs_w[None, :] == width - 1, u.to(conv_ptr.dtype.element_ty)[:, None], old)
-            tl.debug_barrier()  # the old window is read everywhere before it is overwritten
-            tl.store(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + offs_w[None, :] * s_cw, window,
-                     mask=mask_e[:, None] & (offs_w[None, :] < width))
-            if SELECTIVE:
-                weight = tl.load(convw_ptr + offs_e[:, None] * s_we + offs_w[None, :] * s_ww,
-                                 mask=mask_e[:, None] & (offs_w[None, :] < width), other=0.0).to(tl.float32)
-                acc = tl.sum(window.to(tl.float32) * weight, axis=1)
-                if HAS_CONV_BIAS:
-                    acc += tl.load(convb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
-                xc = acc * tl.sigmoid(acc)
-                cols = offs_e[None, :] * s_xpe
-                w_dt = tl.load(xproj_ptr + offs_r[:, None] * s_xpr + cols, mask=mask_r[:, None] & mask_e[None, :],
-                               other=0.0).to(tl.float32)
-                dt_low += tl.sum(w_dt * xc[None, :], axis=1)
-                w_B = tl.load(xproj_ptr + (rank + offs_n[:, None]) * s_xpr + cols, mask=mask_n[:, None] & mask_e[None, :],
-                              other=0.0).to(tl.float32)
-                B_sel += tl.sum(w_B * xc[None, :], axis=1)
-                w_C = tl.load(xproj_ptr + (rank + n_state + offs_n[:, None]) * s_xpr + cols,
-                              mask=mask_n[:, None] & mask_e[None, :], other=0.0).to(tl.float32)
-                C_sel += tl.sum(w_C * xc[None, :], axis=1)
-        tl.debug_barrier()  # pass 2 reads the windows pass 1 stored, across threads
-
-        # pass 2: conv output from the new window, delta, state update, gate, out_proj accumulated
-        out = tl.zeros([BLOCK_H], dtype=tl.float32)
-        for e0 in range(0, dim, BLOCK_E):
-            offs_e = e0 + tl.arange(0, BLOCK_E)
-            mask_e = offs_e < dim
-            window = tl.load(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + offs_w[None, :] * s_cw,
-                             mask=mask_e[:, None] & (offs_w[None, :] < width), other=0.0).to(tl.float32)
-            weight = tl.load(convw_ptr + offs_e[:, None] * s_we + offs_w[None, :] * s_ww,
-                             mask=mask_e[:, None] & (offs_w[None, :] < width), other=0.0).to(tl.float32)
-            acc = tl.sum(window * weight, axis=1)
-            if HAS_CONV_BIAS:
-                acc += tl.load(convb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
-            xc = acc * tl.sigmoid(acc)
-
-            if SELECTIVE:
-                w_dt = tl.load(dtproj_ptr + offs_e[:, None] * s_dpe + offs_r[None, :] * s_dpr,
-                               mask=mask_e[:, None] & mask_r[None, :], other=0.0).to(tl.float32)
-                delta = tl.sum(w_dt * dt_low[None, :], axis=1)
-            else:
-                delta = tl.zeros([BLOCK_E], dtype=tl.float32)
-            if HAS_DT_BIAS:
-                delta += tl.load(dtb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
-            if DT_SOFTPLUS:
-                delta = _softplus(delta)
-
-            tile = mask_e[:, None] & mask_n[None, :]
-            A = tl.load(A_ptr + offs_e[:, None] * s_ae + offs_n[None, :] * s_an, mask=tile, other=0.0)
-            h_ptrs = ssm_ptr + row * s_hb + offs_e[:, None] * s_he + offs_n[None, :] * s_hn
-            h = tl.load(h_ptrs, mask=tile, other=0.0)
-            if SELECTIVE:
-                B_t = B_sel[None, :]
-                C_t = C_sel[None, :]
-            else:
-                B_t = tl.load(B_ptr + offs_e[:, None] * s_Be + offs_n[None, :] * s_Bn, mask=tile, other=0.0).to(tl.float32)
-                C_t = tl.load(C_ptr + offs_e[:, None] * s_Ce + offs_n[None, :] * s_Cn, mask=tile, other=0.0).to(tl.float32)
-            h = tl.exp(delta[:, None] * A) * h + (delta * xc)[:, None] * B_t
-            tl.store(h_ptrs, h, mask=tile)
-            y = tl.sum(h * C_t, axis=1)
-            if HAS_D:
-                y += tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32) * xc
-
-            w_z = tl.load(win_ptr + (dim + offs_e[:, None]) * s_wir + offs_h[None, :] * s_wih,
-                          mask=mask_e[:, None] & mask_h[None, :], other=0.0).to(tl.float32)
-            z = tl.sum(w_z * normed[None, :], axis=1)
-            if HAS_IN_BIAS:
-                z += tl.load(bin_ptr + dim + offs_e, mask=mask_e, other=0.0).to(tl.float32)
-            y = tl.where(mask_e, y * z * tl.sigmoid(z), 0.0)
-
-            w_out = tl.load(wout_ptr + offs_h[:, None] * s_woh + offs_e[None, :] * s_woe,
-                            mask=mask_h[:, None] & mask_e[None, :], other=0.0).to(tl.float32)
-            out += tl.sum(w_out * y[None, :], axis=1)
+        out = _tiled_block(
+            residual, row, normw_ptr, normb_ptr, win_ptr, bin_ptr, wout_ptr, conv_ptr, ssm_ptr, convw_ptr, convb_ptr,
+            A_ptr, D_ptr, dtb_ptr, xproj_ptr, dtproj_ptr, B_ptr, C_ptr, hidden, dim, rank, n_state, width, eps,
+            s_wir, s_wih, s_woh, s_woe, s_cb, s_ce, s_cw, s_hb, s_he, s_hn, s_we, s_ww, s_ae, s_an,
+            s_xpr, s_xpe, s_dpe, s_dpr, s_Be, s_Bn, s_Ce, s_Cn,
+            RMS_NORM, HAS_NORM_BIAS, HAS_IN_BIAS, HAS_CONV_BIAS, HAS_D, HAS_DT_BIAS, SELECTIVE, DT_SOFTPLUS,
+            BLOCK_H, BLOCK_E, BLOCK_N, BLOCK_R, BLOCK_W)
 
     if HAS_OUT_BIAS:
         out += tl.load(bout_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
@@ -466,27 +490,41 @@ def _mamba_blocks_step_kernel(
     HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
     SELECTIVE: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_W: tl.constexpr, N_TENSORS: tl.constexpr,
+    BLOCK_W: tl.constexpr, ONE_TILE: tl.constexpr, N_TENSORS: tl.constexpr,
 ):
-    """``n_blocks`` one-tile blocks in turn for stream ``row``, the residual stream kept in registers. The
-    pointers are block 0's; block k's tensors lie ``offsets[k, j]`` elements from them (j in the order of
-    ``step_ref.BLOCK_TENSORS``)."""
+    """``n_blocks`` blocks in turn for stream ``row``, each as ``_mamba_block_step_kernel`` steps it, the residual
+    stream kept in registers between them. The pointers are block 0's; block k's tensors lie ``offsets[k, j]``
+    elements from them (j in the order of ``step_ref.BLOCK_TENSORS``)."""
     row = tl.program_id(0)
     offs_h = tl.arange(0, BLOCK_H)
     mask_h = offs_h < hidden
     residual = tl.load(x_ptr + row * s_xb + offs_h * s_xh, mask=mask_h, other=0.0).to(tl.float32)
     for k in range(n_blocks):
         o = offsets_ptr + k * N_TENSORS
-        out = _one_tile_block(
-            residual, row, normw_ptr + tl.load(o), normb_ptr + tl.load(o + 1), win_ptr + tl.load(o + 2),
-            bin_ptr + tl.load(o + 3), wout_ptr + tl.load(o + 4), conv_ptr + tl.load(o + 6), ssm_ptr + tl.load(o + 7),
-            convw_ptr + tl.load(o + 8), convb_ptr + tl.load(o + 9), A_ptr + tl.load(o + 10), D_ptr + tl.load(o + 11),
-            dtb_ptr + tl.load(o + 12), xproj_ptr + tl.load(o + 13), dtproj_ptr + tl.load(o + 14),
-            B_ptr + tl.load(o + 15), C_ptr + tl.load(o + 16), hidden, dim, rank, n_state, width, eps,
-            s_wir, s_wih, s_woh, s_woe, s_cb, s_ce, s_cw, s_hb, s_he, s_hn, s_we, s_ww, s_ae, s_an,
-            s_xpr, s_xpe, s_dpe, s_dpr, s_Be, s_Bn, s_Ce, s_Cn,
-            RMS_NORM, HAS_NORM_BIAS, HAS_IN_BIAS, HAS_CONV_BIAS, HAS_D, HAS_DT_BIAS, SELECTIVE, DT_SOFTPLUS,
-            BLOCK_H, BLOCK_E, BLOCK_N, BLOCK_R, BLOCK_W)
+        normw, normb, win, b_in = (normw_ptr + tl.load(o), normb_ptr + tl.load(o + 1), win_ptr + tl.load(o + 2),
+                                   bin_ptr + tl.load(o + 3))
+        wout, conv, ssm, convw = (wout_ptr + tl.load(o + 4), conv_ptr + tl.load(o + 6), ssm_ptr + tl.load(o + 7),
+                                  convw_ptr + tl.load(o + 8))
+        convb, A, D, dtb = (convb_ptr + tl.load(o + 9), A_ptr + tl.load(o + 10), D_ptr + tl.load(o + 11),
+                            dtb_ptr + tl.load(o + 12))
+        xproj, dtproj, B, C = (xproj_ptr + tl.load(o + 13), dtproj_ptr + tl.load(o + 14), B_ptr + tl.load(o + 15),
+                               C_ptr + tl.load(o + 16))
+        if ONE_TILE:
+            out = _one_tile_block(
+                residual, row, normw, normb, win, b_in, wout, conv, ssm, convw, convb, A, D, dtb, xproj, dtproj, B, C,
+                hidden, dim, rank, n_state, width, eps,
+                s_wir, s_wih, s_woh, s_woe, s_cb, s_ce, s_cw, s_hb, s_he, s_hn, s_we, s_ww, s_ae, s_an,
+                s_xpr, s_xpe, s_dpe, s_dpr, s_Be, s_Bn, s_Ce, s_Cn,
+                RMS_NORM, HAS_NORM_BIAS, HAS_IN_BIAS, HAS_CONV_BIAS, HAS_D, HAS_DT_BIAS, SELECTIVE, DT_SOFTPLUS,
+                BLOCK_H, BLOCK_E, BLOCK_N, BLOCK_R, BLOCK_W)
+        else:
+            out = _tiled_block(
+                residual, row, normw, normb, win, b_in, wout, conv, ssm, convw, convb, A, D, dtb, xproj, dtproj, B, C,
+                hidden, dim, rank, n_state, width, eps,
+                s_wir, s_wih, s_woh, s_woe, s_cb, s_ce, s_cw, s_hb, s_he, s_hn, s_we, s_ww, s_ae, s_an,
+                s_xpr, s_xpe, s_dpe, s_dpr, s_Be, s_Bn, s_Ce, s_Cn,
+                RMS_NORM, HAS_NORM_BIAS, HAS_IN_BIAS, HAS_CONV_BIAS, HAS_D, HAS_DT_BIAS, SELECTIVE, DT_SOFTPLUS,
+                BLOCK_H, BLOCK_E, BLOCK_N, BLOCK_R, BLOCK_W)
         if HAS_OUT_BIAS:
             out += tl.load(bout_ptr + tl.load(o + 5) + offs_h, mask=mask_h, other=0.0).to(tl.float32)
         residual = (residual + out).to(out_ptr.dtype.element_ty).to(tl.float32)  # as separate steps round it
@@ -585,30 +623,19 @@ def mamba_block_step_triton(
     return out
 
 
-def stack_fits(hidden: int, dim: int, batch: int) -> bool:
-    """Whether ``mamba_blocks_step_triton`` takes blocks of width ``hidden`` with ``dim`` channels for ``batch``
-    streams: with ``block_step_config``'s tile, one tile holds every channel."""
-    return block_step_config(hidden, dim, batch)[0] >= dim
-
-
-def mamba_blocks_step_triton(x: Tensor, stack: BlockStack, num_warps: int | None = None) -> Tensor:
+def mamba_blocks_step_triton(x: Tensor, stack: BlockStack, block_e: int | None = None,
+                             num_warps: int | None = None) -> Tensor:
     """Every block of ``stack`` (``step_ref.BlockStack``) stepped in turn in one launch, the residual stream
     kept in registers between blocks: ``step_ref.mamba_blocks_step_ref``'s result, states updated in place.
-    Takes blocks that fit one tile (``stack_fits``), as the SC09 model's outer stage does."""
-    batch, hidden = x.shape
-    dim = stack.blocks[0]["conv_weight"].shape[0]
-    if not stack_fits(hidden, dim, batch):
-        raise ValueError(f"the stacked step takes blocks whose {dim} channels fit one tile; "
-                         f"{batch} streams of width {hidden} need {block_step_config(hidden, dim, batch)[0]}-channel "
-                         "tiles: step the blocks one at a time (mamba_block_step)")
+    ``block_e`` and ``num_warps`` as ``mamba_block_step_triton``'s."""
     if stack.offsets.device != x.device:
         raise ValueError(f"the stack's tensors are on {stack.offsets.device}, x on {x.device}")
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    args, meta = _block_launch(x, out, stack.blocks[0], stack.norm_eps, stack.rms_norm, stack.dt_softplus, None,
+    args, meta = _block_launch(x, out, stack.blocks[0], stack.norm_eps, stack.rms_norm, stack.dt_softplus, block_e,
                                num_warps)
-    del meta["ONE_TILE"]
-    if batch:
-        _mamba_blocks_step_kernel[(batch,)](*args, stack.offsets, len(stack), N_TENSORS=len(BLOCK_TENSORS), **meta)
+    if x.shape[0]:
+        _mamba_blocks_step_kernel[(x.shape[0],)](*args, stack.offsets, len(stack), N_TENSORS=len(BLOCK_TENSORS),
+                                                 **meta)
     return out
 
 

@@ -120,7 +120,7 @@ def step_blocks(blocks, states: list[BlockState], x: Tensor, stacks: dict, part:
     """x (B, H) through ``blocks`` (ResidualBlocks of one shape) for one position, updating ``states`` in place.
 
     Where ``STACKED_STEP`` allows it and every block is ``stackable``, all of them are one ``mamba_blocks_step``
-    (one launch on CUDA where a channel tile holds a block): its ``BlockStack`` is kept in ``stacks[part]``
+    (one launch on CUDA): its ``BlockStack`` is kept in ``stacks[part]``
     and rebuilt when a weight or state tensor moves, so a CUDA graph captures none of that bookkeeping.
     Otherwise the blocks step one at a time."""
     stacked = STACKED_STEP is True or (STACKED_STEP == "auto" and x.is_cuda)
