@@ -102,7 +102,8 @@ class SpeechStream(Stream):
         audio = codec.decode(self._frames[:, sources][None].to(device), played.to(device))[0].float().cpu()
         piece = audio[(self._decoded - first) * hop:(stop - first) * hop].clamp(-1.0, 1.0)
         self._push(piece)
-        self._played = torch.cat([self._played, piece[None]], 1)[:, -DECODE_CONTEXT_FRAMES * hop:]
+        self._played = torch.cat([self._played, piece[None]], 1)
+        self._played = self._played[:, self._played.shape[1] - min(self._played.shape[1], DECODE_CONTEXT_FRAMES * hop):]
         self._decoded = stop
 
     def _make_chunk(self, piece: Tensor) -> AudioChunk:
