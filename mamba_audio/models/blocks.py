@@ -112,8 +112,10 @@ class BidirectionalBlock(ResidualBlock):
         raise RuntimeError("a bidirectional block needs the whole sequence; it cannot be stepped")
 
 
-# where consecutive blocks step in one launch (mamba_blocks_step): "auto" on CUDA, True everywhere, False never
-STACKED_STEP: bool | str = "auto"
+# where consecutive blocks step in one launch (mamba_blocks_step): "auto" on CUDA, True everywhere, False never.
+# Off by default: on the H100 the stacked launch measured 3.5x slower than one launch per block
+# (1482 against 5220 samples/s for one sc09-6m stream; benchmarks/NOTES_streaming.md).
+STACKED_STEP: bool | str = False
 
 
 def step_blocks(blocks, states: list[BlockState], x: Tensor, stacks: dict, part: str) -> Tensor:
