@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import runpy
 import shutil
 import sys
@@ -25,7 +26,7 @@ from mamba_audio.data.speech_tokens import SpeechTokens, collate_speech_tokens, 
 from mamba_audio.models import backbone_preset
 from mamba_audio.models.pretrained import CheckpointError
 from mamba_audio.models.tts import TTSConfig, TTSModel
-from mamba_audio.text import TextError, TextTokenizer, normalize_text
+from mamba_audio.text import PAD_ID, TextError, TextTokenizer, normalize_text
 from mamba_audio.training import TrainConfig, Trainer, TTSTask
 
 VOICES = ["flite:slt", "espeak-ng:en-us"]
@@ -109,10 +110,10 @@ def test_sentence_corpus_layout_voices_and_split(corpus):
 GUIDE = dict(text_guide=True, guide_frames_per_symbol=2.0, guide_progress_bins=8)
 
 
-@pytest.mark.parametrize("guide", [False, True], ids=["unguided", "guided"])
+@pytest.mark.parametrize("guide", [None, GUIDE, dict(GUIDE, guide_window=2)], ids=["unguided", "guided", "window"])
 @pytest.mark.parametrize("pattern", ["delay", "parallel"])
 def test_prefill_then_step_equals_forward(pattern, guide):
-    model = tiny_tts(pattern, num_codebooks=3, **(GUIDE if guide else {})).eval()
+    model = tiny_tts(pattern, num_codebooks=3, **(guide or {})).eval()
     text = model.pad_text([model.text.encode("hello there"), model.text.encode("hi")])
     voice = torch.tensor([0, 1])
     tokens = torch.randint(0, 16, (2, 3, 9))
@@ -145,7 +146,8 @@ def test_guide_ids_read_the_text_in_order_and_mark_the_end():
     model = tiny_tts(**GUIDE)
     text = model.pad_text([torch.tensor([5, 6, 7]), torch.tensor([9])])  # left-padded to 4 columns
     symbols, progress = model.guide_ids(text, torch.tensor([6, 2]), torch.arange(8)[None])
-    assert symbols.tolist() == [[5, 5, 6, 6, 7, 7, 7, 7], [9, 9, 9, 9, 9, 9, 9, 9]]  # clamped to the last symbol
+    assert symbols.shape == (2, 8, 1)  # one symbol per step: no window
+    assert symbols[..., 0].tolist() == [[5, 5, 6, 6, 7, 7, 7, 7], [9, 9, 9, 9, 9, 9, 9, 9]]  # clamped to the last
     assert progress.tolist() == [[0, 1, 2, 4, 5, 6, 8, 8], [0, 4, 8, 8, 8, 8, 8, 8]]  # 8 = bins: past the end
     assert model.planned_frames(3) == 6 and model.planned_frames(3, speed=2.0) == 3 and model.planned_frames(1, 4) == 1
     with torch.no_grad():  # a guided model needs its guide; an unguided one takes none
@@ -157,10 +159,35 @@ def test_guide_ids_read_the_text_in_order_and_mark_the_end():
         with pytest.raises(ValueError, match="no text guide"):
             tiny_tts().step_audio(torch.zeros(1, 2, dtype=torch.long), torch.tensor([0]), state,
                                   (torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)))
+        with pytest.raises(ValueError, match="guide ids must be of shapes"):  # symbols without their window axis
+            model.step_audio(torch.zeros(1, 2, dtype=torch.long), torch.tensor([0]), state,
+                             (torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)))
     with pytest.raises(ValueError, match="no guide_frames_per_symbol"):
         tiny_tts(text_guide=True).planned_frames(3)
     with pytest.raises(ValueError, match="guide_frames_per_symbol must be positive"):
         tiny_tts(text_guide=True, guide_frames_per_symbol=0.0)
+
+
+def test_guide_window_reads_the_neighbours_and_marks_the_outside():
+    model = tiny_tts(**GUIDE, guide_window=1)
+    text = model.pad_text([torch.tensor([5, 6, 7]), torch.tensor([9])])
+    symbols, progress = model.guide_ids(text, torch.tensor([6, 2]), torch.arange(4)[None])
+    pad = PAD_ID
+    assert symbols.tolist() == [  # (previous, pointer, next) at every step
+        [[pad, 5, 6], [pad, 5, 6], [5, 6, 7], [5, 6, 7]],
+        [[pad, 9, pad]] * 4,
+    ]
+    assert progress.shape == (2, 4)
+    # each offset has its own rows: the same symbols seen in another order embed differently, and the
+    # outside entries are learned (not zero) once there is a window
+    assert model.guide_embedding.num_embeddings == 3 * model.text.vocab_size
+    with torch.no_grad():
+        extra = model._guide((symbols, progress), (2, 4))
+        swapped = model._guide((symbols.flip(-1), progress), (2, 4))
+    assert not torch.allclose(extra[0], swapped[0])
+    assert model.guide_embedding.weight[PAD_ID].abs().sum() > 0
+    with pytest.raises(ValueError, match="guide_window must be an integer >= 0"):
+        tiny_tts(**GUIDE, guide_window=-1)
 
 
 def test_targets_mark_the_end_and_the_flatten_pattern_is_refused():
@@ -206,7 +233,7 @@ def test_speech_tokens_read_the_tokenized_corpus_and_name_what_is_missing(tokens
 def test_tts_training_loss_falls_and_checkpoint_round_trip(tokens, tmp_path, guide):
     fields = speech_model_fields(tokens, "phonemes")
     model = tiny_tts(front_end="phonemes", symbols=fields["text_symbols"], frame_rate=fields["frame_rate"],
-                     **(dict(text_guide=True) if guide else {}))
+                     **(dict(text_guide=True, guide_window=2) if guide else {}))
     dataset = SpeechTokens(tokens, model.text, VOICES, split="train", max_frames=32)
     if guide:  # as `mamba-audio train` does; the crop to 32 frames leaves each clip's whole length for the guide
         model.config.guide_frames_per_symbol = dataset.frames_per_symbol()
@@ -278,8 +305,8 @@ def test_streams_share_the_loop_and_equal_synthesize(tts):
 @pytest.fixture(scope="module")
 def guided_tts():
     codec = tiny_codec()
-    return TextToSpeech(tiny_tts(frame_rate=codec.frame_rate, max_seconds=0.02, stop_threshold=0.9999, **GUIDE), codec,
-                        max_streams=3)
+    model = tiny_tts(frame_rate=codec.frame_rate, max_seconds=0.02, stop_threshold=0.9999, guide_window=1, **GUIDE)
+    return TextToSpeech(model, codec, max_streams=3)
 
 
 def test_guided_streams_join_mid_flight_equal_synthesize_and_speed_scales_the_plan(guided_tts):
@@ -427,7 +454,11 @@ def test_gpu_train_script_trains_ships_and_speaks_on_tokens(tokens, corpus, tmp_
     record = json.loads((out / "run.json").read_text())
     assert record["train_steps"] == 2 and record["heldout_sentences_spoken"] == 1 and record["shipped_dtype"] == "float16"
     assert record["model_config"]["text_front_end"] == "phonemes" and record["model_config"]["backbone"]["expand"] == 1
-    assert set(record["heldout_nll_bits"]) == {"trained_float32", "shipped_float16"}
+    assert set(record["heldout_nll_bits"]) == {"trained_float32", "shipped_float16", "trained_float32_other_text"}
+    assert all(math.isfinite(v) for v in record["heldout_nll_bits"].values())
+    other_text = runpy.run_path(str(recipe / "gpu_train.py"))["OtherText"]  # each clip with the next one's text
+    clips = [{"text": torch.tensor([i]), "tokens": i} for i in range(3)]
+    assert [(c["text"].item(), c["tokens"]) for c in other_text(clips, 3)] == [(1, 0), (2, 1), (0, 2)]
     assert {f.relative_to(out).as_posix() for f in out.rglob("*") if f.is_file()} == {
         "run.json", "metrics.jsonl", "generated.tar", "voice/tts/config.json", "voice/tts/model.safetensors",
         "voice/codec/config.json", "voice/codec/model.safetensors"}  # what the GPU machine hands back

@@ -18,7 +18,10 @@ input of every audio step s, whose codebook-0 frame is f (codebook 0 has delay 0
 so f = s), given the row's n text symbols and its planned length of F frames:
 
 * ``guide_embedding`` of the symbol at the pointer p = min(n - 1, floor(f * n / F)): the text read
-  out at a constant rate;
+  out at a constant rate; with ``guide_window`` W > 0, of the 2W + 1 symbols at p - W .. p + W, each
+  offset with its own table (summed), so the model can find the symbol actually being spoken when
+  speech runs ahead of or behind the constant rate (silences, long and short phones, stress marks
+  that take no time). Positions outside the text read a learned "outside" entry of their offset;
 * ``guide_progress`` of the progress bin floor(f * bins / F) for f < F, and of the extra id ``bins``
   ("past the end") for f >= F, so the model knows where it is and when to stop. At f >= F the
   pointer stays clamped to the last symbol (and f < 0 would clamp to 0, but cannot happen here).
@@ -58,7 +61,8 @@ class TTSConfig(CodecLMConfig):
     ``text_guide`` turns on the monotonic alignment guide (see the module docstring):
     ``guide_frames_per_symbol`` is the average number of codec frames per text symbol (the training
     code fills it in from the training data when it is None; generation needs it),
-    ``guide_progress_bins`` the resolution of the progress embedding.
+    ``guide_progress_bins`` the resolution of the progress embedding, ``guide_window`` the symbols read
+    on each side of the pointer (0: the pointer's symbol alone).
     """
 
     pattern: str = "delay"
@@ -73,6 +77,7 @@ class TTSConfig(CodecLMConfig):
     text_guide: bool = False
     guide_frames_per_symbol: float | None = None
     guide_progress_bins: int = 32
+    guide_window: int = 0
 
     def __post_init__(self):
         super().__post_init__()
@@ -87,6 +92,8 @@ class TTSConfig(CodecLMConfig):
             raise ValueError(f"stop_threshold must be in (0, 1), got {self.stop_threshold}")
         if self.guide_progress_bins < 1:
             raise ValueError(f"guide_progress_bins must be >= 1, got {self.guide_progress_bins}")
+        if isinstance(self.guide_window, bool) or not isinstance(self.guide_window, int) or self.guide_window < 0:
+            raise ValueError(f"guide_window must be an integer >= 0, got {self.guide_window!r}")
         if self.guide_frames_per_symbol is not None and not self.guide_frames_per_symbol > 0:
             raise ValueError(f"guide_frames_per_symbol must be positive, got {self.guide_frames_per_symbol}")
 
@@ -105,7 +112,11 @@ class TTSModel(CodecLM):
         self.voice_embedding = nn.Embedding(len(config.voices), dim)
         self.stop_head = nn.Linear(dim, 1)
         if config.text_guide:
-            self.guide_embedding = nn.Embedding(self.text.vocab_size, dim, padding_idx=PAD_ID)
+            # one table of vocab_size rows per offset -W .. W, stacked; with W = 0 (one table) the pad row is
+            # zero as in the text embedding, with W > 0 each offset's pad row is its learned "outside" entry
+            width = 2 * config.guide_window + 1
+            self.guide_embedding = nn.Embedding(self.text.vocab_size * width, dim,
+                                                padding_idx=PAD_ID if width == 1 else None)
             self.guide_progress = nn.Embedding(config.guide_progress_bins + 1, dim)  # the last id: past the end
 
     # -- inputs -----------------------------------------------------------------------------------
@@ -148,21 +159,27 @@ class TTSModel(CodecLM):
                   num_symbols: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The guide's ids: text (B, T) left-padded symbol ids (as ``pad_text`` makes them), planned_frames F
         (B,), frame (B, S) or (1, S) codebook 0's frame at each step, num_symbols n (B,) (default: the
-        non-pad symbols of ``text``) -> (symbol ids (B, S), progress ids (B, S)).
+        non-pad symbols of ``text``) -> (symbol ids (B, S, 2W + 1), progress ids (B, S)).
 
-        The symbol is the one at pointer min(n - 1, floor(f * n / F)) (f clamped to >= 0); the progress id
-        is floor(f * bins / F) while f < F, then ``bins`` (past the end). Tensor ops only, no host sync.
+        The symbols are those at pointer + k for k = -W .. W, pointer = min(n - 1, floor(f * n / F))
+        (f clamped to >= 0), the pad id where pointer + k falls outside the text; the progress id is
+        floor(f * bins / F) while f < F, then ``bins`` (past the end). Tensor ops only, no host sync.
         """
-        length = text.shape[1]
+        batch, length = text.shape
+        window = self.config.guide_window
         n = ((text != PAD_ID).sum(1) if num_symbols is None else num_symbols)[:, None]
         planned = planned_frames[:, None].clamp_min(1)
         f = frame.clamp_min(0)
         pointer = torch.minimum(f * n // planned, n - 1).clamp_min(0)
-        column = (length - n + pointer).clamp(0, length - 1)  # n = 0 (no text) reads the last pad
-        symbols = text.gather(1, column.expand(text.shape[0], -1))
+        position = pointer[..., None] + torch.arange(-window, window + 1, device=text.device)  # (B, S, K)
+        inside = (position >= 0) & (position < n[..., None])
+        column = (length - n[..., None] + position).clamp(0, length - 1)  # n = 0 (no text) reads the last pad
+        column = column.expand(batch, -1, -1)
+        symbols = text.gather(1, column.reshape(batch, -1)).view_as(column)
+        symbols = torch.where(inside, symbols, torch.full_like(symbols, PAD_ID))
         bins = self.config.guide_progress_bins
         progress = torch.where(f < planned, f * bins // planned, torch.full_like(f, bins))
-        return symbols, progress.expand_as(symbols)
+        return symbols, progress.expand(batch, -1)
 
     def planned_frames(self, num_symbols: int, speed: float = 1.0) -> int:
         """The guide's planned length in generation: max(1, round(n * guide_frames_per_symbol / speed))."""
@@ -181,10 +198,12 @@ class TTSModel(CodecLM):
         if guide is None:
             raise ValueError("this model reads a text guide: pass its (symbol ids, progress ids) (see guide_ids)")
         symbols, progress = guide
-        if symbols.shape != shape or progress.shape != shape:
-            raise ValueError(f"guide ids must both be of shape {shape}, got {tuple(symbols.shape)} and "
-                             f"{tuple(progress.shape)}")
-        return self.guide_embedding(symbols) + self.guide_progress(progress)
+        width = 2 * self.config.guide_window + 1
+        if symbols.shape != (*shape, width) or progress.shape != shape:
+            raise ValueError(f"guide ids must be of shapes {(*shape, width)} (symbols) and {shape} (progress), "
+                             f"got {tuple(symbols.shape)} and {tuple(progress.shape)}")
+        table = torch.arange(width, device=symbols.device) * self.text.vocab_size  # each offset's own rows
+        return self.guide_embedding(symbols + table).sum(-2) + self.guide_progress(progress)
 
     # -- training ---------------------------------------------------------------------------------
     def forward(self, text: Tensor, voice: Tensor, inputs: Tensor,
@@ -247,7 +266,7 @@ class TTSModel(CodecLM):
     def prefill_audio(self, inputs: Tensor, voice: Tensor, state,
                       guide: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """Audio inputs (B, L, P) after the text, in parallel -> (logits (B, L, P, C), stop logits (B, L)).
-        A guided model needs ``guide`` = (symbol ids (B, L), progress ids (B, L)) from ``guide_ids``."""
+        A guided model needs ``guide`` = (symbol ids (B, L, 2W + 1), progress ids (B, L)) from ``guide_ids``."""
         self._check_inputs(inputs)
         x = self._embed(inputs, 0) + self.voice_embedding(voice)[:, None]
         extra = self._guide(guide, tuple(inputs.shape[:2]))
@@ -258,7 +277,7 @@ class TTSModel(CodecLM):
     def step_audio(self, inputs: Tensor, voice: Tensor, state,
                    guide: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """inputs (B, P) -> (logits (B, P, C), stop logits (B,)) of the next step; updates ``state`` in place.
-        A guided model needs ``guide`` = (symbol ids (B,), progress ids (B,)) from ``guide_ids``."""
+        A guided model needs ``guide`` = (symbol ids (B, 2W + 1), progress ids (B,)) from ``guide_ids``."""
         x = self._embed(inputs[:, None], 0)[:, 0] + self.voice_embedding(voice)
         extra = self._guide(guide, (inputs.shape[0],))
         if extra is not None:
