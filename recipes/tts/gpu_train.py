@@ -12,7 +12,9 @@ hands back (at most 8 files, 2 folders deep):
                                        loaded back as float32 on this device and on the CPU before it is used
     OUT/generated.tar                  <id>.wav: the first --heldout held-out sentences spoken by OUT/voice
     OUT/metrics.jsonl                  the training curve
-    OUT/run.json                       device, command, steps, held-out NLL of the trained and shipped weights,
+    OUT/run.json                       device, command, steps, held-out NLL of the trained and shipped weights
+                                       (and of the trained ones given other clips' text: the rise is how
+                                       much the model reads its text),
                                        time to first audio and real-time factor of one stream, sizes
 
 A "phonemes" model speaks the held-out sentences from their phonemes column, so no espeak-ng is
@@ -52,13 +54,32 @@ def run(*argv: str) -> None:
         sys.exit(f"mamba-audio {argv[1]} failed")
 
 
+class OtherText(torch.utils.data.Dataset):
+    """The clips of ``data`` (the first ``count``), each with the next one's text (the last with the first's)."""
+
+    def __init__(self, data, count: int):
+        self.data, self.count = data, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.count:
+            raise IndexError(f"clip {index} of {self.count}")
+        return {**self.data[index], "text": self.data[(index + 1) % self.count]["text"]}
+
+
 @torch.no_grad()
-def heldout_nll(voice: TextToSpeech, tokens: Path, max_clips: int = 64) -> float:
-    """Codec-token NLL (bits per token) of the first ``max_clips`` held-out clips, teacher-forced."""
+def heldout_nll(voice: TextToSpeech, tokens: Path, max_clips: int = 64, other_text: bool = False) -> float:
+    """Codec-token NLL (bits per token) of the first ``max_clips`` held-out clips, teacher-forced; with
+    ``other_text`` each clip is given another clip's text, so the rise over the true text's NLL is how
+    much the model reads its text (about nothing for a model that ignores it)."""
     model = voice.model.eval()
     data = SpeechTokens(tokens, model.text, model.config.voices, "heldout")
+    count = min(max_clips, len(data))
+    clips = OtherText(data, count) if other_text else torch.utils.data.Subset(data, range(count))
     task, sums = TTSTask(), {}
-    batches = DataLoader(torch.utils.data.Subset(data, range(min(max_clips, len(data)))), batch_size=16,
+    batches = DataLoader(clips, batch_size=16,
                          collate_fn=functools.partial(collate_speech_tokens, pad_text=model.pad_text))
     device = next(model.parameters()).device
     for batch in batches:
@@ -170,7 +191,8 @@ def main() -> None:
               "command": " ".join(["python", *sys.argv]), "train_steps": checkpoint["step"],
               "train_and_startup_seconds": round(trained_seconds), "heldout_sentences_spoken": len(heldout),
               "heldout_nll_bits": {"trained_float32": heldout_nll(trained, tokens),
-                                   f"shipped_{args.dtype}": heldout_nll(voice, tokens)},
+                                   f"shipped_{args.dtype}": heldout_nll(voice, tokens),
+                                   "trained_float32_other_text": heldout_nll(trained, tokens, other_text=True)},
               **timings, "shipped_dtype": args.dtype,
               "shipped_megabytes": round(sum(f.stat().st_size for f in (out / "voice").rglob("*")) / 2**20, 2),
               "parameters_millions": round(sum(p.numel() for p in voice.model.parameters()) / 1e6, 3),
