@@ -134,8 +134,7 @@ def _time_generator(model, streams, block_samples, blocks, cuda_graph, device) -
     row = dict(streams=streams, per_stream_samples_per_s=per_stream, aggregate_samples_per_s=per_stream * streams,
                slowest_stream_realtime_factor=per_stream / model.config.sample_rate,
                chunk_latency_ms=dict(p50=1e3 * percentile(latencies, 50), p99=1e3 * percentile(latencies, 99)),
-               cuda_graph=cuda_graph, stacked_blocks=blocks_module.STACKED_STEP is True or (
-                   blocks_module.STACKED_STEP == "auto" and device.type == "cuda"))
+               cuda_graph=cuda_graph, stacked_blocks=blocks_module.stacks_blocks(device))
     if streams == 1:  # a new stream in the warm generator: from start() to its first chunk in hand
         generator.active_streams[0].stop()
         sync(device)
@@ -298,8 +297,7 @@ def main() -> None:
     tiny = time_generator(build_model("tiny", torch.device("cpu"), torch.float32), 1, args.block_samples, blocks,
                           cuda_graph=False)
 
-    default_stacked = blocks_module.STACKED_STEP is True or (blocks_module.STACKED_STEP == "auto" and on_cuda)
-    ours = [r for r in rows if r["cuda_graph"] == on_cuda and r["stacked_blocks"] == default_stacked]
+    ours = [r for r in rows if r["cuda_graph"] == on_cuda and r["stacked_blocks"] == blocks_module.stacks_blocks(device)]
     single = next(r for r in ours if r["streams"] == 1) if any(r["streams"] == 1 for r in ours) else None
     realtime = [r["streams"] for r in ours if r["slowest_stream_realtime_factor"] >= 1]
     result = dict(

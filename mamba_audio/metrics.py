@@ -231,14 +231,13 @@ def decode_in_chunks(codec, tokens: Tensor, chunk_frames: int, context_frames: i
     if chunk_frames < 1 or min(context_frames, lookahead_frames) < 0:
         raise ValueError("chunk_frames must be positive and the context and lookahead frames non-negative")
     frames, hop, pieces = tokens.shape[2], codec.hop_length, []
-    tail = torch.zeros(1, 0)  # the audio of the last context_frames frames kept
+    played = torch.zeros(tokens.shape[0], 0)  # the output of frames first .. start: the context already played
     for start in range(0, frames, chunk_frames):
         stop = min(start + chunk_frames, frames)
         first, last = max(0, start - context_frames), min(frames, stop + lookahead_frames)
-        played = tail[:, tail.shape[1] - (start - first) * hop:].to(codec.device) if continuing else None
-        audio = codec.decode(tokens[:, :, first:last], played)
+        audio = codec.decode(tokens[:, :, first:last], played.to(codec.device) if continuing else None)
         pieces.append(audio[:, (start - first) * hop:(stop - first) * hop].cpu())
         if continuing:
-            tail = torch.cat([tail, pieces[-1]], 1)
-            tail = tail[:, tail.shape[1] - min(tail.shape[1], context_frames * hop):]
+            played = torch.cat([played, pieces[-1]], 1)
+            played = played[:, max(0, played.shape[1] - context_frames * hop):]
     return torch.cat(pieces, 1)

@@ -103,7 +103,7 @@ class SpeechStream(Stream):
         piece = audio[(self._decoded - first) * hop:(stop - first) * hop].clamp(-1.0, 1.0)
         self._push(piece)
         self._played = torch.cat([self._played, piece[None]], 1)
-        self._played = self._played[:, self._played.shape[1] - min(self._played.shape[1], DECODE_CONTEXT_FRAMES * hop):]
+        self._played = self._played[:, max(0, self._played.shape[1] - DECODE_CONTEXT_FRAMES * hop):]
         self._decoded = stop
 
     def _make_chunk(self, piece: Tensor) -> AudioChunk:

@@ -118,6 +118,11 @@ class BidirectionalBlock(ResidualBlock):
 STACKED_STEP: bool | str = False
 
 
+def stacks_blocks(device: torch.device) -> bool:
+    """Whether ``step_blocks`` steps runs of blocks on ``device`` in one launch, as ``STACKED_STEP`` says."""
+    return STACKED_STEP is True or (STACKED_STEP == "auto" and device.type == "cuda")
+
+
 def step_blocks(blocks, states: list[BlockState], x: Tensor, stacks: dict, part: str) -> Tensor:
     """x (B, H) through ``blocks`` (ResidualBlocks of one shape) for one position, updating ``states`` in place.
 
@@ -125,8 +130,7 @@ def step_blocks(blocks, states: list[BlockState], x: Tensor, stacks: dict, part:
     (one launch on CUDA): its ``BlockStack`` is kept in ``stacks[part]``
     and rebuilt when a weight or state tensor moves, so a CUDA graph captures none of that bookkeeping.
     Otherwise the blocks step one at a time."""
-    stacked = STACKED_STEP is True or (STACKED_STEP == "auto" and x.is_cuda)
-    if not stacked or len(blocks) < 2 or not all(block.stackable for block in blocks):
+    if not stacks_blocks(x.device) or len(blocks) < 2 or not all(block.stackable for block in blocks):
         for block, state in zip(blocks, states):
             x = block.step(x, state)
         return x

@@ -117,6 +117,9 @@ class TTSModel(CodecLM):
             width = 2 * config.guide_window + 1
             self.guide_embedding = nn.Embedding(self.text.vocab_size * width, dim,
                                                 padding_idx=PAD_ID if width == 1 else None)
+            # the window's offsets -W .. W (not saved: derived from the config)
+            self.register_buffer("guide_offsets", torch.arange(-config.guide_window, config.guide_window + 1),
+                                 persistent=False)
             self.guide_progress = nn.Embedding(config.guide_progress_bins + 1, dim)  # the last id: past the end
 
     # -- inputs -----------------------------------------------------------------------------------
@@ -166,12 +169,11 @@ class TTSModel(CodecLM):
         floor(f * bins / F) while f < F, then ``bins`` (past the end). Tensor ops only, no host sync.
         """
         batch, length = text.shape
-        window = self.config.guide_window
         n = ((text != PAD_ID).sum(1) if num_symbols is None else num_symbols)[:, None]
         planned = planned_frames[:, None].clamp_min(1)
         f = frame.clamp_min(0)
         pointer = torch.minimum(f * n // planned, n - 1).clamp_min(0)
-        position = pointer[..., None] + torch.arange(-window, window + 1, device=text.device)  # (B, S, K)
+        position = pointer[..., None] + self.guide_offsets.to(text.device)  # (B, S, K)
         inside = (position >= 0) & (position < n[..., None])
         column = (length - n[..., None] + position).clamp(0, length - 1)  # n = 0 (no text) reads the last pad
         column = column.expand(batch, -1, -1)
@@ -198,12 +200,12 @@ class TTSModel(CodecLM):
         if guide is None:
             raise ValueError("this model reads a text guide: pass its (symbol ids, progress ids) (see guide_ids)")
         symbols, progress = guide
-        width = 2 * self.config.guide_window + 1
+        width = self.guide_offsets.shape[0]
         if symbols.shape != (*shape, width) or progress.shape != shape:
             raise ValueError(f"guide ids must be of shapes {(*shape, width)} (symbols) and {shape} (progress), "
                              f"got {tuple(symbols.shape)} and {tuple(progress.shape)}")
-        table = torch.arange(width, device=symbols.device) * self.text.vocab_size  # each offset's own rows
-        return self.guide_embedding(symbols + table).sum(-2) + self.guide_progress(progress)
+        rows = (self.guide_offsets + self.config.guide_window) * self.text.vocab_size  # each offset's own rows
+        return self.guide_embedding(symbols + rows).sum(-2) + self.guide_progress(progress)
 
     # -- training ---------------------------------------------------------------------------------
     def forward(self, text: Tensor, voice: Tensor, inputs: Tensor,
