@@ -1,11 +1,16 @@
-"""Text front end of text-to-speech: text -> symbols (characters or espeak-ng phonemes) -> ids.
+"""Text front end of text-to-speech: text -> symbols (characters, espeak-ng or flite phonemes) -> ids.
 
-Two front ends share one normalisation:
+Three front ends share one normalisation:
 
 - ``"chars"``: the normalised text itself (lower-case letters, digits spelled out beforehand by the
   caller, spaces and a little punctuation);
 - ``"phonemes"``: the IPA transcription espeak-ng gives (``espeak-ng -q --ipa``), one symbol per
-  Unicode character (stress marks and length marks included), words separated by spaces.
+  Unicode character (stress marks and length marks included), words separated by spaces;
+- ``"flite"``: the phone sequence flite's US English front end gives (``flite -ps``: the CMU
+  dictionary and its letter-to-sound rules, as its 16 kHz US voices have it), each phone written as one
+  character (``FLITE_PHONES``), pauses as ``_``. Every symbol is a segment that takes time, so a
+  corpus spoken by a flite voice comes with each symbol's duration (``flite -psdur``), which the
+  duration-guided TTS model (:class:`mamba_audio.models.tts.TTSConfig` ``guide_durations``) trains on.
 
 A :class:`TextTokenizer` maps symbols to ids 1..V (0 is padding) with a symbol table that lives in
 the model's config, so a checkpoint carries the inventory it was trained on; a symbol outside it
@@ -21,12 +26,25 @@ import unicodedata
 
 import torch
 
-FRONT_ENDS = ("chars", "phonemes")
+FRONT_ENDS = ("chars", "phonemes", "flite")
 PAD_ID = 0
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 PUNCTUATION = " '.,?!-;:"
 CHAR_SYMBOLS = PUNCTUATION + LETTERS  # the "chars" front end's whole inventory
 DEFAULT_ESPEAK_VOICE = "en-us"
+# flite's phones (lower-case ARPAbet of the CMU dictionary) -> one character each: IPA where one code point
+# says it, capitals for the diphthongs and syllabic consonants, "_" for a pause
+FLITE_PHONES = {
+    "aa": "ɑ", "ae": "æ", "ah": "ʌ", "ao": "ɔ", "aw": "W", "ax": "ə", "axr": "ɚ", "ay": "I", "b": "b", "ch": "ʧ",
+    "d": "d", "dh": "ð", "eh": "ɛ", "el": "L", "em": "M", "en": "N", "er": "ɝ", "ey": "E", "f": "f", "g": "g",
+    "hh": "h", "ih": "ɪ", "ix": "ɨ", "iy": "i", "jh": "ʤ", "k": "k", "l": "l", "m": "m", "n": "n", "ng": "ŋ",
+    "ow": "O", "oy": "Y", "p": "p", "r": "ɹ", "s": "s", "sh": "ʃ", "t": "t", "th": "θ", "uh": "ʊ", "uw": "u",
+    "v": "v", "w": "w", "y": "j", "z": "z", "zh": "ʒ", "pau": "_",
+}
+FLITE_SYMBOLS = "".join(sorted(FLITE_PHONES.values()))  # the "flite" front end's whole inventory
+# the voice whose front end transcribes: the 16 kHz US voices (kal16, awb, rms, slt) agree, while kal, flite's
+# default, is an older build whose lexicon differs in places ("sunset": s aa n, where they say s ah n)
+FLITE_FRONT_END_VOICE = "slt"
 _TYPOGRAPHIC = {"\u2019": "'", "\u2018": "'", "\u201c": "", "\u201d": "", '"': "", "\u2013": "-", "\u2014": "-"}
 
 
@@ -76,20 +94,45 @@ def espeak_phonemes(text: str, voice: str = DEFAULT_ESPEAK_VOICE) -> str:
     return phonemes
 
 
+def flite_symbol(phone: str) -> str:
+    """The one-character symbol of a flite phone ("aa" -> "ɑ"); TextError for a phone outside FLITE_PHONES."""
+    try:
+        return FLITE_PHONES[phone]
+    except KeyError:
+        raise TextError(f"flite gave the phone {phone!r}, which is not in the flite front end's table "
+                        f"({' '.join(FLITE_PHONES)})") from None
+
+
+def flite_phonemes(text: str) -> str:
+    """The phones flite's US English front end gives for normalised ``text``, one symbol each (FLITE_PHONES)."""
+    executable = shutil.which("flite")
+    if executable is None:
+        raise TextError("the flite front end needs flite on PATH; install it with `sudo apt-get install flite`")
+    result = subprocess.run([executable, "-voice", FLITE_FRONT_END_VOICE, "-ps", "-t", text, "-o", "none"],
+                            capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise TextError(f"flite failed on {text!r}: {result.stderr.strip() or result.returncode}")
+    symbols = "".join(flite_symbol(phone) for phone in result.stdout.split())
+    if not symbols.strip("_"):
+        raise TextError(f"flite gave no phones for {text!r}")
+    return symbols
+
+
 class TextTokenizer:
     """Text -> ids (T,) long in [1, V], through the front end and a fixed symbol table.
 
     Args:
-        front_end: "chars" or "phonemes".
+        front_end: "chars", "phonemes" or "flite".
         symbols: the symbol table, one character per symbol (id = index + 1); default for "chars":
-            ``CHAR_SYMBOLS``. A "phonemes" table comes from the training corpus (``build_symbols``).
+            ``CHAR_SYMBOLS``, for "flite": ``FLITE_SYMBOLS``. A "phonemes" table comes from the training
+            corpus (``build_symbols``).
         espeak_voice: the espeak-ng voice that transcribes text for "phonemes".
     """
 
     def __init__(self, front_end: str = "chars", symbols: str = "", espeak_voice: str = DEFAULT_ESPEAK_VOICE):
         if front_end not in FRONT_ENDS:
             raise ValueError(f"text front end must be one of {FRONT_ENDS}, got {front_end!r}")
-        symbols = symbols or (CHAR_SYMBOLS if front_end == "chars" else "")
+        symbols = symbols or {"chars": CHAR_SYMBOLS, "flite": FLITE_SYMBOLS}.get(front_end, "")
         if not symbols or len(set(symbols)) != len(symbols):
             raise ValueError(f"the symbol table must be non-empty without repeats, got {symbols!r}")
         self.front_end = front_end
@@ -103,8 +146,10 @@ class TextTokenizer:
         return len(self.symbols) + 1
 
     def to_symbols(self, text: str, max_chars: int | None = None) -> str:
-        """Raw text -> the front end's symbol string (normalised characters, or IPA)."""
+        """Raw text -> the front end's symbol string (normalised characters, IPA, or flite's phones)."""
         text = normalize_text(text, max_chars)
+        if self.front_end == "flite":
+            return flite_phonemes(text)
         return text if self.front_end == "chars" else espeak_phonemes(text, self.espeak_voice)
 
     def encode_symbols(self, symbols: str) -> torch.Tensor:

@@ -192,28 +192,29 @@ class CodecTask:
 
 class TTSTask:
     """Text-to-speech (``TTSModel``) on batches of :func:`mamba_audio.data.speech_tokens.collate_speech_tokens`:
-    the loss is the codec-token NLL (nats) plus the stop BCE; the metric is the NLL in bits per codec token.
-    A guided model (``text_guide``) spreads each clip's text over the whole clip's frames (``clip_frames``)."""
+    the loss is the codec-token NLL (nats) plus the stop BCE (plus, with ``guide_durations``, the duration
+    predictor's squared error); the metric is the NLL in bits per codec token. A guided model
+    (``text_guide``) spreads each clip's text over the whole clip's frames (``clip_frames``), or places it
+    by the symbols' ``durations``."""
 
     metric = "nll_bits"
     higher_is_better = False
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
         losses = model.losses(batch["text"], batch["voice"], batch["tokens"], batch["frames"],
-                              batch.get("clip_frames"))
-        total = losses["nll_bits"] * math.log(2) + losses["stop_bce"]
+                              batch.get("clip_frames"), batch.get("durations"))
+        total = losses["nll_bits"] * math.log(2) + losses["stop_bce"] + losses.get("duration_mse", 0.0)
         return total, {key: value.detach() for key, value in losses.items()}
 
     def eval_sums(self, model, batch: dict) -> dict[str, torch.Tensor]:
         """Sums over the batch's clips (each clip's batch mean weighted by its frame count)."""
         _, metrics = self.loss(model, batch)
         frames = batch["frames"].sum().float()
-        return {"nll_bits": metrics["nll_bits"].float() * frames, "stop_bce": metrics["stop_bce"].float() * frames,
-                "count": frames}
+        return {**{key: value.float() * frames for key, value in metrics.items()}, "count": frames}
 
     def finalize(self, sums: dict[str, torch.Tensor]) -> dict:
         count = sums["count"].clamp_min(1)
-        return {"nll_bits": float(sums["nll_bits"] / count), "stop_bce": float(sums["stop_bce"] / count)}
+        return {key: float(value / count) for key, value in sums.items() if key != "count"}
 
 
 class _TaskLoss(nn.Module):

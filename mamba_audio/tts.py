@@ -15,9 +15,11 @@ of left context (and the audio already played for them, which a Griffin-Lim code
 ``DECODE_LOOKAHEAD_FRAMES`` of right context so the codec's convolutions see across chunk boundaries. ``speed`` plays the codec frames faster or slower (each output frame is the source
 frame at ``floor(j * speed)``), so the pitch stays. A model with the text guide (``TTSConfig.text_guide``)
 instead plans ``TTSModel.planned_frames(n, speed)`` frames for the n symbols (speed scales the guide's
-planned length: the model itself speaks faster or slower) and its frames are played as they are; the
-loop keeps each slot's symbols, n and planned length on the device and computes the guide ids of
-every step from the slot's step counter (tensor ops only, so a period can be a CUDA graph).
+planned length: the model itself speaks faster or slower) and its frames are played as they are; a
+model with ``guide_durations`` plans each symbol's frames with its duration predictor (divided by
+speed). The loop keeps each slot's symbols, n, planned length and symbol end frames on the device and
+computes the guide ids of every step from the slot's step counter (tensor ops only, so a period can be
+a CUDA graph).
 
 A checkpoint directory holds ``tts/`` (the :class:`TTSModel`) and ``codec/`` (the codec it was trained
 on; absent for the mu-law codec).
@@ -120,10 +122,11 @@ class SpeechLoop(StepLoop):
         block_steps: codec steps per slot per ``advance`` (a multiple of the total pooling); default the
             multiple nearest 4 steps.
         cuda_graph: capture a period in a CUDA graph (default: on CUDA).
+        temperature, top_p: sampling (default: the model's config, the setting the voice was measured with).
     """
 
     def __init__(self, model: TTSModel, codec: AudioCodec, max_streams: int = 8, block_steps: int | None = None,
-                 cuda_graph: bool | None = None, temperature: float = 1.0, top_p: float | None = None):
+                 cuda_graph: bool | None = None, temperature: float | None = None, top_p: float | None = None):
         config = model.config
         if (codec.num_codebooks, codec.codebook_size, codec.sample_rate) != (
                 config.num_codebooks, config.codebook_size, config.sample_rate):
@@ -136,7 +139,8 @@ class SpeechLoop(StepLoop):
         self.codec = codec
         self.codec_device = codec.device
         super().__init__(max_streams, period, block_steps, model.head.weight.device, cuda_graph)
-        self.temperature, self.top_p = temperature, top_p
+        self.temperature = config.temperature if temperature is None else temperature
+        self.top_p = config.top_p if top_p is None else top_p
         self._lock = threading.RLock()
         P, long = model.pattern.streams, dict(dtype=torch.long, device=self.device)
         self.delays = torch.tensor(model.pattern.delays, **long)
@@ -155,6 +159,7 @@ class SpeechLoop(StepLoop):
         self.guided = model.config.text_guide
         width = model.pad_text([torch.zeros(model.config.max_text_chars, dtype=torch.long)]).shape[1]
         self.guide_text = torch.full((max_streams, width if self.guided else period), PAD_ID, **long)
+        self.guide_ends = torch.zeros_like(self.guide_text)  # each column's end frame (guide_durations)
         self.guide_symbols = torch.zeros(max_streams, **long)
         self.guide_planned = torch.ones(max_streams, **long)
 
@@ -176,7 +181,10 @@ class SpeechLoop(StepLoop):
             self.end_frame[slot] = _NOT_ENDED
             self.max_frame[slot] = model.max_frames(text_ids.shape[0])
             if self.guided:
-                self._set_guide(slot, text_ids, model.planned_frames(text_ids.shape[0], speed))
+                durations = model.plan_durations(text, speed)[0, -text_ids.shape[0]:] \
+                    if model.config.guide_durations else None
+                planned = int(durations.sum()) if durations is not None else model.planned_frames(text_ids.shape[0], speed)
+                self._set_guide(slot, text_ids, planned, durations)
                 speed = 1.0  # the model speaks at the planned pace: the frames play as they are
             P = model.pattern.streams
             for p in range(P):
@@ -196,18 +204,24 @@ class SpeechLoop(StepLoop):
             super().advance()
             self._clear_guide([s for s in busy if self.streams[s] is None])  # the streams that finished
 
-    def _set_guide(self, slot: int, text_ids: Tensor, planned: int) -> None:
-        """Give ``slot`` the guide of symbols ``text_ids`` (T,) spread over ``planned`` frames."""
+    def _set_guide(self, slot: int, text_ids: Tensor, planned: int, durations: Tensor | None = None) -> None:
+        """Give ``slot`` the guide of symbols ``text_ids`` (T,) spread over ``planned`` frames (by their
+        ``durations`` (T,) frames where the model places its pointer by them)."""
         length = text_ids.shape[0]
         if length > self.guide_text.shape[1]:  # longer than max_text_chars symbols: widen (a new graph)
             width = self.model.pad_text([text_ids]).shape[1]
-            wider = torch.full((self.max_streams, width), PAD_ID, dtype=torch.long, device=self.device)
-            wider[:, width - self.guide_text.shape[1]:] = self.guide_text
-            self.guide_text = wider
+            for name in ("guide_text", "guide_ends"):
+                narrow = getattr(self, name)
+                wider = torch.zeros(self.max_streams, width, dtype=torch.long, device=self.device)  # PAD_ID is 0
+                wider[:, width - narrow.shape[1]:] = narrow
+                setattr(self, name, wider)
             self._graph = None
         self.guide_text[slot] = PAD_ID
+        self.guide_ends[slot] = 0
         if length:
             self.guide_text[slot, -length:] = text_ids.to(self.device)
+            if durations is not None:
+                self.guide_ends[slot, -length:] = durations.to(self.device).cumsum(0)
         self.guide_symbols[slot] = length
         self.guide_planned[slot] = planned
 
@@ -215,6 +229,7 @@ class SpeechLoop(StepLoop):
         if self.guided and slots:
             index = torch.tensor(slots, device=self.device)
             self.guide_text.index_fill_(0, index, PAD_ID)
+            self.guide_ends.index_fill_(0, index, 0)
             self.guide_symbols.index_fill_(0, index, 0)
             self.guide_planned.index_fill_(0, index, 1)
 
@@ -225,7 +240,9 @@ class SpeechLoop(StepLoop):
         first = self.step - self.delays[0]  # codebook 0's frame at this step
         guide = None
         if self.guided:
-            symbols, progress = model.guide_ids(self.guide_text, self.guide_planned, first[:, None], self.guide_symbols)
+            ends = self.guide_ends if model.config.guide_durations else None
+            symbols, progress = model.guide_ids(self.guide_text, self.guide_planned, first[:, None], self.guide_symbols,
+                                                ends)
             guide = (symbols[:, 0], progress[:, 0])
         logits, stop_logit = model.step_audio(self.inputs, self.voice, self.state, guide)
         stopping = ((stop_logit.sigmoid() > model.config.stop_threshold) & (first >= 1)) | (first >= self.max_frame)
@@ -250,7 +267,7 @@ class SpeechLoop(StepLoop):
         from mamba_audio.models.sashimi import state_tensors
 
         return [*state_tensors(self.state), self.inputs, self.step, self.end_frame, self.sampler.counters,
-                self.period_outputs, self.guide_text, self.guide_symbols, self.guide_planned]
+                self.period_outputs, self.guide_text, self.guide_ends, self.guide_symbols, self.guide_planned]
 
 
 class TextToSpeech:

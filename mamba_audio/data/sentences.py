@@ -11,16 +11,24 @@ Layout (``root``)::
     wavs/<id>.wav      mono 16-bit PCM at ``sample_rate``
     voices.csv         <id>|<voice>                           e.g. flite:slt, espeak-ng:en-us
     phonemes.csv       <id>|<IPA from espeak-ng en-us>        so training needs no espeak-ng
+    alignments.csv     <id>|<flite phones>|<end times>        flite voices' clips only (see below)
     heldout.txt        ids of the held-out sentences, one per line
     .corpus_complete.json
 
+A clip spoken by a flite voice comes with the phones flite spoke (the ``"flite"`` text front end's
+symbols, :data:`mamba_audio.text.FLITE_PHONES`) and when each ends, in seconds from the start of the
+trimmed clip (space-separated, the last one the clip's end): the exact alignment of text and audio
+that a duration-guided TTS model trains on. :func:`align_sentence_corpus` adds it to a corpus built
+before the builder wrote it, re-speaking the flite clips (and checking they come out the same).
+
 :class:`SentenceCorpus` reads it back (an :class:`mamba_audio.data.LJSpeech` with the voice, the
-phonemes and the split).
+phonemes, the alignment and the split).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -33,15 +41,16 @@ import torchaudio.functional as AF
 from tqdm.auto import tqdm
 
 from mamba_audio.audio import load_audio, save_audio
-from mamba_audio.data.corpus import CorpusError, corpus_is_built, require_executable, staged_build
+from mamba_audio.data.corpus import COMPLETION_MARKER, CorpusError, corpus_is_built, require_executable, staged_build
 from mamba_audio.data.datasets import LJSpeech
 from mamba_audio.data.folder import DataLayoutError
-from mamba_audio.data.speech_synthesis import (ESPEAK_DEFAULT_WORDS_PER_MINUTE, available_voices, executable,
-                                               split_voice, synthesize)
-from mamba_audio.text import espeak_phonemes, normalize_text
+from mamba_audio.data.speech_synthesis import (ESPEAK_DEFAULT_WORDS_PER_MINUTE, FLITE, available_voices,
+                                               executable, split_voice, synthesize)
+from mamba_audio.text import espeak_phonemes, flite_symbol, normalize_text
 
 BUILDER = "sentences"
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: alignments.csv for the flite voices' clips
+ALIGNMENTS = "alignments.csv"
 DEFAULT_VOICES = ("flite:slt", "flite:rms", "flite:awb", "flite:kal16",
                   "espeak-ng:en-us", "espeak-ng:en-gb", "espeak-ng:en-us+f3", "espeak-ng:en-gb-scotland+m3")
 NEUTRAL_PITCH = 50  # espeak-ng's 0..99 scale: the voice's own pitch
@@ -115,14 +124,16 @@ def check_voices(voices: tuple[str, ...]) -> None:
         raise CorpusError(f"voices not installed: {missing}; `flite -lv` and `espeak-ng --voices=en` list those available")
 
 
-def speak(text: str, voice: str, sample_rate: int, scratch: Path) -> torch.Tensor:
-    """``text`` spoken by ``voice`` at its own pitch and rate: Tensor[L] float32 at ``sample_rate``,
-    leading and trailing silence trimmed to ``EDGE_MARGIN_SECONDS``, peak at ``PEAK_DBFS``."""
+def speak(text: str, voice: str, sample_rate: int, scratch: Path) -> tuple[torch.Tensor, str | None]:
+    """``text`` spoken by ``voice`` at its own pitch and rate: (Tensor[L] float32 at ``sample_rate``,
+    leading and trailing silence trimmed to ``EDGE_MARGIN_SECONDS``, peak at ``PEAK_DBFS``; for a flite
+    voice its alignment row ``"<phones>|<end times>"`` (module docstring), else None)."""
+    synthesizer = split_voice(voice)[0]
     with tempfile.NamedTemporaryFile(suffix=".wav", dir=scratch, delete=False) as handle:
         path = Path(handle.name)
     try:
-        synthesize(voice, text, path, pitch=NEUTRAL_PITCH, words_per_minute=ESPEAK_DEFAULT_WORDS_PER_MINUTE,
-                   amplitude=100, program=executable(split_voice(voice)[0]))
+        segments = synthesize(voice, text, path, pitch=NEUTRAL_PITCH, words_per_minute=ESPEAK_DEFAULT_WORDS_PER_MINUTE,
+                              amplitude=100, program=executable(synthesizer), segments=synthesizer == FLITE)
         samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
     finally:
         path.unlink(missing_ok=True)
@@ -133,8 +144,15 @@ def speak(text: str, voice: str, sample_rate: int, scratch: Path) -> torch.Tenso
     if loud.numel() == 0:
         raise CorpusError(f"{voice} produced silence for {text!r}")
     margin = int(EDGE_MARGIN_SECONDS * sample_rate)
-    speech = speech[max(0, int(loud[0]) - margin): int(loud[-1]) + 1 + margin]
-    return (speech * (10 ** (PEAK_DBFS / 20) / speech.abs().max())).clamp(-1.0, 1.0)
+    start = max(0, int(loud[0]) - margin)
+    speech = speech[start: int(loud[-1]) + 1 + margin]
+    alignment = None
+    if segments is not None:  # the segments' ends, moved to the trimmed clip (the last one ends it)
+        seconds = speech.numel() / sample_rate
+        ends = [min(seconds, max(0.0, end - start / sample_rate)) for _, end in segments]
+        ends[-1] = seconds
+        alignment = "".join(flite_symbol(phone) for phone, _ in segments) + "|" + " ".join(f"{e:.4f}" for e in ends)
+    return (speech * (10 ** (PEAK_DBFS / 20) / speech.abs().max())).clamp(-1.0, 1.0), alignment
 
 
 # -- the builder --------------------------------------------------------------------------------------
@@ -185,35 +203,77 @@ def build_sentence_corpus(
     with staged_build(root, record) as staging, tempfile.TemporaryDirectory(prefix="sentences-") as scratch:
         (staging / "wavs").mkdir()
 
-        def make(i: int) -> tuple[str, float]:
-            audio = speak(sentences[i], clip_voices[i], sample_rate, Path(scratch))
+        def make(i: int) -> tuple[str, float, str | None]:
+            audio, alignment = speak(sentences[i], clip_voices[i], sample_rate, Path(scratch))
             save_audio(staging / "wavs" / f"{ids[i]}.wav", audio, sample_rate)
-            return espeak_phonemes(normalize_text(sentences[i])), audio.numel() / sample_rate
+            return espeak_phonemes(normalize_text(sentences[i])), audio.numel() / sample_rate, alignment
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             results = list(tqdm(pool.map(make, range(count)), total=count, desc=f"speaking {root.name}",
                                 unit="clip", disable=not progress))
         rows = {"metadata.csv": [(i, s, s) for i, s in zip(ids, sentences)],
                 "voices.csv": list(zip(ids, clip_voices)),
-                "phonemes.csv": [(i, phonemes) for i, (phonemes, _) in zip(ids, results)]}
+                "phonemes.csv": [(i, phonemes) for i, (phonemes, _, _) in zip(ids, results)],
+                ALIGNMENTS: [(i, alignment) for i, (_, _, alignment) in zip(ids, results) if alignment]}
         for name, table in rows.items():
             (staging / name).write_text("".join("|".join(row) + "\n" for row in table), encoding="utf-8")
         (staging / "heldout.txt").write_text("".join(f"{i}\n" for i in heldout))
-        record["hours"] = round(sum(seconds for _, seconds in results) / 3600, 4)
+        record["hours"] = round(sum(seconds for _, seconds, _ in results) / 3600, 4)
     return root
+
+
+def align_sentence_corpus(root: str | os.PathLike, *, workers: int = 2, progress: bool = True) -> Path:
+    """Write ``alignments.csv`` into a sentence corpus built without it (builder version 1), by speaking
+    its flite clips again; returns its path. Each re-spoken clip must have exactly the samples of the
+    stored one (flite is deterministic), so the timings are those of the stored audio.
+
+    Raises:
+        CorpusError: ``root`` is not a finished sentence corpus, holds no flite clips, or a clip comes out
+            with another length than its wav (a different flite than the one that built the corpus).
+    """
+    root = Path(root)
+    marker = root / COMPLETION_MARKER
+    record = json.loads(marker.read_text()) if marker.is_file() else {}
+    if record.get("builder") != BUILDER:
+        raise CorpusError(f"{root} is not a finished sentence corpus (no {COMPLETION_MARKER} of the "
+                          f"{BUILDER!r} builder)")
+    sample_rate = record["arguments"]["sample_rate"]
+    texts = {clip: row[1] for clip, row in _read_table(root / "metadata.csv", 3).items()}
+    voice_of = {clip: row[1] for clip, row in _read_table(root / "voices.csv", 2).items()}
+    clips = [clip for clip in texts if split_voice(voice_of.get(clip, ""))[0] == FLITE]
+    if not clips:
+        raise CorpusError(f"{root} has no clips spoken by a flite voice: only flite reports timings")
+    with tempfile.TemporaryDirectory(prefix="align-") as scratch:
+        def align(clip: str) -> str:
+            audio, alignment = speak(texts[clip], voice_of[clip], sample_rate, Path(scratch))
+            stored = sf.info(str(root / "wavs" / f"{clip}.wav")).frames
+            if audio.numel() != stored:
+                raise CorpusError(f"{root}: clip {clip} re-spoken has {audio.numel()} samples, its wav {stored}; "
+                                  "this flite is not the one that built the corpus, so its timings would not fit")
+            return alignment
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            alignments = list(tqdm(pool.map(align, clips), total=len(clips), desc=f"aligning {root.name}",
+                                   unit="clip", disable=not progress))
+    path = root / ALIGNMENTS
+    staged = path.with_suffix(".csv.tmp")
+    staged.write_text("".join(f"{clip}|{alignment}\n" for clip, alignment in zip(clips, alignments)), encoding="utf-8")
+    staged.replace(path)
+    return path
 
 
 # -- the reader ---------------------------------------------------------------------------------------
 SPLITS = (None, "train", "heldout")
 
 
-def _read_table(path: Path) -> dict[str, str]:
+def _read_table(path: Path, fields: int = 2) -> dict[str, list[str]]:
+    """A '|'-separated table of ``fields`` columns, the first an id -> {id: the row}."""
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle, delimiter="|", quoting=csv.QUOTE_NONE))
-    bad = [n for n, row in enumerate(rows, 1) if len(row) != 2]
+    bad = [n for n, row in enumerate(rows, 1) if len(row) != fields]
     if bad:
-        raise DataLayoutError(f"{path}, line {bad[0]}: expected 2 fields <id>|<value>")
-    return dict(rows)
+        raise DataLayoutError(f"{path}, line {bad[0]}: expected {fields} fields <id>|...")
+    return {row[0]: row for row in rows}
 
 
 class SentenceCorpus(LJSpeech):
@@ -225,9 +285,10 @@ class SentenceCorpus(LJSpeech):
         sample_rate: Hz; default the corpus's own rate, 16000.
         **options: the options of :class:`mamba_audio.data.clips.ClipDataset`.
 
-    Items: those of :class:`LJSpeech` plus ``id``, ``voice`` (e.g. "flite:slt") and ``phonemes``
-    (the IPA string; "" when the corpus has no phonemes.csv). ``voices`` lists the corpus's voices
-    (``speaker_id`` is the index in it).
+    Items: those of :class:`LJSpeech` plus ``id``, ``voice`` (e.g. "flite:slt"), ``phonemes`` (the IPA
+    string; "" when the corpus has no phonemes.csv) and for clips in alignments.csv ``flite_phones`` (the
+    "flite" front end's symbols) and ``phone_ends`` (their end times in seconds, space-separated).
+    ``voices`` lists the corpus's voices (``speaker_id`` is the index in it).
     """
 
     def __init__(self, root: str | os.PathLike, *, split: str | None = None, sample_rate: int = 16_000, **options):
@@ -238,9 +299,13 @@ class SentenceCorpus(LJSpeech):
         if not voices_path.is_file():
             raise DataLayoutError(f"{self.root} has no voices.csv (<id>|<voice> per clip); build the corpus with "
                                   "`mamba-audio corpus sentences`")
-        self.voice_of = _read_table(voices_path)
+        self.voice_of = {clip: row[1] for clip, row in _read_table(voices_path).items()}
         phonemes_path = self.root / "phonemes.csv"
-        self.phonemes_of = _read_table(phonemes_path) if phonemes_path.is_file() else {}
+        self.phonemes_of = {clip: row[1] for clip, row in _read_table(phonemes_path).items()} \
+            if phonemes_path.is_file() else {}
+        alignments_path = self.root / ALIGNMENTS
+        self.alignment_of = {clip: row[1:] for clip, row in _read_table(alignments_path, 3).items()} \
+            if alignments_path.is_file() else {}
         missing = [clip_id for clip_id, _, _ in self.entries if clip_id not in self.voice_of]
         if missing:
             raise DataLayoutError(f"{voices_path}: no voice for {len(missing)} clips (first: {missing[0]})")
@@ -256,6 +321,9 @@ class SentenceCorpus(LJSpeech):
         clip_id, transcript, normalized = self.entries[index]
         path = self.root / "wavs" / f"{clip_id}.wav"
         audio = load_audio(path, self.sample_rate, mix_to_mono=self.mix_to_mono, max_seconds=self.max_seconds)
+        alignment = {}
+        if clip_id in self.alignment_of:
+            alignment = dict(zip(("flite_phones", "phone_ends"), self.alignment_of[clip_id]))
         return self.make_item(audio, path, transcript=transcript, normalized_transcript=normalized,
                               speaker_id=self.voices.index(self.voice_of[clip_id]), id=clip_id,
-                              voice=self.voice_of[clip_id], phonemes=self.phonemes_of.get(clip_id, ""))
+                              voice=self.voice_of[clip_id], phonemes=self.phonemes_of.get(clip_id, ""), **alignment)

@@ -96,8 +96,11 @@ def available_voices(candidates: tuple[str, ...]) -> list[str]:
 
 
 def synthesize(voice: str, text: str, out_path: Path, *, pitch: int, words_per_minute: int, amplitude: int,
-               program: str) -> None:
+               program: str, segments: bool = False) -> list[tuple[str, float]] | None:
     """Speak ``text`` into the wav file ``out_path`` (the synthesizer's own rate, mono).
+
+    With ``segments`` (flite voices only: ``flite -psdur``), returns the phones spoken, each with its
+    end time in seconds from the start of the file, e.g. [("pau", 0.136), ("s", 0.299), ...]; else None.
 
     Args:
         voice: a corpus voice name (module docstring).
@@ -116,10 +119,26 @@ def synthesize(voice: str, text: str, out_path: Path, *, pitch: int, words_per_m
         stretch = ESPEAK_DEFAULT_WORDS_PER_MINUTE / words_per_minute
         command = [program, "-voice", name, "--setf", f"f0_shift={f0_shift:.3f}",
                    "--setf", f"duration_stretch={stretch:.3f}", "-t", text, "-o", str(out_path)]
+    if segments:
+        if synthesizer != FLITE:
+            raise CorpusError(f"voice {voice!r}: only flite voices report their segments' timings")
+        command.insert(1, "-psdur")
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     if result.returncode != 0 or not out_path.exists():
         raise CorpusError(f"{synthesizer} failed for {text!r} with voice {name!r}: "
                           f"{result.stderr.strip() or f'exit status {result.returncode}'}")
+    if not segments:
+        return None
+    timed = []
+    for field in result.stdout.split():
+        phone, _, end = field.rpartition(":")
+        try:
+            timed.append((phone, float(end)))
+        except ValueError:
+            raise CorpusError(f"flite -psdur printed {field!r} for {text!r}; expected <phone>:<end seconds>") from None
+    if not timed:
+        raise CorpusError(f"flite -psdur printed no segments for {text!r}")
+    return timed
 
 
 def version(synthesizer: str) -> str:

@@ -28,9 +28,18 @@ so f = s), given the row's n text symbols and its planned length of F frames:
 
 F is the clip's length in training, and ``planned_frames(n, speed)`` = max(1, round(n *
 guide_frames_per_symbol / speed)) in generation, so speed changes the planned length rather than
-resampling the frames. :meth:`TTSModel.guide_ids` is the one place these ids are computed (training,
-prefill and the streaming loop). Without the guide the model has no guide tables, and checkpoints
-from before the guide load and behave as they did.
+resampling the frames.
+
+With ``guide_durations`` (the "flite" front end, whose symbols are timed segments) the pointer is
+exact instead of constant-rate: symbol i covers the frames [e_(i-1), e_i) of its cumulative end
+frames e, so p = the number of symbols that end at or before f (clamped to n - 1), and F = e_(n-1).
+Training reads each symbol's frames from the corpus's alignment (``durations``); generation plans them
+with the model's own :class:`DurationPredictor` (log(1 + frames) of each symbol from its neighbours,
+trained beside the rest by squared error, as in FastSpeech), divided by ``speed``.
+
+:meth:`TTSModel.guide_ids` is the one place these ids are computed (training, prefill and the
+streaming loop). Without the guide the model has no guide tables, and checkpoints from before the
+guide load and behave as they did.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ import torch.nn.functional as F
 from mamba_audio.text import FRONT_ENDS, PAD_ID, TextTokenizer
 
 from .codec_lm import CodecLM, CodecLMConfig
+from .sampling import check_sampling
 
 Tensor = torch.Tensor
 
@@ -62,7 +72,11 @@ class TTSConfig(CodecLMConfig):
     ``guide_frames_per_symbol`` is the average number of codec frames per text symbol (the training
     code fills it in from the training data when it is None; generation needs it),
     ``guide_progress_bins`` the resolution of the progress embedding, ``guide_window`` the symbols read
-    on each side of the pointer (0: the pointer's symbol alone).
+    on each side of the pointer (0: the pointer's symbol alone), ``guide_durations`` places the pointer
+    by each symbol's duration (module docstring; needs ``text_guide``).
+
+    ``temperature`` and ``top_p`` are the sampling the voice speaks with unless the caller says otherwise
+    (:class:`mamba_audio.tts.SpeechLoop`): a voice carries the setting it was measured with.
     """
 
     pattern: str = "delay"
@@ -78,6 +92,9 @@ class TTSConfig(CodecLMConfig):
     guide_frames_per_symbol: float | None = None
     guide_progress_bins: int = 32
     guide_window: int = 0
+    guide_durations: bool = False
+    temperature: float = 1.0
+    top_p: float | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -96,6 +113,30 @@ class TTSConfig(CodecLMConfig):
             raise ValueError(f"guide_window must be an integer >= 0, got {self.guide_window!r}")
         if self.guide_frames_per_symbol is not None and not self.guide_frames_per_symbol > 0:
             raise ValueError(f"guide_frames_per_symbol must be positive, got {self.guide_frames_per_symbol}")
+        check_sampling(self.temperature, None, self.top_p)
+        if self.guide_durations and not self.text_guide:
+            raise ValueError("guide_durations places the text guide's pointer: it needs text_guide: true")
+
+
+class DurationPredictor(nn.Module):
+    """Each text symbol's log(1 + frames) from its neighbourhood: an embedding of its own, two convolutions
+    (kernel 5) with ReLU and layer norm, a linear read-out; padding is zeroed after every layer, so a
+    row's prediction does not depend on how much padding its batch gave it."""
+
+    def __init__(self, vocab_size: int, dim: int, kernel_size: int = 5):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, dim, padding_idx=PAD_ID)
+        self.convs = nn.ModuleList(nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2) for _ in range(2))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(2))
+        self.out = nn.Linear(dim, 1)
+
+    def forward(self, text: Tensor) -> Tensor:
+        """text (B, T) ids -> (B, T) float32 log(1 + frames), 0 at padding."""
+        keep = (text != PAD_ID)[..., None]
+        x = self.embedding(text)
+        for conv, norm in zip(self.convs, self.norms):
+            x = norm(F.relu(conv(x.transpose(1, 2)).transpose(1, 2))) * keep
+        return (self.out(x) * keep)[..., 0].float()
 
 
 class TTSModel(CodecLM):
@@ -121,6 +162,8 @@ class TTSModel(CodecLM):
             self.register_buffer("guide_offsets", torch.arange(-config.guide_window, config.guide_window + 1),
                                  persistent=False)
             self.guide_progress = nn.Embedding(config.guide_progress_bins + 1, dim)  # the last id: past the end
+        if config.guide_durations:
+            self.duration_predictor = DurationPredictor(self.text.vocab_size, dim)
 
     # -- inputs -----------------------------------------------------------------------------------
     def voice_index(self, voice: str | None) -> int:
@@ -159,20 +202,26 @@ class TTSModel(CodecLM):
 
     # -- the alignment guide ----------------------------------------------------------------------
     def guide_ids(self, text: Tensor, planned_frames: Tensor, frame: Tensor,
-                  num_symbols: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                  num_symbols: Tensor | None = None, ends: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The guide's ids: text (B, T) left-padded symbol ids (as ``pad_text`` makes them), planned_frames F
         (B,), frame (B, S) or (1, S) codebook 0's frame at each step, num_symbols n (B,) (default: the
-        non-pad symbols of ``text``) -> (symbol ids (B, S, 2W + 1), progress ids (B, S)).
+        non-pad symbols of ``text``), and for ``guide_durations`` ends (B, T): each column's cumulative end
+        frame (``durations.cumsum(1)``, so 0 on the left padding) -> (symbol ids (B, S, 2W + 1), progress ids (B, S)).
 
         The symbols are those at pointer + k for k = -W .. W, pointer = min(n - 1, floor(f * n / F))
-        (f clamped to >= 0), the pad id where pointer + k falls outside the text; the progress id is
-        floor(f * bins / F) while f < F, then ``bins`` (past the end). Tensor ops only, no host sync.
+        (f clamped to >= 0), or with ``ends`` the number of symbols ending at or before f (clamped to
+        n - 1); the pad id where pointer + k falls outside the text; the progress id is floor(f * bins / F)
+        while f < F, then ``bins`` (past the end). Tensor ops only, no host sync.
         """
         batch, length = text.shape
         n = ((text != PAD_ID).sum(1) if num_symbols is None else num_symbols)[:, None]
         planned = planned_frames[:, None].clamp_min(1)
         f = frame.clamp_min(0)
-        pointer = torch.minimum(f * n // planned, n - 1).clamp_min(0)
+        if ends is None:
+            pointer = torch.minimum(f * n // planned, n - 1).clamp_min(0)
+        else:  # every pad column ends at 0 <= f, so the count of ended columns minus the padding is the pointer
+            ended = (ends[:, None, :] <= f[..., None]).sum(-1) - (length - n)
+            pointer = torch.minimum(ended, n - 1).clamp_min(0)
         position = pointer[..., None] + self.guide_offsets.to(text.device)  # (B, S, K)
         inside = (position >= 0) & (position < n[..., None])
         column = (length - n[..., None] + position).clamp(0, length - 1)  # n = 0 (no text) reads the last pad
@@ -191,6 +240,16 @@ class TTSModel(CodecLM):
                              "from the training data); set it in its config")
         return max(1, round(num_symbols * rate / speed))
 
+    def plan_durations(self, text: Tensor, speed: float = 1.0) -> Tensor:
+        """Each symbol's frames in generation (``guide_durations``): text (B, T) left-padded ids -> (B, T)
+        long, round((exp(predicted) - 1) / speed), 0 on the padding, at least one frame in every row."""
+        if not self.config.guide_durations:
+            raise ValueError("this model has no duration predictor (guide_durations is off)")
+        frames = (torch.expm1(self.duration_predictor(text)).clamp_min(0) / speed).round().long()
+        frames = frames * (text != PAD_ID)
+        frames[:, -1] += (frames.sum(1) == 0).long()  # a row that would last no frame lasts one
+        return frames
+
     def _guide(self, guide: tuple[Tensor, Tensor] | None, shape: tuple[int, ...]) -> Tensor | None:
         """The guide embedding of ``guide`` = (symbol ids, progress ids) of ``shape``; None for an unguided model."""
         if not self.config.text_guide:
@@ -208,20 +267,34 @@ class TTSModel(CodecLM):
         return self.guide_embedding(symbols + rows).sum(-2) + self.guide_progress(progress)
 
     # -- training ---------------------------------------------------------------------------------
-    def forward(self, text: Tensor, voice: Tensor, inputs: Tensor,
-                planned_frames: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def _check_durations(self, durations: Tensor | None, text: Tensor) -> Tensor:
+        if durations is None:
+            raise ValueError("this model's guide follows each symbol's duration (guide_durations): pass "
+                             "durations (B, T) in frames, aligned with the padded text")
+        if durations.shape != text.shape or (durations < 0).any() or ((durations > 0) & (text == PAD_ID)).any():
+            raise ValueError(f"durations must be (B, T) = {tuple(text.shape)} non-negative frames, 0 on the text's "
+                             f"padding, got shape {tuple(durations.shape)}")
+        return durations.to(text.device)
+
+    def forward(self, text: Tensor, voice: Tensor, inputs: Tensor, planned_frames: Tensor | None = None,
+                durations: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """text (B, T) ids, voice (B,), audio inputs (B, S, P) (``shift`` of a sequence) ->
         (logits (B, S, P, C), stop logits (B, S)). A guided model needs ``planned_frames`` (B,), the
-        frames the guide spreads the text over (in training the clips' lengths); others ignore it."""
+        frames the guide spreads the text over (in training the clips' lengths), or with ``guide_durations``
+        ``durations`` (B, T), each symbol's frames (their sum is the planned length); others ignore both."""
         self._check_text(text, voice)
         self._check_inputs(inputs)
         audio = self._embed(inputs, 0)
         if self.config.text_guide:
+            ends = None
+            if self.config.guide_durations:
+                ends = self._check_durations(durations, text).cumsum(1)
+                planned_frames = ends[:, -1]
             if planned_frames is None:
                 raise ValueError("this model reads a text guide: forward needs planned_frames (B,)")
             steps = torch.arange(inputs.shape[1], device=inputs.device)
             frame = self.pattern.frame_at(steps)[None, :, 0]  # codebook 0's frame at every step: (1, S)
-            guide = self.guide_ids(text, planned_frames.to(inputs.device), frame)
+            guide = self.guide_ids(text, planned_frames.to(inputs.device), frame, ends=ends)
             audio = audio + self._guide(guide, tuple(inputs.shape[:2]))
         speaker = self.voice_embedding(voice)[:, None]
         x = torch.cat([self.text_embedding(text), audio], dim=1) + speaker
@@ -244,20 +317,31 @@ class TTSModel(CodecLM):
         return seq, valid, (first == end[..., 0]).float(), stop_mask
 
     def losses(self, text: Tensor, voice: Tensor, tokens: Tensor, lengths: Tensor,
-               planned_frames: Tensor | None = None) -> dict[str, Tensor]:
-        """``nll_bits`` (codec tokens, bits per token) and ``stop_bce`` (nats per step) of a padded batch.
-        ``planned_frames`` (B,): the clips' whole lengths (default ``lengths``): a clip cropped for training
-        passes its whole length, so the guide's pace is the clip's, and its cut is not a stop target."""
+               planned_frames: Tensor | None = None, durations: Tensor | None = None) -> dict[str, Tensor]:
+        """``nll_bits`` (codec tokens, bits per token) and ``stop_bce`` (nats per step) of a padded batch,
+        and with ``guide_durations`` ``duration_mse`` (the duration predictor's squared error in log(1 +
+        frames), per symbol). ``planned_frames`` (B,): the clips' whole lengths (default ``lengths``): a clip
+        cropped for training passes its whole length, so the guide's pace is the clip's, and its cut is not a
+        stop target. ``durations`` (B, T): each symbol's frames over the whole clip (``guide_durations``)."""
         if tokens.dim() != 3 or tokens.shape[1] != self.config.num_codebooks:
             raise ValueError(f"tokens must be (batch, {self.config.num_codebooks}, frames), got {tuple(tokens.shape)}")
+        if self.config.guide_durations:
+            durations = self._check_durations(durations, text)
+            planned_frames = durations.sum(1)
         seq, valid, stop_target, stop_mask = self.targets(tokens, lengths)
         if planned_frames is not None:  # a clip cut short for training does not end at the cut: no stop there
             cut = planned_frames.to(lengths.device) > lengths
             stop_mask = stop_mask & ~(cut[:, None] & (stop_target > 0))
-        logits, stop_logits = self(text, voice, self.shift(seq), lengths if planned_frames is None else planned_frames)
+        logits, stop_logits = self(text, voice, self.shift(seq), lengths if planned_frames is None else planned_frames,
+                                   durations)
         nll = F.cross_entropy(logits[valid].float(), seq[valid])
         stop = F.binary_cross_entropy_with_logits(stop_logits[stop_mask], stop_target[stop_mask])
-        return {"nll_bits": nll / math.log(2), "stop_bce": stop}
+        out = {"nll_bits": nll / math.log(2), "stop_bce": stop}
+        if self.config.guide_durations:
+            real = text != PAD_ID
+            predicted = self.duration_predictor(text)
+            out["duration_mse"] = F.mse_loss(predicted[real], torch.log1p(durations[real].float()))
+        return out
 
     # -- streaming --------------------------------------------------------------------------------
     def prefill_text(self, text: Tensor, voice: Tensor, state) -> None:

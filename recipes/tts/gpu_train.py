@@ -17,8 +17,8 @@ hands back (at most 8 files, 2 folders deep):
                                        much the model reads its text),
                                        time to first audio and real-time factor of one stream, sizes
 
-A "phonemes" model speaks the held-out sentences from their phonemes column, so no espeak-ng is
-needed here. WER is computed afterwards, where pocketsphinx is installed:
+A "phonemes" or "flite" model speaks the held-out sentences from the corpus's symbols (its phonemes
+column, or the phones of its alignments), so neither espeak-ng nor flite is needed here. WER is computed afterwards, where pocketsphinx is installed:
 `python recipes/tts/evaluate.py --corpus CORPUS --generated OUT/generated.tar --run OUT/run.json`.
 """
 
@@ -55,7 +55,8 @@ def run(*argv: str) -> None:
 
 
 class OtherText(torch.utils.data.Dataset):
-    """The clips of ``data`` (the first ``count``), each with the next one's text (the last with the first's)."""
+    """The clips of ``data`` (the first ``count``), each with the next one's text (the last with the first's)
+    and, for a duration-guided model, that text's durations as they were timed there."""
 
     def __init__(self, data, count: int):
         self.data, self.count = data, count
@@ -66,7 +67,8 @@ class OtherText(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.count:
             raise IndexError(f"clip {index} of {self.count}")
-        return {**self.data[index], "text": self.data[(index + 1) % self.count]["text"]}
+        other = self.data[(index + 1) % self.count]
+        return {**self.data[index], **{key: other[key] for key in ("text", "durations") if key in other}}
 
 
 @torch.no_grad()
@@ -90,10 +92,11 @@ def heldout_nll(voice: TextToSpeech, tokens: Path, max_clips: int = 64, other_te
 
 
 def speak(voice: TextToSpeech, clip: dict) -> SpeechStream:
-    """A stream of ``clip``'s sentence in its corpus voice (from its phonemes for a "phonemes" model)."""
-    by_symbols = voice.model.config.text_front_end == "phonemes"
-    return voice.start(clip["phonemes"] if by_symbols else clip["transcript"], voice=clip_voice(clip), seed=0,
-                       symbols=by_symbols)
+    """A stream of ``clip``'s sentence in its corpus voice (from the corpus's symbols for a "phonemes" or
+    "flite" model, so the GPU machine needs neither espeak-ng nor flite)."""
+    column = {"phonemes": "phonemes", "flite": "flite_phones"}.get(voice.model.config.text_front_end)
+    return voice.start(clip[column] if column else clip["transcript"], voice=clip_voice(clip), seed=0,
+                       symbols=column is not None)
 
 
 def speak_timed(voice: TextToSpeech, clip: dict) -> tuple[torch.Tensor, float, float]:

@@ -4,7 +4,7 @@ real-time factor of one stream (medians over the first held-out sentences, one u
     python recipes/tts/time_voice.py --voice OUT/voice --tokens TOKENS [--device cpu] [--sentences 12]
 
 TOKENS is the tokenized corpus the voice was trained on (its held-out split gives the sentences, read
-from their phonemes as gpu_train.py reads them). Prints one JSON object.
+from their symbols as gpu_train.py reads them). Prints one JSON object.
 """
 
 from __future__ import annotations
