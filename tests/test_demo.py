@@ -91,10 +91,29 @@ def test_bad_inputs_get_clear_messages(app, checkpoints, tmp_path):
         next(app.generate(lm, 0.1, "low", str(corrupt), 1.0, 1.0, 0))
 
 
-def test_main_without_checkpoints_says_what_to_do(app, tmp_path, monkeypatch, capsys):
+def test_main_without_checkpoints_speaks_with_the_packaged_voice_or_says_what_to_do(app, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """No checkpoints of `make run`: the demo still starts, with the default voice the package ships (its
+    Speak tab); without that voice too it says what to do."""
     monkeypatch.chdir(tmp_path)
+    launched = []
+
+    class Page:
+        def __init__(self, models):
+            self.models = models
+
+        def launch(self, **options):
+            launched.append((self.models, options))
+
+    monkeypatch.setattr(app, "build_demo", Page)
+    assert app.main(["--port", "7999"]) == 0
+    (models, options), = launched
+    assert list(models["speech"]) == ["default voice"] and not models["generator"] and not models["classifier"]
+    assert options["server_port"] == 7999
+    monkeypatch.setattr("mamba_audio.tts.DEFAULT_CHECKPOINT", tmp_path / "no_voice")
     assert app.main([]) == 2
-    assert "make run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "make run" in err and "Speak tab without a voice" in err
 
 
 def test_page_answers_gradio_client(app, checkpoints, tone):

@@ -266,3 +266,10 @@ def test_gpu_train_script_trains_ships_and_speaks_on_tokens(tokens, corpus, tmp_
         runpy.run_path(str(recipe / "time_voice.py"), run_name="__main__")  # the voice timed as on the GPU
     timing = json.loads(capsys.readouterr().out)
     assert timing["sentences"] == 1 and timing["time_to_first_audio_ms"] > 0 and timing["realtime_factor"] > 0
+    sweep = out / "sweep.json"  # recipes/tts/sampling_sweep.py scores temperatures beside the recordings
+    with patch.object(sys, "argv", ["sampling_sweep.py", "--voice", str(out / "voice"), "--tokens", str(tokens),
+                                    "--corpus", str(corpus), "--first", "0", "--temperatures", "0,1", "--out", str(sweep)]):
+        runpy.run_path(str(recipe / "sampling_sweep.py"), run_name="__main__")
+    scores = json.loads(sweep.read_text())
+    assert scores["sentences"] == 1 and set(scores["wer"]) == {"recordings", "temperature 0.0", "temperature 1.0"}
+    assert all(value >= 0 for value in scores["wer"].values())
