@@ -273,3 +273,26 @@ def test_gpu_train_script_trains_ships_and_speaks_on_tokens(tokens, corpus, tmp_
     scores = json.loads(sweep.read_text())
     assert scores["sentences"] == 1 and set(scores["wer"]) == {"recordings", "temperature 0.0", "temperature 1.0"}
     assert all(value >= 0 for value in scores["wer"].values())
+
+
+def test_the_loop_widens_its_end_frames_with_its_text_rows():
+    """A text longer than max_text_chars symbols widens the loop's rows: a stream in flight keeps its end
+    frames (left-padded, so shifted with its symbols) and speaks as it would with wide rows."""
+    codec = tiny_codec()
+
+    def speak(max_text_chars):
+        model = tiny_tts(**DURATIONS, frame_rate=codec.frame_rate, max_seconds=0.01, stop_threshold=0.9999,
+                         max_text_chars=max_text_chars)
+        tts = TextToSpeech(model, codec, max_streams=2)
+        a = tts.start("the fox.", seed=1)
+        first = next(a)
+        ends = tts.loop.guide_ends[a.slot].clone()
+        b = tts.loop.start(model.text.encode("a longer one here."), 0, 1.0, 2, 24)  # past the API's check
+        assert torch.equal(tts.loop.guide_ends[a.slot, -ends.shape[0]:], ends)
+        assert (tts.loop.guide_ends[a.slot, :-ends.shape[0]] == 0).all()
+        audio = [torch.cat([first.audio] + [c.audio for c in a]), torch.cat([c.audio for c in b])]
+        return audio, tts.loop.guide_ends.shape[1]
+
+    (narrow, width), (wide, full_width) = speak(8), speak(300)
+    assert width < full_width == 300
+    torch.testing.assert_close(narrow, wide)
