@@ -47,14 +47,18 @@ def corpus(tmp_path_factory):
                                  progress=False)
 
 
-@pytest.fixture(scope="module")
-def tokens(corpus, tmp_path_factory):
-    """The corpus tokenized by `mamba-audio tokenize` with a tiny ConvCodec: splits train and heldout."""
-    root = tmp_path_factory.mktemp("tokens")
+def tokenize_with_tiny_codec(corpus: Path, root: Path) -> Path:
+    """``corpus`` tokenized by `mamba-audio tokenize` with a tiny ConvCodec into root/tokens (splits train
+    and heldout; the codec's checkpoint in root/codec)."""
     tiny_codec().save_pretrained(root / "codec")
     assert main(["--quiet", "tokenize", "--codec", str(root / "codec"), "--data", str(corpus),
                  "--out", str(root / "tokens"), "--device", "cpu"]) == 0
     return root / "tokens"
+
+
+@pytest.fixture(scope="module")
+def tokens(corpus, tmp_path_factory):
+    return tokenize_with_tiny_codec(corpus, tmp_path_factory.mktemp("tokens"))
 
 
 # -- text ------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ import pytest
 import soundfile as sf
 import torch
 
-from mamba_audio.cli import main
 from mamba_audio.data.corpus import CorpusError
 from mamba_audio.data.folder import DataLayoutError
 from mamba_audio.data.sentences import ALIGNMENTS, SentenceCorpus, align_sentence_corpus, build_sentence_corpus
@@ -25,7 +24,7 @@ from mamba_audio.models.tts import TTSModel
 from mamba_audio.text import FLITE_PHONES, FLITE_SYMBOLS, PAD_ID, TextError, TextTokenizer, flite_symbol
 from mamba_audio.training import TrainConfig, Trainer, TTSTask
 from mamba_audio.tts import TextToSpeech
-from test_tts import tiny_codec, tiny_tts
+from test_tts import tiny_codec, tiny_tts, tokenize_with_tiny_codec
 
 VOICE = "flite:slt"
 DURATIONS = dict(front_end="flite", text_guide=True, guide_durations=True, guide_progress_bins=8, guide_window=1)
@@ -39,11 +38,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokens(corpus, tmp_path_factory):
-    root = tmp_path_factory.mktemp("flite_tokens")
-    tiny_codec().save_pretrained(root / "codec")
-    assert main(["--quiet", "tokenize", "--codec", str(root / "codec"), "--data", str(corpus),
-                 "--out", str(root / "tokens"), "--device", "cpu"]) == 0
-    return root / "tokens"
+    return tokenize_with_tiny_codec(corpus, tmp_path_factory.mktemp("flite_tokens"))
 
 
 # -- text and corpus ---------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ hands back (at most 8 files, 2 folders deep):
                                        time to first audio and real-time factor of one stream, sizes
 
 A "phonemes" or "flite" model speaks the held-out sentences from the corpus's symbols (its phonemes
-column, or the phones of its alignments), so neither espeak-ng nor flite is needed here. WER is computed afterwards, where pocketsphinx is installed:
+column, or the phones of its alignments), so neither espeak-ng nor flite is needed here. WER is
+computed afterwards, where pocketsphinx is installed:
 `python recipes/tts/evaluate.py --corpus CORPUS --generated OUT/generated.tar --run OUT/run.json`.
 """
 

@@ -46,8 +46,8 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
     temperatures = [float(t) for t in args.temperatures.split(",")]
-    probe = TextToSpeech.from_pretrained(args.voice, device="cpu", max_streams=1).model
-    clips = SpeechTokens(args.tokens, probe.text, probe.config.voices, "heldout").tokens.metadata
+    loaded = TextToSpeech.from_pretrained(args.voice, device=args.device, max_streams=1)
+    clips = SpeechTokens(args.tokens, loaded.model.text, loaded.model.config.voices, "heldout").tokens.metadata
     clips = clips[args.first:args.first + args.sentences]
     if not clips:
         raise SystemExit(f"{args.tokens} has no held-out clips from {args.first}")
@@ -58,8 +58,8 @@ def main() -> None:
     rows = {"recordings": word_error_rate(references, [
         transcribe(corpus[index[clip_id(clip)]]["audio"], corpus.sample_rate) for clip in clips])}
     for temperature in temperatures:
-        voice = TextToSpeech.from_pretrained(args.voice, device=args.device, max_streams=32, block_steps=BLOCK_STEPS,
-                                             temperature=temperature, top_p=args.top_p)
+        voice = TextToSpeech(loaded.model, loaded.codec, max_streams=32, block_steps=BLOCK_STEPS,
+                             temperature=temperature, top_p=args.top_p)  # the loaded weights, a loop per setting
         began, heard = time.perf_counter(), []
         for start in range(0, len(clips), voice.loop.max_streams):  # together: iterating one advances them all
             streams = [speak(voice, clip) for clip in clips[start:start + voice.loop.max_streams]]
