@@ -158,8 +158,8 @@ def cmd_train(args) -> dict:
         print(f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
               f"training {train_config.steps} steps on {args.data} ({trainer.world_size} process(es), "
               f"{trainer.device})")
-    metrics = trainer.fit(train_set, eval_set, resume=args.resume)
-    if not trainer.is_main:
+    metrics = trainer.fit(train_set, eval_set, resume=args.resume, stop_after_minutes=args.stop_after_minutes)
+    if not trainer.is_main or trainer.paused:
         return metrics
     print(f"checkpoint: {Path(args.out) / 'checkpoint'}")
     if metrics:
@@ -205,8 +205,8 @@ def _train_tts(args) -> dict:
         print(f"TTSModel: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; training "
               f"{train_config.steps} steps on {len(train_set)} clips of {args.data}, {len(model_config.voices)} "
               f"voice(s) ({trainer.world_size} process(es), {trainer.device})")
-    metrics = trainer.fit(train_set, eval_set, resume=args.resume)
-    if not trainer.is_main:
+    metrics = trainer.fit(train_set, eval_set, resume=args.resume, stop_after_minutes=args.stop_after_minutes)
+    if not trainer.is_main or trainer.paused:
         return metrics
     print(f"checkpoint: {Path(args.out) / 'checkpoint'}")
     if (Path(args.data) / "codec").is_dir():
@@ -260,8 +260,8 @@ def cmd_train_codec(args) -> dict:
         print(f"{model!r}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; training "
               f"{train_config.steps} steps on {len(train_set)} clips of {args.data}, evaluating on {len(eval_set)} "
               f"({trainer.world_size} process(es), {trainer.device})")
-    metrics = trainer.fit(train_set, eval_set, resume=args.resume)
-    if trainer.is_main:
+    metrics = trainer.fit(train_set, eval_set, resume=args.resume, stop_after_minutes=args.stop_after_minutes)
+    if trainer.is_main and not trainer.paused:
         print(f"checkpoint: {Path(args.out) / 'checkpoint'}")
         if metrics:
             print(f"held-out mrstft distance: {metrics['mrstft_distance']:.4f}")
@@ -276,7 +276,8 @@ def _fit_spectral_codec(args) -> dict:
     from mamba_audio.metrics import codec_round_trip
 
     given = [flag for flag, _ in TRAIN_FLAGS if getattr(args, flag[2:].replace("-", "_")) is not None]
-    given += [flag for flag, value in (("--device", args.device), ("--resume", args.resume)) if value]
+    given += [flag for flag, value in (("--device", args.device), ("--resume", args.resume),
+                                       ("--stop-after-minutes", args.stop_after_minutes)) if value]
     if given:
         raise ValueError(f"--kind spectral takes no {', '.join(given)}: it is fitted by k-means on the CPU "
                          "(set fit.iterations, fit.max_frames or fit.seed instead)")
@@ -592,6 +593,8 @@ def add_trainer_options(p: argparse.ArgumentParser) -> None:
     for flag, typ in TRAIN_FLAGS:
         p.add_argument(flag, type=typ)
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/trainer_state if present")
+    p.add_argument("--stop-after-minutes", type=float,
+                   help="pause this run after N minutes, saving OUT/trainer_state (--resume goes on with it)")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--mix-to-mono", action="store_true", help="average multichannel files instead of refusing them")
 

@@ -95,6 +95,46 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     assert not torch.equal(saved.head.weight, whole.model.head.weight)
 
 
+def test_pause_after_minutes_then_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
+    """stop_after_minutes pauses a call (state saved, no evaluation, the schedule not shortened); a resumed
+    call finishes the run bitwise as one uninterrupted call does."""
+    options = dict(ema_decay=0.9, eval_every=100)
+    data = lambda: TokenClips(crop=32, generator=torch.Generator())  # noqa: E731
+    whole = Trainer(tiny_lm(), LMTask(), config(**options), tmp_path / "whole", progress=False)
+    whole.fit(data(), TokenClips(count=8))
+    assert not whole.paused
+
+    first = Trainer(tiny_lm(), LMTask(), config(**options), tmp_path / "split", progress=False)
+    assert first.fit(data(), TokenClips(count=8), stop_after_minutes=1e-9) == {}  # past it after one step
+    assert first.paused and first.step == 1
+    assert json.loads((tmp_path / "split" / "trainer_state" / "state.json").read_text())["step"] == 1
+    logged = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["split"] for r in logged] == ["train"]  # no evaluation at a pause
+    assert first.scheduler.get_last_lr()[0] == whole.config.lr * cosine_schedule(1, whole.config)
+
+    second = Trainer(tiny_lm(), LMTask(), config(**options), tmp_path / "split", progress=False)
+    second.fit(data(), TokenClips(count=8), resume=True, stop_after_minutes=60)
+    assert second.step == 6 and not second.paused
+    for key, value in weights(whole.model).items():
+        torch.testing.assert_close(second.model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    for key in whole.ema:
+        torch.testing.assert_close(second.ema[key], whole.ema[key], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="stop_after_minutes"):
+        second.fit(data(), stop_after_minutes=0)
+
+
+def test_ema_update_moves_every_float_tensor_by_one_minus_decay_and_copies_the_rest(tmp_path):
+    trainer = Trainer(tiny_lm(), LMTask(), config(ema_decay=0.75), tmp_path, progress=False)
+    before = {k: v.clone() for k, v in trainer.ema.items()}
+    with torch.no_grad():
+        for param in trainer.model.parameters():
+            param.add_(torch.randn_like(param))
+    trainer._update_ema()
+    for key, value in trainer.model.state_dict().items():
+        expected = before[key] + 0.25 * (value.float() - before[key]) if value.is_floating_point() else value
+        torch.testing.assert_close(trainer.ema[key], expected.to(trainer.ema[key].dtype), msg=key)
+
+
 def test_resume_refuses_other_settings(tmp_path):
     Trainer(tiny_lm(), LMTask(), config(steps=3), tmp_path, progress=False).fit(TokenClips())
     trainer = Trainer(tiny_lm(), LMTask(), config(batch_size=2), tmp_path, progress=False)

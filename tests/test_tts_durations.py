@@ -231,14 +231,18 @@ def test_the_loop_plans_each_symbol_and_streams_equal_synthesize():
 def test_gpu_train_script_trains_ships_and_speaks_on_tokens(tokens, corpus, tmp_path, capsys):
     """recipes/tts/gpu_train.py end to end on the CPU with the default voice's config (flite phones, the
     duration guide), shrunk: train on pre-tokenized data, store the voice in float16, speak the held-out
-    sentence from its aligned phones; then recipes/tts/time_voice.py times the voice it shipped."""
+    sentence from its aligned phones; then recipes/tts/time_voice.py times the voice it shipped. The run is
+    split over two calls (--stop-after-minutes, then --resume), as over two device commands."""
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "tts"
     out = tmp_path / "out"
     argv = ["gpu_train.py", "--tokens", str(tokens), "--out", str(out), "--work", str(tmp_path / "work"),
             "--device", "cpu", "--set", "train.steps=2", "--set", "train.batch_size=2",
             "--set", "model.backbone.d_model=16", "--set", "model.backbone.n_layers=1",
             "--set", "model.max_seconds=0.02"]
-    with patch.object(sys, "argv", argv):
+    with patch.object(sys, "argv", argv + ["--stop-after-minutes", "1e-9"]):  # paused after its first step
+        runpy.run_path(str(recipe / "gpu_train.py"), run_name="__main__")
+    assert "training paused" in capsys.readouterr().out and not out.exists()
+    with patch.object(sys, "argv", argv + ["--resume"]):
         runpy.run_path(str(recipe / "gpu_train.py"), run_name="__main__")
     record = json.loads((out / "run.json").read_text())
     assert record["train_steps"] == 2 and record["heldout_sentences_spoken"] == 1 and record["shipped_dtype"] == "float16"

@@ -17,6 +17,11 @@ hands back (at most 8 files, 2 folders deep):
                                        much the model reads its text),
                                        time to first audio and real-time factor of one stream, sizes
 
+A run longer than one call (a device's time limit per command): `--stop-after-minutes M` pauses training
+after M minutes with its state in WORK and exits (nothing spoken, nothing else written); the same command
+with `--resume` and the same --work goes on where it stopped, on the same cosine schedule (train.max_minutes
+is the whole run's training time), and does the rest when training ends.
+
 A "phonemes" or "flite" model speaks the held-out sentences from the corpus's symbols (its phonemes
 column, or the phones of its alignments), so neither espeak-ng nor flite is needed here. WER is
 computed afterwards, where pocketsphinx is installed:
@@ -150,6 +155,8 @@ def main() -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="how OUT/voice stores weights")
     parser.add_argument("--heldout", type=int, default=120, help="speak the first N held-out sentences")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--stop-after-minutes", type=float, help="pause training after this long (see above)")
+    parser.add_argument("--resume", action="store_true", help="go on with the paused run in --work")
     args = parser.parse_args()
     if args.corpus and not args.codec:
         parser.error("--corpus needs --codec")
@@ -157,14 +164,22 @@ def main() -> None:
     work = Path(args.work) if args.work else out / "work"
     started = time.time()
     tokens = Path(args.tokens) if args.tokens else work / "tokens"
-    if args.corpus:
+    if args.corpus and not (args.resume and (tokens / "manifest.json").is_file()):
         run("--quiet", "tokenize", "--codec", args.codec, "--data", args.corpus, "--out", str(tokens),
             "--device", str(device))
         print(f"tokenized in {time.time() - started:.0f} s", flush=True)
     overrides = [flag for pair in args.set for flag in ("--set", pair)]
+    if args.resume:
+        overrides.append("--resume")
+    if args.stop_after_minutes is not None:
+        overrides += ["--stop-after-minutes", str(args.stop_after_minutes)]
+    shutil.rmtree(work / "voice", ignore_errors=True)  # written when training ends, not at a pause
     run("--quiet", "train", "--task", "tts", "--data", str(tokens), "--out", str(work), "--config", args.config,
         "--segment-seconds", str(args.max_seconds), "--device", str(device), *overrides)
     trained_seconds = time.time() - started
+    if not (work / "voice").is_dir():
+        print(f"training paused: the same command with --resume (and --work {work}) goes on")
+        return
 
     # the voice as it ships: stored in --dtype, loaded back as float32, here and on the CPU
     trained = TextToSpeech.from_pretrained(work / "voice", device=device, max_streams=1)
@@ -193,7 +208,9 @@ def main() -> None:
     checkpoint = json.loads((work / "checkpoint" / "config.json").read_text())
     record = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "command": " ".join(["python", *sys.argv]), "train_steps": checkpoint["step"],
-              "train_and_startup_seconds": round(trained_seconds), "heldout_sentences_spoken": len(heldout),
+              "train_and_startup_seconds": round(trained_seconds),  # this call's (the last one, with --resume)
+              "train_seconds_all_calls": round(json.loads((work / "trainer_state" / "state.json").read_text())
+                                               ["train_seconds"]), "heldout_sentences_spoken": len(heldout),
               "heldout_nll_bits": {"trained_float32": heldout_nll(trained, tokens),
                                    f"shipped_{args.dtype}": heldout_nll(voice, tokens),
                                    "trained_float32_other_text": heldout_nll(trained, tokens, other_text=True)},
