@@ -276,6 +276,32 @@ def test_a_clip_cut_for_training_is_not_taught_to_stop_at_the_cut():
     torch.testing.assert_close(cut["nll_bits"], whole["nll_bits"])  # unguided: only the stop target changes
 
 
+def test_input_token_noise_replaces_codes_in_training_only():
+    """input_token_noise draws new codes for about that share of the teacher-forced inputs (never for the empty
+    token, never for the targets), in training only: in eval mode the losses are those of a noiseless model."""
+    noisy, clean = tiny_tts(input_token_noise=0.5), tiny_tts()
+    torch.manual_seed(1)
+    tokens, lengths = torch.randint(0, 16, (2, 2, 40)), torch.tensor([40, 30])
+    seq = noisy.targets(tokens, lengths)[0]
+    inputs = noisy.shift(seq)
+    torch.manual_seed(2)
+    drawn = noisy.noisy_inputs(inputs)
+    empty = inputs == noisy.empty_token
+    assert torch.equal(drawn[empty], inputs[empty]) and (drawn[~empty] < 16).all()
+    changed = (drawn != inputs)[~empty].float().mean()  # a draw keeps its code 1 time in 16
+    assert 0.35 < changed < 0.6
+    assert clean.noisy_inputs(inputs) is inputs
+    text, voice = noisy.pad_text([noisy.text.encode("hi"), noisy.text.encode("the fox")]), torch.tensor([0, 1])
+    with torch.no_grad():
+        noisy.eval(), clean.eval()
+        assert noisy.losses(text, voice, tokens, lengths) == clean.losses(text, voice, tokens, lengths)
+        noisy.train()
+        trained = noisy.losses(text, voice, tokens, lengths)
+        assert trained["nll_bits"] != clean.losses(text, voice, tokens, lengths)["nll_bits"]
+    with pytest.raises(ValueError, match="input_token_noise"):
+        tiny_tts(input_token_noise=1.0)
+
+
 # -- the public API ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tts():

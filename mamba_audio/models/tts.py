@@ -77,6 +77,10 @@ class TTSConfig(CodecLMConfig):
 
     ``temperature`` and ``top_p`` are the sampling the voice speaks with unless the caller says otherwise
     (:class:`mamba_audio.tts.SpeechLoop`): a voice carries the setting it was measured with.
+
+    ``input_token_noise``: in training, each teacher-forced input token (not the targets) is replaced by a
+    uniformly drawn code with this probability, so the model sees inputs with errors like its own samples
+    and leans on its text rather than on the audio so far (Tacotron's pre-net dropout plays this part).
     """
 
     pattern: str = "delay"
@@ -95,9 +99,12 @@ class TTSConfig(CodecLMConfig):
     guide_durations: bool = False
     temperature: float = 1.0
     top_p: float | None = None
+    input_token_noise: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
+        if not 0 <= self.input_token_noise < 1:
+            raise ValueError(f"input_token_noise must be in [0, 1), got {self.input_token_noise}")
         if self.pattern == "flatten":
             raise ValueError("a TTS model needs the delay or parallel pattern (flatten ties a slot's codebook to "
                              "its step, which streams at different steps cannot share)")
@@ -332,7 +339,8 @@ class TTSModel(CodecLM):
         if planned_frames is not None:  # a clip cut short for training does not end at the cut: no stop there
             cut = planned_frames.to(lengths.device) > lengths
             stop_mask = stop_mask & ~(cut[:, None] & (stop_target > 0))
-        logits, stop_logits = self(text, voice, self.shift(seq), lengths if planned_frames is None else planned_frames,
+        inputs = self.noisy_inputs(self.shift(seq)) if self.training else self.shift(seq)
+        logits, stop_logits = self(text, voice, inputs, lengths if planned_frames is None else planned_frames,
                                    durations)
         nll = F.cross_entropy(logits[valid].float(), seq[valid])
         stop = F.binary_cross_entropy_with_logits(stop_logits[stop_mask], stop_target[stop_mask])
@@ -342,6 +350,15 @@ class TTSModel(CodecLM):
             predicted = self.duration_predictor(text)
             out["duration_mse"] = F.mse_loss(predicted[real], torch.log1p(durations[real].float()))
         return out
+
+    def noisy_inputs(self, inputs: Tensor) -> Tensor:
+        """inputs (B, S, P) with each code (not the empty token) replaced by a uniform draw with probability
+        ``input_token_noise`` (torch's global generator); the inputs themselves when it is 0."""
+        chance, codes = self.config.input_token_noise, self.config.codebook_size
+        if chance == 0:
+            return inputs
+        hit = (torch.rand(inputs.shape, device=inputs.device) < chance) & (inputs < codes)
+        return torch.where(hit, torch.randint_like(inputs, codes), inputs)
 
     # -- streaming --------------------------------------------------------------------------------
     def prefill_text(self, text: Tensor, voice: Tensor, state) -> None:
