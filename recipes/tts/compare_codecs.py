@@ -82,12 +82,13 @@ def main() -> None:
         raise SystemExit(f"{args.corpus} has no held-out sentences from {args.first}")
     references, voices = [item["transcript"] for item in items], [item["voice"] for item in items]
     transcribe = Transcriber()
-    results = {"command": "python recipes/tts/compare_codecs.py " + " ".join(
-                   [f"--corpus {args.corpus}", *(f"--codec {c}" for c in args.codec), f"--first {args.first}", f"--sentences {len(items)}"]),
+    command = [f"--corpus {args.corpus}", *(f"--codec {c}" for c in args.codec), f"--first {args.first}",
+               f"--sentences {len(items)}"]
+    results = {"command": "python recipes/tts/compare_codecs.py " + " ".join(command),
                "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} torch threads)",
-               "first": args.first, "sentences": len(items), "chunked_decoding": {"chunk_frames": STREAM_CHUNK_FRAMES,
-                                                              "context_frames": DECODE_CONTEXT_FRAMES,
-                                                              "lookahead_frames": DECODE_LOOKAHEAD_FRAMES},
+               "first": args.first, "sentences": len(items),
+               "chunked_decoding": {"chunk_frames": STREAM_CHUNK_FRAMES, "context_frames": DECODE_CONTEXT_FRAMES,
+                                    "lookahead_frames": DECODE_LOOKAHEAD_FRAMES},
                "recordings": {"wer": word_error_rates(references, [transcribe(i["audio"], i["sample_rate"])
                                                                    for i in items], voices)},
                "codecs": {}}
