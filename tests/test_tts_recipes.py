@@ -63,7 +63,8 @@ def test_compare_codecs_scores_round_trips_and_chunked_decoding(corpus, tmp_path
     assert fine["chunked_mrstft_distance"] == fine["chunked_restarting_mrstft_distance"] == fine["mrstft_distance"]
     second = tmp_path / "second.json"  # --first: from the second held-out sentence on
     run_script("compare_codecs.py", "--corpus", str(corpus), "--codec", "mulaw8", "--first", "1", "--out", str(second))
-    assert json.loads(second.read_text())["sentences"] == 1 and json.loads(second.read_text())["first"] == 1
+    ids = [clip_id for clip_id, _, _ in SentenceCorpus(corpus, split="heldout").entries]
+    assert results["ids"] == ids and json.loads(second.read_text())["ids"] == ids[1:]
     with pytest.raises(SystemExit, match="no held-out sentences from 2"):
         run_script("compare_codecs.py", "--corpus", str(corpus), "--codec", "mulaw8", "--first", "2")
 

@@ -86,7 +86,7 @@ def main() -> None:
                f"--sentences {len(items)}"]
     results = {"command": "python recipes/tts/compare_codecs.py " + " ".join(command),
                "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} torch threads)",
-               "first": args.first, "sentences": len(items),
+               "first": args.first, "sentences": len(items), "ids": [item["id"] for item in items],
                "chunked_decoding": {"chunk_frames": STREAM_CHUNK_FRAMES, "context_frames": DECODE_CONTEXT_FRAMES,
                                     "lookahead_frames": DECODE_LOOKAHEAD_FRAMES},
                "recordings": {"wer": word_error_rates(references, [transcribe(i["audio"], i["sample_rate"])
