@@ -78,30 +78,34 @@ class SpeechStream(Stream):
         pattern = self.generator.model.pattern
         if len(self._steps) > pattern.max_delay:
             self._frames = pattern.deinterleave(torch.stack(self._steps)[None])[0]
-        self._decode_ready()
+        # decoding waits for the loop: it decodes every stream's ready frames together (SpeechLoop.advance)
 
     def _source_frame(self, out_frame: int) -> int:
         return int(out_frame * self.speed)
 
-    def _decode_ready(self) -> None:
-        """Decode the output frames whose source frames (and lookahead) are known; all of them once ended."""
+    def _decode_request(self) -> tuple[Tensor, Tensor, int] | None:
+        """What to decode next: (codec frames (K, W), the audio played for its first context frames (1, n),
+        the output frame it ends at), for the output frames whose source frames (and lookahead) are known (all
+        of them once ended); None when there are none."""
         available = self._frames.shape[1]
         if available == 0:
-            return
+            return None
         total = max(1, int(available / self.speed)) if self._ended else None
         stop = self._decoded
         while (total is not None and stop < total) or (
                 total is None and self._source_frame(stop) + DECODE_LOOKAHEAD_FRAMES < available):
             stop += 1
         if stop == self._decoded:
-            return
+            return None
         first = max(0, self._decoded - DECODE_CONTEXT_FRAMES)
-        last = stop + DECODE_LOOKAHEAD_FRAMES
-        sources = [min(self._source_frame(j), available - 1) for j in range(first, last)]
-        codec, device = self.generator.codec, self.generator.codec_device
-        hop = codec.hop_length
-        played = self._played[:, self._played.shape[1] - (self._decoded - first) * hop:]
-        audio = codec.decode(self._frames[:, sources][None].to(device), played.to(device))[0].float().cpu()
+        sources = [min(self._source_frame(j), available - 1) for j in range(first, stop + DECODE_LOOKAHEAD_FRAMES)]
+        played = self._played[:, self._played.shape[1] - (self._decoded - first) * self.generator.codec.hop_length:]
+        return self._frames[:, sources], played, stop
+
+    def _accept_decoded(self, audio: Tensor, stop: int) -> None:
+        """Play ``audio`` (W * hop,), the decode of ``_decode_request``'s frames ending at output frame ``stop``."""
+        hop = self.generator.codec.hop_length
+        first = max(0, self._decoded - DECODE_CONTEXT_FRAMES)
         piece = audio[(self._decoded - first) * hop:(stop - first) * hop].clamp(-1.0, 1.0)
         self._push(piece)
         self._played = torch.cat([self._played, piece[None]], 1)
@@ -201,8 +205,26 @@ class SpeechLoop(StepLoop):
     def advance(self) -> None:
         with self._lock:
             busy = [s for s, stream in enumerate(self.streams) if stream is not None]
+            receivers = [self.streams[s] for s in busy]
             super().advance()
             self._clear_guide([s for s in busy if self.streams[s] is None])  # the streams that finished
+            self._decode(receivers)
+
+    def _decode(self, streams: list[SpeechStream]) -> None:
+        """Decode the frames each of ``streams`` has ready, those of one shape (the steady state: every
+        window as long, with as much played context) in one codec call: one Griffin-Lim for all."""
+        groups: dict[tuple, list] = {}
+        for stream in streams:
+            request = stream._decode_request()
+            if request is not None:
+                frames, played, _ = request
+                groups.setdefault((frames.shape[1], played.shape[1]), []).append((stream, request))
+        for members in groups.values():
+            frames = torch.stack([frames for _, (frames, _, _) in members]).to(self.codec_device)
+            played = torch.cat([played for _, (_, played, _) in members]).to(self.codec_device)
+            audio = self.codec.decode(frames, played).float().cpu()
+            for row, (stream, (_, _, stop)) in zip(audio, members):
+                stream._accept_decoded(row, stop)
 
     def _set_guide(self, slot: int, text_ids: Tensor, planned: int, durations: Tensor | None = None) -> None:
         """Give ``slot`` the guide of symbols ``text_ids`` (T,) spread over ``planned`` frames (by their

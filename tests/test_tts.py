@@ -454,6 +454,34 @@ def test_a_voice_on_the_spectral_codec_speaks_and_round_trips(tmp_path):
     assert loaded.synthesize("the red fox.", seed=4).shape == audio.shape
 
 
+def test_the_loop_decodes_its_streams_together_and_each_sounds_as_alone(monkeypatch):
+    """Streams whose windows have one shape share a codec call (one Griffin-Lim for all of them), and each
+    stream's audio is what it would be alone, beside a stream at another point of its utterance."""
+    torch.manual_seed(0)
+    codec = SpectralCodec(SpectralCodecConfig(sample_rate=16000, hop_length=160, n_fft=512, n_mels=20,
+                                              num_codebooks=2, codebook_size=16, griffin_lim_iterations=4))
+    t = torch.arange(16000) / 16000
+    codec.fit([torch.sin(2 * torch.pi * f * t) * (0.2 + 0.1 * torch.sin(7 * t)) for f in (120, 180, 260)],
+              SpectralFitConfig(iterations=3, max_frames=500))
+    voice = TextToSpeech(tiny_tts(frame_rate=codec.frame_rate, max_seconds=0.3, stop_threshold=0.9999), codec,
+                         max_streams=3)
+    texts = ["the red fox.", "a much longer sentence.", "hi"]
+    alone = [voice.synthesize(text, seed=i) for i, text in enumerate(texts)]
+    batches = []
+    decode = type(codec).decode
+    monkeypatch.setattr(type(codec), "decode", lambda self, tokens, played=None: (
+        batches.append(tokens.shape[0]), decode(self, tokens, played))[1])
+    a, b = voice.start(texts[0], seed=0), voice.start(texts[1], seed=1)
+    together = {0: [next(a).audio], 1: []}
+    c = voice.start(texts[2], seed=2)  # joins later: its windows differ from the others' at first
+    together[1] += [chunk.audio for chunk in b]
+    together[0] += [chunk.audio for chunk in a]
+    together[2] = [chunk.audio for chunk in c]
+    for i in range(3):
+        torch.testing.assert_close(torch.cat(together[i]), alone[i])
+    assert max(batches) >= 2 and len(batches) < sum(batches)  # some calls decoded several streams
+
+
 def test_a_voice_speaks_with_its_own_sampling_unless_told_otherwise():
     codec = tiny_codec()
     model = tiny_tts(frame_rate=codec.frame_rate, max_seconds=0.02, temperature=0.3, top_p=0.9)

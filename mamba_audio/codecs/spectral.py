@@ -240,7 +240,8 @@ def griffin_lim(magnitude: Tensor, window: Tensor, hop_length: int, iterations: 
     if known:
         start = stft(torch.nn.functional.pad(played, (0, length - known)))
         size = start.abs()
-        angles = torch.where(size > 1e-8 * size.amax(), start / size.clamp_min(1e-30), angles)
+        loudest = size.amax(dim=(1, 2), keepdim=True)  # per row: a batch decodes as its rows would alone
+        angles = torch.where(size > 1e-8 * loudest, start / size.clamp_min(1e-30), angles)
     previous, step = torch.zeros((), dtype=magnitude.dtype, device=magnitude.device), momentum / (1 + momentum)
     for _ in range(iterations):
         rebuilt = stft(istft(magnitude * angles))
