@@ -12,7 +12,9 @@ and the slot then steps with the others, one codec step (one token per codebook,
 model step, sampling with per-stream seeds; the stop head ends it. Each :class:`SpeechStream` turns its
 steps back into codec frames and decodes them a few at a time, with ``DECODE_CONTEXT_FRAMES`` frames
 of left context (and the audio already played for them, which a Griffin-Lim codec continues) and
-``DECODE_LOOKAHEAD_FRAMES`` of right context so the codec's convolutions see across chunk boundaries. ``speed`` plays the codec frames faster or slower (each output frame is the source
+``DECODE_LOOKAHEAD_FRAMES`` of right context so the codec's convolutions see across chunk boundaries;
+after each block the loop decodes the windows of all its streams that have the same shape in one codec
+call. ``speed`` plays the codec frames faster or slower (each output frame is the source
 frame at ``floor(j * speed)``), so the pitch stays. A model with the text guide (``TTSConfig.text_guide``)
 instead plans ``TTSModel.planned_frames(n, speed)`` frames for the n symbols (speed scales the guide's
 planned length: the model itself speaks faster or slower) and its frames are played as they are; a
