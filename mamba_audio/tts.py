@@ -222,9 +222,9 @@ class SpeechLoop(StepLoop):
                 frames, played, _ = request
                 groups.setdefault((frames.shape[1], played.shape[1]), []).append((stream, request))
         for members in groups.values():
-            frames = torch.stack([frames for _, (frames, _, _) in members]).to(self.codec_device)
-            played = torch.cat([played for _, (_, played, _) in members]).to(self.codec_device)
-            audio = self.codec.decode(frames, played).float().cpu()
+            windows = torch.stack([window for _, (window, _, _) in members]).to(self.codec_device)
+            context = torch.cat([played for _, (_, played, _) in members]).to(self.codec_device)
+            audio = self.codec.decode(windows, context).float().cpu()
             for row, (stream, (_, _, stop)) in zip(audio, members):
                 stream._accept_decoded(row, stop)
 
