@@ -228,6 +228,23 @@ def test_speech_tokens_read_the_tokenized_corpus_and_name_what_is_missing(tokens
         SpeechTokens(broken, model.text, VOICES)
 
 
+def train_briefly(model: TTSModel, dataset: SpeechTokens, batch_size: int, out: Path) -> tuple[dict, dict, dict]:
+    """25 steps of ``model`` on ``dataset`` at lr 1e-2 into ``out`` -> (the whole dataset as one batch, its
+    TTSTask metrics before training, after)."""
+    batch = collate_speech_tokens([dataset[i] for i in range(len(dataset))], model.pad_text)
+    task = TTSTask()
+    with torch.no_grad():
+        before = task.finalize(task.eval_sums(model.eval(), batch))
+    config = TrainConfig(steps=25, batch_size=batch_size, lr=1e-2, warmup_steps=1, log_every=5, tensorboard=False,
+                         device="cpu")
+    trainer = Trainer(model, task, config, out, progress=False,
+                      collate_fn=lambda items: collate_speech_tokens(items, model.pad_text))
+    trainer.fit(dataset)
+    with torch.no_grad():
+        after = task.finalize(task.eval_sums(model.eval(), batch))
+    return batch, before, after
+
+
 @pytest.mark.parametrize("guide", [False, True], ids=["unguided", "guided"])
 def test_tts_training_loss_falls_and_checkpoint_round_trip(tokens, tmp_path, guide):
     fields = speech_model_fields(tokens, "phonemes")
@@ -238,23 +255,15 @@ def test_tts_training_loss_falls_and_checkpoint_round_trip(tokens, tmp_path, gui
         model.config.guide_frames_per_symbol = dataset.frames_per_symbol()
         assert [dataset[i]["clip_frames"] for i in range(len(dataset))] == [
             m["num_frames"] for m in dataset.tokens.metadata]
-    batch = collate_speech_tokens([dataset[i] for i in range(len(dataset))], model.pad_text)
-    task = TTSTask()
-    with torch.no_grad():
-        before = task.finalize(task.eval_sums(model.eval(), batch))
-    trainer = Trainer(model, task, TrainConfig(steps=25, batch_size=5, lr=1e-2, warmup_steps=1, log_every=5,
-                                               tensorboard=False, device="cpu"), tmp_path / "run", progress=False,
-                      collate_fn=lambda items: collate_speech_tokens(items, model.pad_text))
-    trainer.fit(dataset)
-    with torch.no_grad():
-        after = task.finalize(task.eval_sums(model.eval(), batch))
+    batch, before, after = train_briefly(model, dataset, 5, tmp_path / "run")
     assert after["nll_bits"] < 0.8 * before["nll_bits"] and after["stop_bce"] < before["stop_bce"]
 
     loaded = TTSModel.from_pretrained(tmp_path / "run" / "checkpoint")
     assert loaded.config == model.config and loaded.text.symbols == model.text.symbols
     assert hasattr(loaded, "guide_embedding") == guide and loaded.config.text_guide == guide
     with torch.no_grad():
-        assert abs(task.finalize(task.eval_sums(loaded.eval(), batch))["nll_bits"] - after["nll_bits"]) < 1e-4
+        reloaded = TTSTask().finalize(TTSTask().eval_sums(loaded.eval(), batch))
+        assert abs(reloaded["nll_bits"] - after["nll_bits"]) < 1e-4
 
 
 def test_a_clip_cut_for_training_is_not_taught_to_stop_at_the_cut():
@@ -437,14 +446,20 @@ def test_half_precision_voice_loads_as_float32_and_a_foreign_codec_is_named(tts,
         huge.save_pretrained(tmp_path / "huge", dtype=torch.float16)
 
 
-def test_a_voice_on_the_spectral_codec_speaks_and_round_trips(tmp_path):
-    """The default voice's codec has buffers but no parameters: the loop must still find its device."""
+def tiny_spectral_codec() -> SpectralCodec:
+    """A SpectralCodec (hop 160, 2 x 16 codes, 4 Griffin-Lim iterations) fitted to three tones."""
     torch.manual_seed(0)
     codec = SpectralCodec(SpectralCodecConfig(sample_rate=16000, hop_length=160, n_fft=512, n_mels=20,
                                               num_codebooks=2, codebook_size=16, griffin_lim_iterations=4))
     t = torch.arange(16000) / 16000
     codec.fit([torch.sin(2 * torch.pi * f * t) * (0.2 + 0.1 * torch.sin(7 * t)) for f in (120, 180, 260)],
               SpectralFitConfig(iterations=3, max_frames=500))
+    return codec
+
+
+def test_a_voice_on_the_spectral_codec_speaks_and_round_trips(tmp_path):
+    """The default voice's codec has buffers but no parameters: the loop must still find its device."""
+    codec = tiny_spectral_codec()
     assert not list(codec.parameters()) and codec.device == torch.device("cpu")
     voice = TextToSpeech(tiny_tts(frame_rate=codec.frame_rate, max_seconds=0.05, stop_threshold=0.9999), codec)
     audio = voice.synthesize("the red fox.", seed=4)
@@ -457,12 +472,7 @@ def test_a_voice_on_the_spectral_codec_speaks_and_round_trips(tmp_path):
 def test_the_loop_decodes_its_streams_together_and_each_sounds_as_alone(monkeypatch):
     """Streams whose windows have one shape share a codec call (one Griffin-Lim for all of them), and each
     stream's audio is what it would be alone, beside a stream at another point of its utterance."""
-    torch.manual_seed(0)
-    codec = SpectralCodec(SpectralCodecConfig(sample_rate=16000, hop_length=160, n_fft=512, n_mels=20,
-                                              num_codebooks=2, codebook_size=16, griffin_lim_iterations=4))
-    t = torch.arange(16000) / 16000
-    codec.fit([torch.sin(2 * torch.pi * f * t) * (0.2 + 0.1 * torch.sin(7 * t)) for f in (120, 180, 260)],
-              SpectralFitConfig(iterations=3, max_frames=500))
+    codec = tiny_spectral_codec()
     voice = TextToSpeech(tiny_tts(frame_rate=codec.frame_rate, max_seconds=0.3, stop_threshold=0.9999), codec,
                          max_streams=3)
     texts = ["the red fox.", "a much longer sentence.", "hi"]

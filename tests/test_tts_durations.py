@@ -22,9 +22,8 @@ from mamba_audio.data.sentences import ALIGNMENTS, SentenceCorpus, align_sentenc
 from mamba_audio.data.speech_tokens import SpeechTokens, collate_speech_tokens, speech_model_fields, symbol_frames
 from mamba_audio.models.tts import TTSModel
 from mamba_audio.text import FLITE_PHONES, FLITE_SYMBOLS, PAD_ID, TextError, TextTokenizer, flite_symbol
-from mamba_audio.training import TrainConfig, Trainer, TTSTask
 from mamba_audio.tts import TextToSpeech
-from test_tts import tiny_codec, tiny_tts, tokenize_with_tiny_codec
+from test_tts import tiny_codec, tiny_tts, tokenize_with_tiny_codec, train_briefly
 
 VOICE = "flite:slt"
 DURATIONS = dict(front_end="flite", text_guide=True, guide_durations=True, guide_progress_bins=8, guide_window=1)
@@ -187,16 +186,7 @@ def test_planned_durations_ignore_the_padding_and_follow_the_speed():
 def test_training_teaches_tokens_stop_and_durations_and_round_trips(tokens, tmp_path):
     model = tiny_tts(**DURATIONS, frame_rate=speech_model_fields(tokens, "flite")["frame_rate"])
     dataset = SpeechTokens(tokens, model.text, [VOICE], split="train", max_frames=32)
-    batch = collate_speech_tokens([dataset[i] for i in range(len(dataset))], model.pad_text)
-    task = TTSTask()
-    with torch.no_grad():
-        before = task.finalize(task.eval_sums(model.eval(), batch))
-    trainer = Trainer(model, task, TrainConfig(steps=25, batch_size=4, lr=1e-2, warmup_steps=1, log_every=5,
-                                               tensorboard=False, device="cpu"), tmp_path / "run", progress=False,
-                      collate_fn=lambda items: collate_speech_tokens(items, model.pad_text))
-    trainer.fit(dataset)
-    with torch.no_grad():
-        after = task.finalize(task.eval_sums(model.eval(), batch))
+    batch, before, after = train_briefly(model, dataset, 4, tmp_path / "run")
     assert after["nll_bits"] < 0.8 * before["nll_bits"] and after["stop_bce"] < before["stop_bce"]
     assert after["duration_mse"] < 0.5 * before["duration_mse"]
     loaded = TTSModel.from_pretrained(tmp_path / "run" / "checkpoint")
