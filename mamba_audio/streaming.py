@@ -188,9 +188,12 @@ class StepLoop:
             raise RuntimeError(f"all {self.max_streams} slots are busy; stop a stream first") from None
 
     def _load_slot(self, slot: int, fresh: StageState) -> None:
-        """Copy a one-row model state (prefilled for a new stream) into ``slot`` of the shared state."""
+        """Copy a model state prefilled for a new stream into ``slot`` of the shared state: its row r goes to
+        row slot + r * max_streams (one row, or more where a loop keeps several per stream, as a guided
+        SpeechLoop keeps each stream's text-free copy in the second half)."""
         for slot_tensor, stream_tensor in zip(state_tensors(self.state), state_tensors(fresh)):
-            slot_tensor[slot].copy_(stream_tensor[0])
+            for row in range(stream_tensor.shape[0]):
+                slot_tensor[slot + row * self.max_streams].copy_(stream_tensor[row])
 
     def _attach(self, stream: Stream) -> Stream:
         self.streams[stream.slot] = stream

@@ -21,7 +21,8 @@ planned length: the model itself speaks faster or slower) and its frames are pla
 model with ``guide_durations`` plans each symbol's frames with its duration predictor (divided by
 speed). The loop keeps each slot's symbols, n, planned length and symbol end frames on the device and
 computes the guide ids of every step from the slot's step counter (tensor ops only, so a period can be
-a CUDA graph).
+a CUDA graph). With classifier-free guidance (``cfg_scale`` != 1, ``TTSConfig``) the model state has
+twice the slots' rows: slot s's copy without its text is row s + max_streams, stepped beside it.
 
 A checkpoint directory holds ``tts/`` (the :class:`TTSModel`) and ``codec/`` (the codec it was trained
 on; absent for the mu-law codec).
@@ -36,7 +37,7 @@ import torch
 
 from mamba_audio.codecs import AudioCodec, MuLawCodec
 from mamba_audio.models.pretrained import CheckpointError, load_pretrained
-from mamba_audio.models.tts import TTSModel
+from mamba_audio.models.tts import TTSModel, check_cfg_scale
 from mamba_audio.streaming import AudioChunk, Stream, StepLoop
 from mamba_audio.text import PAD_ID, TextError
 
@@ -128,11 +129,13 @@ class SpeechLoop(StepLoop):
         block_steps: codec steps per slot per ``advance`` (a multiple of the total pooling); default the
             multiple nearest 4 steps.
         cuda_graph: capture a period in a CUDA graph (default: on CUDA).
-        temperature, top_p: sampling (default: the model's config, the setting the voice was measured with).
+        temperature, top_p, cfg_scale: sampling and classifier-free guidance on the text (default: the
+            model's config, the setting the voice was measured with).
     """
 
     def __init__(self, model: TTSModel, codec: AudioCodec, max_streams: int = 8, block_steps: int | None = None,
-                 cuda_graph: bool | None = None, temperature: float | None = None, top_p: float | None = None):
+                 cuda_graph: bool | None = None, temperature: float | None = None, top_p: float | None = None,
+                 cfg_scale: float | None = None):
         config = model.config
         if (codec.num_codebooks, codec.codebook_size, codec.sample_rate) != (
                 config.num_codebooks, config.codebook_size, config.sample_rate):
@@ -147,11 +150,13 @@ class SpeechLoop(StepLoop):
         super().__init__(max_streams, period, block_steps, model.head.weight.device, cuda_graph)
         self.temperature = config.temperature if temperature is None else temperature
         self.top_p = config.top_p if top_p is None else top_p
+        self.cfg_scale = check_cfg_scale(config.cfg_scale if cfg_scale is None else cfg_scale)
+        self._rows_per_stream = 1 if self.cfg_scale == 1 else 2  # with guidance: the stream, then without text
         self._lock = threading.RLock()
         P, long = model.pattern.streams, dict(dtype=torch.long, device=self.device)
         self.delays = torch.tensor(model.pattern.delays, **long)
         with torch.no_grad():
-            self.state = model.allocate_inference_cache(max_streams, self.device)
+            self.state = model.allocate_inference_cache(max_streams * self._rows_per_stream, self.device)
         self.inputs = torch.full((max_streams, P), model.empty_token, **long)  # what each slot feeds next
         self.voice = torch.zeros(max_streams, **long)
         self.step = torch.zeros(max_streams, **long)  # the codec step each slot outputs next
@@ -178,8 +183,8 @@ class SpeechLoop(StepLoop):
         voice_tensor = torch.tensor([voice], device=self.device)
         with self._lock:
             slot = self._free_slot()
-            fresh = model.allocate_inference_cache(1, self.device)
-            model.prefill_text(text, voice_tensor, fresh)
+            fresh = model.allocate_inference_cache(self._rows_per_stream, self.device)
+            model.prefill_text(text, voice_tensor, fresh, cfg=self._rows_per_stream == 2)
             self._load_slot(slot, fresh)
             self.inputs[slot] = model.empty_token
             self.voice[slot] = voice
@@ -268,7 +273,7 @@ class SpeechLoop(StepLoop):
             symbols, progress = model.guide_ids(self.guide_text, self.guide_planned, first[:, None], self.guide_symbols,
                                                 ends)
             guide = (symbols[:, 0], progress[:, 0])
-        logits, stop_logit = model.step_audio(self.inputs, self.voice, self.state, guide)
+        logits, stop_logit = model.step_audio(self.inputs, self.voice, self.state, guide, self.cfg_scale)
         stopping = ((stop_logit.sigmoid() > model.config.stop_threshold) & (first >= 1)) | (first >= self.max_frame)
         self.end_frame.copy_(torch.where((self.end_frame == _NOT_ENDED) & stopping, first, self.end_frame))
         frames = self.step[:, None] - self.delays[None, :]

@@ -262,6 +262,12 @@ def test_gpu_train_script_trains_ships_and_speaks_on_tokens(tokens, corpus, tmp_
     scores = json.loads(sweep.read_text())
     assert scores["sentences"] == 1 and set(scores["wer"]) == {"recordings", "temperature 0.0", "temperature 1.0"}
     assert all(value >= 0 for value in scores["wer"].values())
+    with patch.object(sys, "argv", ["sampling_sweep.py", "--voice", str(out / "voice"), "--tokens", str(tokens),
+                                    "--corpus", str(corpus), "--first", "0", "--temperatures", "0",
+                                    "--cfg-scales", "1,2", "--out", str(sweep)]):  # and guidance scales
+        runpy.run_path(str(recipe / "sampling_sweep.py"), run_name="__main__")
+    assert set(json.loads(sweep.read_text())["wer"]) == {"recordings", "temperature 0.0, cfg 1.0",
+                                                         "temperature 0.0, cfg 2.0"}
 
 
 def test_the_loop_widens_its_end_frames_with_its_text_rows():

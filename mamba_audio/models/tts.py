@@ -40,6 +40,13 @@ trained beside the rest by squared error, as in FastSpeech), divided by ``speed`
 :meth:`TTSModel.guide_ids` is the one place these ids are computed (training, prefill and the
 streaming loop). Without the guide the model has no guide tables, and checkpoints from before the
 guide load and behave as they did.
+
+Classifier-free guidance on the text (as in MusicGen and Voicebox): trained with ``cfg_text_dropout``, a
+row's text is hidden with that probability (its prefix all padding, every guide symbol the pad id; the
+guide's timing, the progress ids and the symbol count, stays, so "without text" means without the phones'
+identities, not without their pace). Generation with ``cfg_scale`` s != 1 steps each stream twice, with and
+without its text, and samples from the logits l_u + s * (l_c - l_u): s = 1 is the plain model, s > 1 leans
+harder on the text. The stop head reads the row with the text.
 """
 
 from __future__ import annotations
@@ -81,6 +88,10 @@ class TTSConfig(CodecLMConfig):
     ``input_token_noise``: in training, each teacher-forced input token (not the targets) is replaced by a
     uniformly drawn code with this probability, so the model sees inputs with errors like its own samples
     and leans on its text rather than on the audio so far (Tacotron's pre-net dropout plays this part).
+
+    ``cfg_text_dropout``: in training, the probability that a row's text is hidden (classifier-free guidance,
+    module docstring); ``cfg_scale`` the guidance the voice speaks with (1: none, the only sensible value for
+    a model trained without text dropout, whose text-free rows it has never seen).
     """
 
     pattern: str = "delay"
@@ -100,11 +111,16 @@ class TTSConfig(CodecLMConfig):
     temperature: float = 1.0
     top_p: float | None = None
     input_token_noise: float = 0.0
+    cfg_text_dropout: float = 0.0
+    cfg_scale: float = 1.0
 
     def __post_init__(self):
         super().__post_init__()
         if not 0 <= self.input_token_noise < 1:
             raise ValueError(f"input_token_noise must be in [0, 1), got {self.input_token_noise}")
+        if not 0 <= self.cfg_text_dropout < 1:
+            raise ValueError(f"cfg_text_dropout must be in [0, 1), got {self.cfg_text_dropout}")
+        check_cfg_scale(self.cfg_scale)
         if self.pattern == "flatten":
             raise ValueError("a TTS model needs the delay or parallel pattern (flatten ties a slot's codebook to "
                              "its step, which streams at different steps cannot share)")
@@ -123,6 +139,13 @@ class TTSConfig(CodecLMConfig):
         check_sampling(self.temperature, None, self.top_p)
         if self.guide_durations and not self.text_guide:
             raise ValueError("guide_durations places the text guide's pointer: it needs text_guide: true")
+
+
+def check_cfg_scale(scale) -> float:
+    """``scale`` as a float; ValueError unless it is a finite number >= 0 (0: the text-free model alone)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale < math.inf:
+        raise ValueError(f"cfg_scale must be a finite number >= 0, got {scale!r}")
+    return float(scale)
 
 
 class DurationPredictor(nn.Module):
@@ -257,8 +280,10 @@ class TTSModel(CodecLM):
         frames[:, -1] += (frames.sum(1) == 0).long()  # a row that would last no frame lasts one
         return frames
 
-    def _guide(self, guide: tuple[Tensor, Tensor] | None, shape: tuple[int, ...]) -> Tensor | None:
-        """The guide embedding of ``guide`` = (symbol ids, progress ids) of ``shape``; None for an unguided model."""
+    def _guide(self, guide: tuple[Tensor, Tensor] | None, shape: tuple[int, ...],
+               drop_text: Tensor | None = None) -> Tensor | None:
+        """The guide embedding of ``guide`` = (symbol ids, progress ids) of ``shape``; None for an unguided model.
+        Rows where ``drop_text`` (B,) is True read the pad id for every symbol (their progress stays)."""
         if not self.config.text_guide:
             if guide is not None:
                 raise ValueError("this model has no text guide (text_guide is off); pass no guide ids")
@@ -270,6 +295,9 @@ class TTSModel(CodecLM):
         if symbols.shape != (*shape, width) or progress.shape != shape:
             raise ValueError(f"guide ids must be of shapes {(*shape, width)} (symbols) and {shape} (progress), "
                              f"got {tuple(symbols.shape)} and {tuple(progress.shape)}")
+        if drop_text is not None:
+            hidden = drop_text.view(-1, *[1] * (symbols.dim() - 1))
+            symbols = torch.where(hidden, torch.full_like(symbols, PAD_ID), symbols)
         rows = (self.guide_offsets + self.config.guide_window) * self.text.vocab_size  # each offset's own rows
         return self.guide_embedding(symbols + rows).sum(-2) + self.guide_progress(progress)
 
@@ -284,12 +312,14 @@ class TTSModel(CodecLM):
         return durations.to(text.device)
 
     def forward(self, text: Tensor, voice: Tensor, inputs: Tensor, planned_frames: Tensor | None = None,
-                durations: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                durations: Tensor | None = None, drop_text: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """text (B, T) ids, voice (B,), audio inputs (B, S, P) (``shift`` of a sequence) ->
         (logits (B, S, P, C), stop logits (B, S)). A guided model needs ``planned_frames`` (B,), the
         frames the guide spreads the text over (in training the clips' lengths), or with ``guide_durations``
-        ``durations`` (B, T), each symbol's frames (their sum is the planned length); others ignore both."""
+        ``durations`` (B, T), each symbol's frames (their sum is the planned length); others ignore both.
+        ``drop_text`` (B,) bool: rows that read no text (classifier-free guidance, module docstring)."""
         self._check_text(text, voice)
+        drop_text = self._check_drop(drop_text, text)
         self._check_inputs(inputs)
         audio = self._embed(inputs, 0)
         if self.config.text_guide:
@@ -302,9 +332,9 @@ class TTSModel(CodecLM):
             steps = torch.arange(inputs.shape[1], device=inputs.device)
             frame = self.pattern.frame_at(steps)[None, :, 0]  # codebook 0's frame at every step: (1, S)
             guide = self.guide_ids(text, planned_frames.to(inputs.device), frame, ends=ends)
-            audio = audio + self._guide(guide, tuple(inputs.shape[:2]))
+            audio = audio + self._guide(guide, tuple(inputs.shape[:2]), drop_text)
         speaker = self.voice_embedding(voice)[:, None]
-        x = torch.cat([self.text_embedding(text), audio], dim=1) + speaker
+        x = torch.cat([self.text_embedding(self._hide_text(text, drop_text)), audio], dim=1) + speaker
         return self._outputs(self.backbone(x)[:, text.shape[1]:])
 
     def targets(self, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -340,8 +370,11 @@ class TTSModel(CodecLM):
             cut = planned_frames.to(lengths.device) > lengths
             stop_mask = stop_mask & ~(cut[:, None] & (stop_target > 0))
         inputs = self.noisy_inputs(self.shift(seq)) if self.training else self.shift(seq)
+        drop_text = None
+        if self.training and self.config.cfg_text_dropout > 0:
+            drop_text = torch.rand(text.shape[0], device=text.device) < self.config.cfg_text_dropout
         logits, stop_logits = self(text, voice, inputs, lengths if planned_frames is None else planned_frames,
-                                   durations)
+                                   durations, drop_text)
         nll = F.cross_entropy(logits[valid].float(), seq[valid])
         stop = F.binary_cross_entropy_with_logits(stop_logits[stop_mask], stop_target[stop_mask])
         out = {"nll_bits": nll / math.log(2), "stop_bce": stop}
@@ -360,10 +393,32 @@ class TTSModel(CodecLM):
         hit = (torch.rand(inputs.shape, device=inputs.device) < chance) & (inputs < codes)
         return torch.where(hit, torch.randint_like(inputs, codes), inputs)
 
+    # -- classifier-free guidance on the text ----------------------------------------------------
+    @staticmethod
+    def _check_drop(drop_text: Tensor | None, text: Tensor) -> Tensor | None:
+        if drop_text is not None and (drop_text.shape != text.shape[:1] or drop_text.dtype != torch.bool):
+            raise ValueError(f"drop_text must be a ({text.shape[0]},) bool tensor, got {drop_text.dtype} "
+                             f"{tuple(drop_text.shape)}")
+        return drop_text
+
+    @staticmethod
+    def _hide_text(text: Tensor, drop_text: Tensor | None) -> Tensor:
+        """text with the rows where ``drop_text`` is True all padding (what the text-free rows read)."""
+        return text if drop_text is None else text.masked_fill(drop_text[:, None].to(text.device), PAD_ID)
+
+    @staticmethod
+    def _cfg_rows(batch: int, device) -> Tensor:
+        """drop_text of a doubled batch: B rows with their text, then the same B without."""
+        return torch.arange(2 * batch, device=device) >= batch
+
     # -- streaming --------------------------------------------------------------------------------
-    def prefill_text(self, text: Tensor, voice: Tensor, state) -> None:
-        """Consume text (B, T) (T whole pooling periods) into ``state`` by the parallel scan."""
+    def prefill_text(self, text: Tensor, voice: Tensor, state, cfg: bool = False) -> None:
+        """Consume text (B, T) (T whole pooling periods) into ``state`` by the parallel scan. With ``cfg``
+        the state holds 2B rows, and rows B .. 2B - 1 get the same streams without their text (for
+        ``step_audio(..., cfg_scale=s)``)."""
         self._check_text(text, voice)
+        if cfg:
+            text, voice = self._hide_text(text.repeat(2, 1), self._cfg_rows(text.shape[0], text.device)), voice.repeat(2)
         self.backbone.prefill(self.text_embedding(text) + self.voice_embedding(voice)[:, None], state)
 
     def prefill_audio(self, inputs: Tensor, voice: Tensor, state,
@@ -377,16 +432,27 @@ class TTSModel(CodecLM):
             x = x + extra
         return self._outputs(self.backbone.prefill(x, state))
 
-    def step_audio(self, inputs: Tensor, voice: Tensor, state,
-                   guide: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    def step_audio(self, inputs: Tensor, voice: Tensor, state, guide: tuple[Tensor, Tensor] | None = None,
+                   cfg_scale: float = 1.0) -> tuple[Tensor, Tensor]:
         """inputs (B, P) -> (logits (B, P, C), stop logits (B,)) of the next step; updates ``state`` in place.
-        A guided model needs ``guide`` = (symbol ids (B, 2W + 1), progress ids (B,)) from ``guide_ids``."""
+        A guided model needs ``guide`` = (symbol ids (B, 2W + 1), progress ids (B,)) from ``guide_ids``.
+        With ``cfg_scale`` s != 1 the state holds 2B rows (``prefill_text(..., cfg=True)``): both halves
+        step on the same inputs, and the logits are l_u + s * (l_c - l_u), the stop logits the text rows'."""
+        batch, drop_text = inputs.shape[0], None
+        if cfg_scale != 1:
+            drop_text = self._cfg_rows(batch, inputs.device)
+            inputs, voice = inputs.repeat(2, 1), voice.repeat(2)
+            guide = None if guide is None else (guide[0].repeat(2, 1), guide[1].repeat(2))
         x = self._embed(inputs[:, None], 0)[:, 0] + self.voice_embedding(voice)
-        extra = self._guide(guide, (inputs.shape[0],))
+        extra = self._guide(guide, (inputs.shape[0],), drop_text)
         if extra is not None:
             x = x + extra
         logits, stop = self._outputs(self.backbone.step(x, state)[:, None])
-        return logits[:, 0], stop[:, 0]
+        logits, stop = logits[:, 0], stop[:, 0]
+        if drop_text is None:
+            return logits, stop
+        with_text, without = logits[:batch].float(), logits[batch:].float()
+        return without + cfg_scale * (with_text - without), stop[:batch]
 
     def max_frames(self, num_symbols: int) -> int:
         """The most frames generated for a text of ``num_symbols`` symbols."""
