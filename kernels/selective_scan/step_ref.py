@@ -198,7 +198,8 @@ class BlockStack:
     for an optional one), states included; ``norm_eps``, ``rms_norm`` and ``dt_softplus`` are shared.
     Every block must have the same tensors, shapes, strides and dtypes, on one device. ``offsets``
     (blocks, len(BLOCK_TENSORS)) int64, on that device, holds each tensor's distance in elements from
-    the first block's (0 for an absent one), so a kernel reaches block k's tensors from block 0's.
+    the first block's (0 for an absent one), so a kernel reaches block k's tensors from block 0's;
+    ``offset_multiple`` is the largest power of two (at most 16) that divides all of them.
     Build it once, outside a CUDA graph capture (it copies the table to the device); it keeps the
     tensors alive, and stays valid while they keep their storage.
     """
@@ -235,6 +236,11 @@ class BlockStack:
                 row.append(distance // tensor.element_size())
             rows.append(row)
         self.offsets = torch.tensor(rows, dtype=torch.int64).to(device)
+        # the largest power of two up to 16 that divides every offset: a kernel may assume block k's tensors are
+        # as aligned as block 0's up to that many elements (separate allocations: 16 and more)
+        self.offset_multiple = 16
+        while self.offset_multiple > 1 and any(value % self.offset_multiple for row in rows for value in row):
+            self.offset_multiple //= 2
         self.norm_eps, self.rms_norm, self.dt_softplus = float(norm_eps), bool(rms_norm), bool(dt_softplus)
 
     def __len__(self) -> int:

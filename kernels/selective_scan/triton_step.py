@@ -476,6 +476,12 @@ def _mamba_block_step_kernel(
 
 
 @triton.jit
+def _offset(offsets, j, MULTIPLE: tl.constexpr):
+    """Entry ``j`` of one block's row of the stack's offset table, declared a multiple of ``MULTIPLE``."""
+    return tl.multiple_of(tl.load(offsets + j), MULTIPLE)
+
+
+@triton.jit
 def _mamba_blocks_step_kernel(
     x_ptr, out_ptr, normw_ptr, normb_ptr, win_ptr, bin_ptr, wout_ptr, bout_ptr,
     conv_ptr, ssm_ptr, convw_ptr, convb_ptr, A_ptr, D_ptr, dtb_ptr, xproj_ptr, dtproj_ptr, B_ptr, C_ptr,
@@ -490,25 +496,26 @@ def _mamba_blocks_step_kernel(
     HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
     SELECTIVE: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_W: tl.constexpr, ONE_TILE: tl.constexpr, N_TENSORS: tl.constexpr,
+    BLOCK_W: tl.constexpr, ONE_TILE: tl.constexpr, N_TENSORS: tl.constexpr, OFFSET_MULTIPLE: tl.constexpr,
 ):
     """``n_blocks`` blocks in turn for stream ``row``, each as ``_mamba_block_step_kernel`` steps it, the residual
     stream kept in registers between them. The pointers are block 0's; block k's tensors lie ``offsets[k, j]``
-    elements from them (j in the order of ``step_ref.BLOCK_TENSORS``)."""
+    elements from them (j in the order of ``step_ref.BLOCK_TENSORS``), each a multiple of ``OFFSET_MULTIPLE``
+    (so block k's rows are as aligned as block 0's, and their loads can stay vectorised)."""
     row = tl.program_id(0)
     offs_h = tl.arange(0, BLOCK_H)
     mask_h = offs_h < hidden
     residual = tl.load(x_ptr + row * s_xb + offs_h * s_xh, mask=mask_h, other=0.0).to(tl.float32)
     for k in range(n_blocks):
         o = offsets_ptr + k * N_TENSORS
-        normw, normb, win, b_in = (normw_ptr + tl.load(o), normb_ptr + tl.load(o + 1), win_ptr + tl.load(o + 2),
-                                   bin_ptr + tl.load(o + 3))
-        wout, conv, ssm, convw = (wout_ptr + tl.load(o + 4), conv_ptr + tl.load(o + 6), ssm_ptr + tl.load(o + 7),
-                                  convw_ptr + tl.load(o + 8))
-        convb, A, D, dtb = (convb_ptr + tl.load(o + 9), A_ptr + tl.load(o + 10), D_ptr + tl.load(o + 11),
-                            dtb_ptr + tl.load(o + 12))
-        xproj, dtproj, B, C = (xproj_ptr + tl.load(o + 13), dtproj_ptr + tl.load(o + 14), B_ptr + tl.load(o + 15),
-                               C_ptr + tl.load(o + 16))
+        normw, normb = normw_ptr + _offset(o, 0, OFFSET_MULTIPLE), normb_ptr + _offset(o, 1, OFFSET_MULTIPLE)
+        win, b_in = win_ptr + _offset(o, 2, OFFSET_MULTIPLE), bin_ptr + _offset(o, 3, OFFSET_MULTIPLE)
+        wout, conv = wout_ptr + _offset(o, 4, OFFSET_MULTIPLE), conv_ptr + _offset(o, 6, OFFSET_MULTIPLE)
+        ssm, convw = ssm_ptr + _offset(o, 7, OFFSET_MULTIPLE), convw_ptr + _offset(o, 8, OFFSET_MULTIPLE)
+        convb, A = convb_ptr + _offset(o, 9, OFFSET_MULTIPLE), A_ptr + _offset(o, 10, OFFSET_MULTIPLE)
+        D, dtb = D_ptr + _offset(o, 11, OFFSET_MULTIPLE), dtb_ptr + _offset(o, 12, OFFSET_MULTIPLE)
+        xproj, dtproj = xproj_ptr + _offset(o, 13, OFFSET_MULTIPLE), dtproj_ptr + _offset(o, 14, OFFSET_MULTIPLE)
+        B, C = B_ptr + _offset(o, 15, OFFSET_MULTIPLE), C_ptr + _offset(o, 16, OFFSET_MULTIPLE)
         if ONE_TILE:
             out = _one_tile_block(
                 residual, row, normw, normb, win, b_in, wout, conv, ssm, convw, convb, A, D, dtb, xproj, dtproj, B, C,
@@ -526,7 +533,7 @@ def _mamba_blocks_step_kernel(
                 RMS_NORM, HAS_NORM_BIAS, HAS_IN_BIAS, HAS_CONV_BIAS, HAS_D, HAS_DT_BIAS, SELECTIVE, DT_SOFTPLUS,
                 BLOCK_H, BLOCK_E, BLOCK_N, BLOCK_R, BLOCK_W)
         if HAS_OUT_BIAS:
-            out += tl.load(bout_ptr + tl.load(o + 5) + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+            out += tl.load(bout_ptr + _offset(o, 5, OFFSET_MULTIPLE) + offs_h, mask=mask_h, other=0.0).to(tl.float32)
         residual = (residual + out).to(out_ptr.dtype.element_ty).to(tl.float32)  # as separate steps round it
     tl.store(out_ptr + row * s_ob + offs_h * s_oh, residual.to(out_ptr.dtype.element_ty), mask=mask_h)
 
@@ -635,7 +642,7 @@ def mamba_blocks_step_triton(x: Tensor, stack: BlockStack, block_e: int | None =
                                num_warps)
     if x.shape[0]:
         _mamba_blocks_step_kernel[(x.shape[0],)](*args, stack.offsets, len(stack), N_TENSORS=len(BLOCK_TENSORS),
-                                                 **meta)
+                                                 OFFSET_MULTIPLE=stack.offset_multiple, **meta)
     return out
 
 

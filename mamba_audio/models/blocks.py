@@ -113,8 +113,8 @@ class BidirectionalBlock(ResidualBlock):
 
 
 # where consecutive blocks step in one launch (mamba_blocks_step): "auto" on CUDA, True everywhere, False never.
-# Off by default: on the H100 the stacked launch measured 3.5x slower than one launch per block
-# (1482 against 5220 samples/s for one sc09-6m stream; benchmarks/NOTES_streaming.md).
+# Off by default: on the H100 the stacked launch is no faster than one launch per block (5198 against 5240
+# samples/s for one sc09-6m stream, 7% slower with 256 streams; benchmarks/NOTES_streaming.md).
 STACKED_STEP: bool | str = False
 
 
