@@ -94,7 +94,8 @@ def test_guided_streams_equal_synthesize_beside_others_and_the_scale_matters():
                      cfg_scale=3.0)
     tts = TextToSpeech(model, codec, max_streams=2)
     plain_loop = SpeechLoop(model, codec, max_streams=2, cfg_scale=1.0)
-    assert all(a.shape[0] == 2 * b.shape[0] for a, b in zip(state_tensors(tts.loop.state), state_tensors(plain_loop.state)))
+    assert all(guided.shape[0] == 2 * plain.shape[0]
+               for guided, plain in zip(state_tensors(tts.loop.state), state_tensors(plain_loop.state)))
     texts = ["the red fox.", "hi there."]
     alone = [tts.synthesize(text, seed=i) for i, text in enumerate(texts)]
     a = tts.start(texts[0], seed=0, chunk_samples=24)

@@ -296,7 +296,7 @@ class TTSModel(CodecLM):
             raise ValueError(f"guide ids must be of shapes {(*shape, width)} (symbols) and {shape} (progress), "
                              f"got {tuple(symbols.shape)} and {tuple(progress.shape)}")
         if drop_text is not None:
-            hidden = drop_text.view(-1, *[1] * (symbols.dim() - 1))
+            hidden = drop_text.to(symbols.device).view(-1, *[1] * (symbols.dim() - 1))
             symbols = torch.where(hidden, torch.full_like(symbols, PAD_ID), symbols)
         rows = (self.guide_offsets + self.config.guide_window) * self.text.vocab_size  # each offset's own rows
         return self.guide_embedding(symbols + rows).sum(-2) + self.guide_progress(progress)
@@ -418,7 +418,8 @@ class TTSModel(CodecLM):
         ``step_audio(..., cfg_scale=s)``)."""
         self._check_text(text, voice)
         if cfg:
-            text, voice = self._hide_text(text.repeat(2, 1), self._cfg_rows(text.shape[0], text.device)), voice.repeat(2)
+            rows = self._cfg_rows(text.shape[0], text.device)
+            text, voice = self._hide_text(text.repeat(2, 1), rows), voice.repeat(2)
         self.backbone.prefill(self.text_embedding(text) + self.voice_embedding(voice)[:, None], state)
 
     def prefill_audio(self, inputs: Tensor, voice: Tensor, state,
