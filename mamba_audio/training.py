@@ -551,24 +551,20 @@ class Trainer:
         return True
 
     # -- training --------------------------------------------------------------------------------
-    def _agreed(self, flag: bool) -> bool:
-        """Rank 0's ``flag`` on every process (so all stop at the same step)."""
+    def _rank0(self, value: float) -> float:
+        """Rank 0's ``value`` on every process, so decisions taken from a clock agree (all stop at one step)."""
         if self.world_size == 1:
-            return flag
-        value = torch.tensor([float(flag)], device=self.device)
-        dist.broadcast(value, src=0)
-        return bool(value.item())
+            return value
+        shared = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.broadcast(shared, src=0)
+        return float(shared)
 
     def _follow_time_limit(self) -> bool:
         """With max_minutes: move the schedule's clock to the elapsed time; True when time is up.
 
         Rank 0's clock decides for every process, so all keep the same learning rate and stop together.
         """
-        fraction = torch.tensor([self.train_seconds / (60 * self.config.max_minutes)], dtype=torch.float64)
-        if self.world_size > 1:
-            fraction = fraction.to(self.device)
-            dist.broadcast(fraction, src=0)
-        fraction = float(fraction)
+        fraction = self._rank0(self.train_seconds / (60 * self.config.max_minutes))
         self._time_step = int(fraction * self.config.steps)
         return fraction >= 1.0
 
@@ -627,7 +623,7 @@ class Trainer:
             if config.max_minutes is not None:
                 out_of_time = self._follow_time_limit()
             if stop_after_minutes is not None and not out_of_time:
-                self.paused = self._agreed(time.time() - started >= 60 * stop_after_minutes)
+                self.paused = self._rank0(time.time() - started) >= 60 * stop_after_minutes
             self.scheduler.step()
             if self.ema is not None:
                 self._update_ema()
