@@ -269,19 +269,30 @@ def cmd_train_codec(args) -> dict:
 
 
 def _fit_spectral_codec(args) -> dict:
-    """Fit a SpectralCodec's codebooks by k-means to the frames of the corpus's train split (whole clips) on the
-    CPU; write OUT/checkpoint and OUT/fit.json (the errors left per codebook, the held-out mrstft distance)."""
+    """Fit a SpectralCodec on the CPU to the corpus's train split: its codebooks by k-means (whole clips), or, with
+    ``--codebooks-from``, keep a fitted codec's codebooks (its tokens stay valid); then, with model.inverse_layers
+    > 0, train its learned mel inverse. Write OUT/checkpoint and OUT/fit.json (the errors left per codebook, the
+    inverse's loss, the held-out mrstft distance)."""
+    import torch
+
     from mamba_audio.codecs import SpectralCodec, SpectralCodecConfig, SpectralFitConfig
+    from mamba_audio.codecs.spectral import ANALYSIS_FIELDS
     from mamba_audio.data.tokenized import audio_splits
     from mamba_audio.metrics import codec_round_trip
+    from mamba_audio.models import load_pretrained
 
     given = [flag for flag, _ in TRAIN_FLAGS if getattr(args, flag[2:].replace("-", "_")) is not None]
     given += [flag for flag, value in (("--device", args.device), ("--resume", args.resume),
                                        ("--stop-after-minutes", args.stop_after_minutes)) if value]
     if given:
-        raise ValueError(f"--kind spectral takes no {', '.join(given)}: it is fitted by k-means on the CPU "
-                         "(set fit.iterations, fit.max_frames or fit.seed instead)")
-    data = {"model": to_dict(SpectralCodecConfig()), "fit": to_dict(SpectralFitConfig())}
+        raise ValueError(f"--kind spectral takes no {', '.join(given)}: it is fitted on the CPU "
+                         "(set the fit section's keys instead, e.g. fit.iterations or fit.inverse_steps)")
+    source = None
+    if args.codebooks_from:
+        source = load_pretrained(args.codebooks_from)
+        if not isinstance(source, SpectralCodec) or not source.fitted:
+            raise ValueError(f"--codebooks-from {args.codebooks_from}: not a fitted SpectralCodec checkpoint")
+    data = {"model": to_dict(source.config if source else SpectralCodecConfig()), "fit": to_dict(SpectralFitConfig())}
     if args.config:
         file_data = load_yaml(args.config)
         unknown = set(file_data) - set(data)
@@ -294,15 +305,40 @@ def _fit_spectral_codec(args) -> dict:
     apply_overrides(data, args.set or [])
     model_config = from_dict(SpectralCodecConfig, data["model"], "model")
     fit_config = from_dict(SpectralFitConfig, data["fit"], "fit")
+    torch.manual_seed(fit_config.seed)  # the learned inverse's initial weights
+    codec = SpectralCodec(model_config)
+    if source is not None:  # the analysis and the codebooks must be the source's, or its tokens mean other sounds
+        changed = [name for name in ANALYSIS_FIELDS if getattr(model_config, name) != getattr(source.config, name)]
+        if changed:
+            name = changed[0]
+            raise ValueError(f"--codebooks-from keeps {args.codebooks_from}'s codebooks, so model.{name} must stay "
+                             f"{getattr(source.config, name)!r} (got {getattr(model_config, name)!r}); only the "
+                             "synthesis settings (griffin_lim_*, synthesis_oversampling, inverse_*) can change")
+        codec.quantizer.load_state_dict(source.quantizer.state_dict())
     splits = audio_splits(args.data, model_config.sample_rate, mix_to_mono=args.mix_to_mono)
     train_set = splits["train"]
-    codec = SpectralCodec(model_config)
-    print(f"{codec!r}: fitting {model_config.num_codebooks} codebooks by k-means to the frames of "
-          f"{len(train_set)} clips of {args.data}")
-    started = time.time()
-    errors = codec.fit((train_set[i]["audio"] for i in range(len(train_set))), fit_config)
-    summary = {"fit_seconds": round(time.time() - started, 1), "clips": len(train_set),
-               "error_after_each_codebook": [round(e, 4) for e in errors], "config": data}
+    summary, started = {"clips": len(train_set), "config": data}, time.time()
+    if source is None:
+        print(f"{codec!r}: fitting {model_config.num_codebooks} codebooks by k-means to the frames of "
+              f"{len(train_set)} clips of {args.data}")
+        errors = codec.fit((train_set[i]["audio"] for i in range(len(train_set))), fit_config)
+        summary.update(fit_seconds=round(time.time() - started, 1),
+                       error_after_each_codebook=[round(e, 4) for e in errors])
+        print(f"fitted in {summary['fit_seconds']} s; squared error left after each codebook: "
+              f"{', '.join(f'{e:.2f}' for e in errors)}")
+    else:
+        summary["codebooks_from"] = str(args.codebooks_from)
+    if codec.inverse is not None:
+        generator = torch.Generator().manual_seed(fit_config.seed)
+        chosen = torch.randperm(len(train_set), generator=generator)[:fit_config.inverse_clips].tolist()
+        print(f"training the mel inverse ({sum(p.numel() for p in codec.inverse.parameters()) / 1e6:.2f}M "
+              f"parameters): {fit_config.inverse_steps} steps on {len(chosen)} clips")
+        started = time.time()
+        losses = codec.fit_inverse([train_set[i]["audio"] for i in chosen], fit_config, progress=not args.quiet)
+        summary.update(inverse_seconds=round(time.time() - started, 1), inverse_clips=len(chosen),
+                       inverse_loss_by_tenth=[round(loss, 4) for loss in losses])
+        print(f"mel inverse trained in {summary['inverse_seconds']} s; L1 of log magnitudes "
+              f"{losses[0]:.4f} -> {losses[-1]:.4f}")
     held_out = next((splits[name] for name in ("test", "heldout", "validation") if name in splits), None)
     if held_out is not None:
         scores = codec_round_trip(codec, (held_out[i]["audio"] for i in range(min(len(held_out), 60))))
@@ -311,8 +347,6 @@ def _fit_spectral_codec(args) -> dict:
     out = Path(args.out)
     codec.save_pretrained(out / "checkpoint")
     (out / "fit.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"fitted in {summary['fit_seconds']} s; squared error left after each codebook: "
-          f"{', '.join(f'{e:.2f}' for e in errors)}")
     if held_out is not None:
         print(f"held-out mrstft distance: {summary['heldout_mrstft_distance']:.4f}")
     print(f"checkpoint: {out / 'checkpoint'}")
@@ -656,6 +690,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: checkpoint/ (the codec), metrics.jsonl")
     p.add_argument("--sample-rate", type=int, help="Hz (default 16000); files at other rates are resampled")
     p.add_argument("--segment-seconds", type=float, default=1.0, help="random crops of this length for training")
+    p.add_argument("--codebooks-from", metavar="DIR",
+                   help="spectral: keep this fitted SpectralCodec's codebooks (tokens made with it stay valid) and "
+                        "fit only its synthesis, e.g. --set model.inverse_layers=5 for a learned mel inverse")
     p.add_argument("--config", help="YAML file with 'model', 'train' and 'loss' sections")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. model.num_codebooks=8")
     add_trainer_options(p)

@@ -3,13 +3,19 @@
     audio Tensor[B x L] -> STFT (Hann window of ``n_fft``, hop ``hop_length``) magnitudes
     -> mel filterbank (``n_mels`` bands; 0 keeps the n_fft/2 + 1 linear bins) -> log -> frames Tensor[B x D x F]
     -> ResidualVQ (K codebooks of C codes, fitted by k-means) -> tokens Tensor[B x K x F]
-    -> sum of codes -> exp -> back to linear bins (the filterbank's pseudo-inverse, floored at 0)
+    -> sum of codes -> back to linear bins: exp, then the filterbank's pseudo-inverse floored at 0, or
+       (``inverse_layers`` > 0) log-linear magnitudes predicted by a small convolutional network, then exp
     -> frames interpolated to a hop ``synthesis_oversampling`` times finer -> Griffin-Lim -> audio Tensor[B x L]
 
-No network and no gradient training: the only fitted parameters are the codebooks (``fit``). A
-recogniser hears speech through the same kind of log-mel frames, so words survive where a briefly
-trained neural codec loses them; Griffin-Lim's phase costs naturalness (a slightly rough,
-reverberant voice), not words.
+The codebooks are fitted by k-means (``fit``), without gradients. A recogniser hears speech through the
+same kind of log-mel frames, so words survive where a briefly trained neural codec loses them. What loses
+words is mostly the way back from 80 mel bands to the 513 linear bins Griffin-Lim needs: the
+pseudo-inverse spreads each band's energy smoothly over its bins, losing the fine structure inside a
+band (a voice's harmonics, where bands are wider than its pitch). Given the true linear magnitudes,
+Griffin-Lim's 32 iterations are nearly as intelligible as the recording (recipes/tts/README.md has the
+figures). The optional learned inverse (``fit_inverse``: a regression on log magnitudes, minutes of
+training, the codebooks and so the tokens unchanged) predicts the linear magnitudes from the decoded
+mel frames instead.
 
 Decoding is deterministic (Griffin-Lim starts from zero phase, not random phase). Griffin-Lim works on
 the whole decoded window at once, so a stream that decodes a few frames at a time would restart the
@@ -22,11 +28,13 @@ the played audio (tests/test_spectral_codec.py measures the difference from a wh
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torchaudio.functional as AF
+from tqdm.auto import tqdm
 
 from mamba_audio.models.pretrained import PretrainedMixin
 
@@ -55,6 +63,11 @@ class SpectralCodecConfig:
     griffin_lim_iterations: int = 32
     griffin_lim_momentum: float = 0.99  # the "fast Griffin-Lim" acceleration (Perraudin et al., 2013)
     synthesis_oversampling: int = 1  # Griffin-Lim's hop is the analysis hop / this (frames interpolated between)
+    # the way back from mel bands to linear bins: 0 layers, the filterbank's pseudo-inverse; more, the learned
+    # MelInverse (residual 1-D convolutions over analysis frames, fitted by SpectralCodec.fit_inverse)
+    inverse_layers: int = 0
+    inverse_channels: int = 256
+    inverse_kernel: int = 3  # odd; the network sees (kernel // 2) * (layers + 1) analysis frames on each side
 
     def __post_init__(self):
         if self.hop_length < 1 or self.n_fft < self.hop_length:
@@ -71,6 +84,13 @@ class SpectralCodecConfig:
             raise ValueError("griffin_lim_iterations must be positive and griffin_lim_momentum in [0, 1)")
         if not self.magnitude_floor > 0:
             raise ValueError(f"magnitude_floor must be positive, got {self.magnitude_floor}")
+        if self.inverse_layers < 0 or self.inverse_channels < 1 or self.inverse_kernel < 1 or \
+                self.inverse_kernel % 2 == 0:
+            raise ValueError("inverse_layers must be >= 0, inverse_channels positive and inverse_kernel odd and "
+                             f"positive, got {self.inverse_layers}, {self.inverse_channels}, {self.inverse_kernel}")
+        if self.inverse_layers and not self.n_mels:
+            raise ValueError("a learned inverse (inverse_layers > 0) maps mel bands to linear bins: it needs "
+                             "n_mels > 0")
 
     @property
     def bands(self) -> int:
@@ -83,18 +103,73 @@ class SpectralCodecConfig:
         return self.bands * self.subframes
 
 
+# the settings that decide what a token means (analysis and codebooks); the rest only change the synthesis
+ANALYSIS_FIELDS = ("sample_rate", "hop_length", "n_fft", "n_mels", "f_min", "f_max", "magnitude_floor", "num_codebooks",
+                   "codebook_size", "subframes")
+
+
 @dataclass
 class SpectralFitConfig:
     """How :meth:`SpectralCodec.fit` fits the codebooks: k-means ``iterations`` per codebook, on at most
-    ``max_frames`` frames drawn at random (``seed``) from the clips."""
+    ``max_frames`` frames drawn at random (``seed``) from the clips; and how :meth:`SpectralCodec.fit_inverse`
+    trains a learned inverse: ``inverse_steps`` Adam steps (learning rate ``inverse_lr``, cosine decay) on
+    batches of ``inverse_batch`` random crops of ``inverse_segment_seconds`` from at most ``inverse_clips``
+    clips (drawn at random by the command line, which holds them in memory)."""
 
     iterations: int = 20
     max_frames: int | None = 200_000
     seed: int = 0
+    inverse_steps: int = 1500
+    inverse_batch: int = 16
+    inverse_segment_seconds: float = 2.0
+    inverse_lr: float = 1e-3
+    inverse_clips: int = 2000
 
     def __post_init__(self):
         if self.iterations < 1 or (self.max_frames is not None and self.max_frames < 1):
             raise ValueError(f"iterations and max_frames must be positive, got {self.iterations}, {self.max_frames}")
+        if min(self.inverse_steps, self.inverse_batch, self.inverse_clips) < 1 or \
+                not self.inverse_segment_seconds > 0 or not self.inverse_lr > 0:
+            raise ValueError("inverse_steps, inverse_batch, inverse_clips, inverse_segment_seconds and inverse_lr must "
+                             "be positive")
+
+
+class MelInverse(nn.Module):
+    """Log mel bands Tensor[B x n_mels x T] -> log linear magnitudes Tensor[B x bins x T] over analysis frames:
+    an interpolation of the bands (below) plus a correction from residual 1-D convolutions (edges padded by
+    repeating the end frames, so a decoded window's ends are not read as silence), capped at the largest
+    magnitude a window of ``n_fft`` samples in [-1, 1] can have (``ceiling``: n_fft / 2 for a Hann window).
+
+    The interpolation, not the pseudo-inverse, is the starting point: each bin is the mean of the bands
+    covering it, each band's value divided by its filter's total weight (exact for a flat spectrum, never
+    negative). The pseudo-inverse swings between large positive and negative weights in the narrow low
+    bands, and a correction added to its floored logarithm learned to overshoot there by a factor of 400.
+    """
+
+    def __init__(self, filters: Tensor, floor: float, ceiling: float, channels: int, layers: int, kernel: int):
+        super().__init__()
+        n_mels, bins = filters.shape
+        self.floor, self.ceiling, self.pad = floor, ceiling, kernel // 2
+        weight = filters.sum(1, keepdim=True).clamp_min(1e-12)  # a band's value for a flat spectrum of 1
+        share = filters / filters.sum(0, keepdim=True).clamp_min(1e-12)  # a bin's bands, weights summing to 1
+        self.register_buffer("interpolation", (share / weight).T.contiguous(), persistent=False)  # (bins, n_mels)
+        self.input = nn.Conv1d(n_mels, channels, kernel)
+        self.blocks = nn.ModuleList(
+            nn.ModuleList([nn.Conv1d(channels, channels, kernel), nn.Conv1d(channels, channels, 1)])
+            for _ in range(layers))
+        self.output = nn.Conv1d(channels, bins, 1)
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+
+    def _padded(self, x: Tensor) -> Tensor:
+        return nn.functional.pad(x, (self.pad, self.pad), mode="replicate") if self.pad else x
+
+    def forward(self, log_mel: Tensor) -> Tensor:
+        base = (self.interpolation @ log_mel.exp()).clamp_min(self.floor).log()
+        hidden = self.input(self._padded(log_mel))
+        for wide, pointwise in self.blocks:
+            hidden = hidden + pointwise(nn.functional.gelu(wide(self._padded(nn.functional.gelu(hidden)))))
+        return (base + self.output(nn.functional.gelu(hidden))).clamp_max(math.log(self.ceiling))
 
 
 class SpectralCodec(PretrainedMixin, AudioCodec, nn.Module):
@@ -115,6 +190,8 @@ class SpectralCodec(PretrainedMixin, AudioCodec, nn.Module):
             self.register_buffer("mel_filters", filterbank.T.contiguous(), persistent=False)  # (n_mels, bins)
             # the minimum-norm inverse: each band's magnitude spread back over its bins as a smooth curve
             self.register_buffer("mel_inverse", torch.linalg.pinv(filterbank.T.double()).float(), persistent=False)
+        self.inverse = (MelInverse(self.mel_filters, config.magnitude_floor, config.n_fft / 2, config.inverse_channels,
+                                   config.inverse_layers, config.inverse_kernel) if config.inverse_layers else None)
 
     # the AudioCodec attributes, from the config
     @property
@@ -138,15 +215,19 @@ class SpectralCodec(PretrainedMixin, AudioCodec, nn.Module):
         return all(bool(codebook.initialized) for codebook in self.quantizer.codebooks)
 
     # -- analysis and synthesis ---------------------------------------------------------------------
+    def _stft_magnitudes(self, audio: Tensor, frames: int) -> Tensor:
+        """audio Tensor[B x L] -> |STFT| Tensor[B x n_fft/2+1 x frames * subframes], the analysis frames."""
+        config = self.config
+        return torch.stft(audio.float().to(self.window.device), config.n_fft, config.hop_length // config.subframes,
+                          window=self.window, center=True, return_complex=True).abs()[..., :frames * config.subframes]
+
     def features(self, audio: Tensor) -> Tensor:
         """audio Tensor[B x L] (L a multiple of hop_length) -> log magnitudes Tensor[B x D x F], F = L / hop_length:
         token frame f stacks the ``subframes`` analysis windows centred on samples (f + s / subframes) *
         hop_length, s = 0 .. subframes - 1 (bands of subframe s at rows s * bands .. (s + 1) * bands - 1)."""
         config = self.config
-        hop = config.hop_length // config.subframes
         frames = audio.shape[1] // config.hop_length
-        spectrum = torch.stft(audio.float().to(self.window.device), config.n_fft, hop, window=self.window,
-                              center=True, return_complex=True).abs()[..., :frames * config.subframes]
+        spectrum = self._stft_magnitudes(audio, frames)
         if config.n_mels:
             spectrum = self.mel_filters @ spectrum
         log = spectrum.clamp_min(config.magnitude_floor).log()  # (B, bands, F * subframes)
@@ -157,15 +238,30 @@ class SpectralCodec(PretrainedMixin, AudioCodec, nn.Module):
         """Log magnitudes Tensor[B x D x F] -> audio Tensor[B x F * hop_length] by Griffin-Lim from zero phase,
         or continuing ``played`` Tensor[B x n], the audio of the first n / hop_length frames (see ``decode``)."""
         config = self.config
-        batch, _, frames = features.shape
-        magnitude = (features.float().view(batch, config.subframes, config.bands, frames).permute(0, 2, 3, 1)
-                     .reshape(batch, config.bands, frames * config.subframes).exp())
-        if config.n_mels:  # floored: zeros would make Griffin-Lim's FFTs crawl through denormal numbers
-            magnitude = (self.mel_inverse @ magnitude).clamp_min(config.magnitude_floor)
+        frames = features.shape[2]
+        magnitude = self._linear_magnitudes(features)
         hop = config.hop_length // (config.subframes * config.synthesis_oversampling)
         magnitude = _synthesis_frames(magnitude, config.synthesis_oversampling)
         return griffin_lim(magnitude, self.window, hop, config.griffin_lim_iterations, config.griffin_lim_momentum,
                            length=frames * config.hop_length, played=played)
+
+    def _analysis_frames(self, features: Tensor) -> Tensor:
+        """Token frames Tensor[B x D x F] -> their analysis frames Tensor[B x bands x F * subframes] (log)."""
+        config = self.config
+        batch, _, frames = features.shape
+        return (features.float().view(batch, config.subframes, config.bands, frames).permute(0, 2, 3, 1)
+                .reshape(batch, config.bands, frames * config.subframes))
+
+    def _linear_magnitudes(self, features: Tensor) -> Tensor:
+        """Token frames Tensor[B x D x F] -> magnitudes of the linear bins, Tensor[B x bins x F * subframes]:
+        the learned inverse's or the pseudo-inverse's, floored (zeros would make Griffin-Lim's FFTs crawl
+        through denormal numbers)."""
+        log_bands = self._analysis_frames(features)
+        if not self.config.n_mels:
+            return log_bands.exp()
+        if self.inverse is not None:
+            return self.inverse(log_bands).exp().clamp_min(self.config.magnitude_floor)
+        return (self.mel_inverse @ log_bands.exp()).clamp_min(self.config.magnitude_floor)
 
     # -- fitting ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -186,6 +282,49 @@ class SpectralCodec(PretrainedMixin, AudioCodec, nn.Module):
         if config.max_frames is not None and vectors.shape[0] > config.max_frames:
             vectors = vectors[torch.randperm(vectors.shape[0], generator=generator)[:config.max_frames]]
         return self.quantizer.fit_kmeans(vectors, config.iterations, generator)
+
+    def fit_inverse(self, clips, config: SpectralFitConfig | None = None, progress: bool = False) -> list[float]:
+        """Train the learned inverse (``inverse_layers`` > 0) of a fitted codec: from the quantised mel frames
+        of random crops of ``clips`` (a sequence of Tensor[L] waveforms at ``sample_rate``) to the log linear
+        magnitudes of the same audio, L1 (settings: ``config``). The codebooks are untouched, so tokens made
+        before stay valid. Returns the mean loss of each tenth of the steps. Runs where the codec is."""
+        config = config or SpectralFitConfig()
+        if self.inverse is None:
+            raise CodecError("this SpectralCodec has no learned inverse to fit: set inverse_layers > 0")
+        if not self.fitted:
+            raise CodecError("fit the codebooks first (SpectralCodec.fit): the inverse learns from quantised frames")
+        clips = [clip for clip in clips]
+        if not clips:
+            raise CodecError("no clips to fit the inverse to")
+        for clip in clips:
+            self.check_audio(clip[None], None)
+        hop, generator = self.hop_length, torch.Generator().manual_seed(config.seed)
+        segment = max(1, round(config.inverse_segment_seconds * self.sample_rate / hop)) * hop
+        optimizer = torch.optim.Adam(self.inverse.parameters(), lr=config.inverse_lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.inverse_steps)
+        losses, report_every = [], max(1, config.inverse_steps // 10)
+        self.inverse.train()
+        for step in tqdm(range(config.inverse_steps), desc="fitting the mel inverse", disable=not progress):
+            crops = []
+            for index in torch.randint(len(clips), (config.inverse_batch,), generator=generator).tolist():
+                clip = clips[index].float()
+                start = int(torch.randint(max(1, clip.shape[0] - segment + 1), (), generator=generator))
+                crop = clip[start:start + segment]
+                crops.append(nn.functional.pad(crop, (0, segment - crop.shape[0])))
+            audio = torch.stack(crops).to(self.window.device)
+            with torch.no_grad():
+                frames = segment // hop
+                quantised = self.quantizer.decode(self.quantizer.encode(self.features(audio)))
+                target = self._stft_magnitudes(audio, frames).clamp_min(self.config.magnitude_floor).log()
+            loss = (self.inverse(self._analysis_frames(quantised)) - target).abs().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(float(loss.detach()))
+        self.inverse.eval()
+        return [sum(chunk) / len(chunk) for chunk in (losses[i:i + report_every]
+                                                      for i in range(0, len(losses), report_every))]
 
     # -- the AudioCodec interface -------------------------------------------------------------------
     def _encode(self, audio: Tensor) -> Tensor:
