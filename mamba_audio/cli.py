@@ -225,6 +225,8 @@ def cmd_train_codec(args) -> dict:
     multi-resolution STFT distance on the corpus's held-out split (``--kind spectral``: fit a SpectralCodec)."""
     if args.kind == "spectral":
         return _fit_spectral_codec(args)
+    if args.codebooks_from:
+        raise ValueError("--codebooks-from keeps a SpectralCodec's codebooks: it goes with --kind spectral")
     import torch
     from torch.utils.data import Subset
 

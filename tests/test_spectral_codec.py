@@ -297,3 +297,6 @@ def test_train_codec_adds_a_learned_inverse_to_a_fitted_codec_keeping_its_tokens
     assert main(["train-codec", "--kind", "spectral", "--data", str(data), "--out", str(tmp_path / "x"),
                  "--codebooks-from", str(tmp_path / "source"), "--set=model.num_codebooks=4"]) == 2
     assert "model.num_codebooks must stay 3" in capsys.readouterr().err
+    assert main(["train-codec", "--data", str(data), "--out", str(tmp_path / "y"),
+                 "--codebooks-from", str(tmp_path / "source")]) == 2
+    assert "it goes with --kind spectral" in capsys.readouterr().err
