@@ -186,13 +186,18 @@ def test_checkpoint_of_another_shape_is_refused(fitted, tmp_path):
         load_codec(str(tmp_path / "codec"))
 
 
-def test_train_codec_fits_a_spectral_codec_from_the_command_line(tmp_path, capsys):
+def write_corpus(folder):
+    """Three voiced clips at 8 kHz as a folder of wavs; returns the folder."""
     import soundfile as sf
 
-    data = tmp_path / "corpus"
-    data.mkdir()
+    folder.mkdir()
     for index in range(3):
-        sf.write(data / f"clip{index}.wav", voiced(0.5, pitch=110 + 20 * index, seed=index).numpy(), 8000)
+        sf.write(folder / f"clip{index}.wav", voiced(0.5, pitch=110 + 20 * index, seed=index).numpy(), 8000)
+    return folder
+
+
+def test_train_codec_fits_a_spectral_codec_from_the_command_line(tmp_path, capsys):
+    data = write_corpus(tmp_path / "corpus")
     settings = [f"--set=model.{key}={value}" for key, value in SMALL.items()] + ["--set=fit.iterations=3"]
     assert main(["train-codec", "--kind", "spectral", "--data", str(data), "--out", str(tmp_path / "out"),
                  *settings]) == 0
@@ -277,12 +282,7 @@ def test_learned_inverse_settings_and_misuse_are_clear_errors(fitted):
 
 
 def test_train_codec_adds_a_learned_inverse_to_a_fitted_codec_keeping_its_tokens(fitted, tmp_path, capsys):
-    import soundfile as sf
-
-    data = tmp_path / "corpus"
-    data.mkdir()
-    for index in range(3):
-        sf.write(data / f"clip{index}.wav", voiced(0.5, pitch=110 + 20 * index, seed=index).numpy(), 8000)
+    data = write_corpus(tmp_path / "corpus")
     fitted.save_pretrained(tmp_path / "source")
     settings = ["--set=model.inverse_layers=1", "--set=model.inverse_channels=16", "--set=fit.inverse_steps=5",
                 "--set=fit.inverse_batch=2"]
