@@ -293,7 +293,7 @@ class SpectralCodec(PretrainedMixin, AudioCodec, nn.Module):
             raise CodecError("this SpectralCodec has no learned inverse to fit: set inverse_layers > 0")
         if not self.fitted:
             raise CodecError("fit the codebooks first (SpectralCodec.fit): the inverse learns from quantised frames")
-        clips = [clip for clip in clips]
+        clips = list(clips)
         if not clips:
             raise CodecError("no clips to fit the inverse to")
         for clip in clips:
