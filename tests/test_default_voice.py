@@ -15,7 +15,8 @@ WER_LIMIT = 0.6
 
 def test_default_voice_is_small_and_loads_as_float32():
     stored = sum(f.stat().st_size for f in DEFAULT_CHECKPOINT.rglob("*.safetensors"))
-    assert stored < 12 * 2**20, f"the default voice stores {stored / 2**20:.1f} MiB"
+    # 6.4 MB of float16 model, 11.3 MB of float32 codec (half of it the learned mel inverse)
+    assert stored < 18 * 2**20, f"the default voice stores {stored / 2**20:.1f} MiB"
     tts = TextToSpeech.from_pretrained(device="cpu", max_streams=1)
     assert {p.dtype for p in tts.model.parameters()} == {torch.float32}
     assert tts.voices == ["flite:rms"] and tts.sample_rate == 16000

@@ -487,8 +487,9 @@ def test_the_loop_decodes_its_streams_together_and_each_sounds_as_alone(monkeypa
     together[1] += [chunk.audio for chunk in b]
     together[0] += [chunk.audio for chunk in a]
     together[2] = [chunk.audio for chunk in c]
-    for i in range(3):
-        torch.testing.assert_close(torch.cat(together[i]), alone[i])
+    for i in range(3):  # within float rounding: on some CPUs a batched FFT or matmul rounds a row differently
+        # from the row alone, and Griffin-Lim's iterations carry that to about 2e-4 (signal peaks near 0.3)
+        torch.testing.assert_close(torch.cat(together[i]), alone[i], rtol=0, atol=1e-3)
     assert max(batches) >= 2 and len(batches) < sum(batches)  # some calls decoded several streams
 
 
