@@ -225,9 +225,12 @@ class SpectralCodec(PretrainedMixin, AudioCodec, nn.Module):
         """audio Tensor[B x L] (L a multiple of hop_length) -> log magnitudes Tensor[B x D x F], F = L / hop_length:
         token frame f stacks the ``subframes`` analysis windows centred on samples (f + s / subframes) *
         hop_length, s = 0 .. subframes - 1 (bands of subframe s at rows s * bands .. (s + 1) * bands - 1)."""
+        return self._token_frames(self._stft_magnitudes(audio, audio.shape[1] // self.config.hop_length))
+
+    def _token_frames(self, spectrum: Tensor) -> Tensor:
+        """|STFT| Tensor[B x n_fft/2+1 x F * subframes] (``_stft_magnitudes``) -> ``features``' Tensor[B x D x F]."""
         config = self.config
-        frames = audio.shape[1] // config.hop_length
-        spectrum = self._stft_magnitudes(audio, frames)
+        frames = spectrum.shape[2] // config.subframes
         if config.n_mels:
             spectrum = self.mel_filters @ spectrum
         log = spectrum.clamp_min(config.magnitude_floor).log()  # (B, bands, F * subframes)
@@ -312,10 +315,10 @@ class SpectralCodec(PretrainedMixin, AudioCodec, nn.Module):
                 crop = clip[start:start + segment]
                 crops.append(nn.functional.pad(crop, (0, segment - crop.shape[0])))
             audio = torch.stack(crops).to(self.window.device)
-            with torch.no_grad():
-                frames = segment // hop
-                quantised = self.quantizer.decode(self.quantizer.encode(self.features(audio)))
-                target = self._stft_magnitudes(audio, frames).clamp_min(self.config.magnitude_floor).log()
+            with torch.no_grad():  # one STFT gives both the input frames and the target
+                spectrum = self._stft_magnitudes(audio, segment // hop)
+                quantised = self.quantizer.decode(self.quantizer.encode(self._token_frames(spectrum)))
+                target = spectrum.clamp_min(self.config.magnitude_floor).log()
             loss = (self.inverse(self._analysis_frames(quantised)) - target).abs().mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
