@@ -8,7 +8,7 @@ from mamba_audio.tts import DEFAULT_CHECKPOINT, TextToSpeech
 
 # grammar sentences outside the training corpus (new combinations of its words)
 SENTENCES = ["The red fox ran to the garden.", "Please open the door before dinner.", "Anna found the old key again."]
-# the shipped voice: 26.4% on the first 120 held-out sentences, 28.1% on 520 more (recipes/tts/results.json);
+# the shipped voice: 24.5% on the first 120 held-out sentences, 25.3% on 520 more (recipes/tts/results.json);
 # an unintelligible voice gives 90% and more
 WER_LIMIT = 0.6
 

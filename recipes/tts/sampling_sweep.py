@@ -61,9 +61,9 @@ def main() -> None:
     transcribe = Transcriber()
     rows = {"recordings": word_error_rate(references, [
         transcribe(corpus[index[clip_id(clip)]]["audio"], corpus.sample_rate) for clip in clips])}
-    for temperature, scale in [(t, s) for t in temperatures for s in scales]:
+    for temperature, scale in [(t, s) for t in temperatures for s in scales]:  # the loaded weights, a loop each
         voice = TextToSpeech(loaded.model, loaded.codec, max_streams=32, block_steps=BLOCK_STEPS,
-                             temperature=temperature, top_p=args.top_p, cfg_scale=scale)  # the loaded weights, a loop per setting
+                             temperature=temperature, top_p=args.top_p, cfg_scale=scale)
         setting = f"temperature {temperature}" + ("" if scale is None else f", cfg {scale}")
         began, heard = time.perf_counter(), []
         for start in range(0, len(clips), voice.loop.max_streams):  # together: iterating one advances them all
