@@ -4,8 +4,9 @@ On CUDA, for the preset's model (default ``sc09-6m``, random weights, float32):
 
 1. the kernels of one pooling period of the streaming loop, stepped eagerly under torch.profiler:
    GPU time and launches per sample, grouped by kernel (what the CUDA graph replays);
-2. for every distinct block shape (hidden, channels) of the model and 1 and 256 streams, the fused
-   block step (``mamba_block_step_triton``) at each channel tile and warp count, timed as 64
+2. for every distinct block shape (hidden, channels) of the model and 1, 16 and 256 streams, the fused
+   block step (``mamba_block_step_triton``) at each channel tile and warp count, and up to 16 streams
+   split (a program per stream and slice of channels) at each slice and warp count, timed as 64
    consecutive launches in a CUDA graph (the way the streaming loop runs them), each configuration
    first checked against the PyTorch reference;
 3. the sampler: the one-launch Triton kernel against the PyTorch rule, 1 and 256 rows, in a graph.
@@ -37,6 +38,7 @@ from results_io import file_label, save_result  # benchmarks/results_io.py
 from streaming import build_model  # benchmarks/streaming.py
 
 LAUNCHES_PER_GRAPH = 64
+STREAMS = (1, 16, 256)  # block-step sweep: one stream, a few, many
 
 
 def graph_time_us(fn, replays: int = 20) -> float:
@@ -104,17 +106,22 @@ def sweep_block(block: ResidualBlock, batch: int) -> list[dict]:
     rows = []
     # tiles up to 16K weights (more spills whatever the warps)
     tiles = [e for e in (16, 32, 64, 128, 256, 512) if e <= triton_next_pow2(dim) and e * hidden <= 16384]
-    for block_e, warps in itertools.product(tiles, (2, 4, 8)):
+    configs = [(False, e, w) for e, w in itertools.product(tiles, (2, 4, 8))]
+    if batch <= 16:  # a program per stream and slice of channels: for a few streams only
+        slices = [e for e in (8, 16, 32, 64, 128) if e < dim and e * hidden <= 16384]
+        configs += [(True, e, w) for e, w in itertools.product(slices, (1, 2, 4))]
+    for split, block_e, warps in configs:
         states = [t.clone() for t in args[9:11]]
         ref = mamba_block_step(*args[:9], *[t.clone() for t in states], *args[11:], **ssm, backend="reference")
         mine = mamba_block_step_triton(*args[:9], *[t.clone() for t in states], *args[11:], **ssm,
-                                       block_e=block_e, num_warps=warps)
+                                       block_e=block_e, num_warps=warps, split=split)
         error = float((mine - ref).norm() / ref.norm())
-        us = graph_time_us(lambda: mamba_block_step_triton(*args, **ssm, block_e=block_e, num_warps=warps))
-        rows.append(dict(hidden=hidden, channels=dim, streams=batch, block_e=block_e, num_warps=warps,
+        us = graph_time_us(lambda: mamba_block_step_triton(*args, **ssm, block_e=block_e, num_warps=warps,
+                                                           split=split))
+        rows.append(dict(hidden=hidden, channels=dim, streams=batch, split=split, block_e=block_e, num_warps=warps,
                          us_per_step=us, rel_error=error))
-        print(f"  hidden {hidden:4d} channels {dim:4d} streams {batch:4d} block_e {block_e:4d} warps {warps}: "
-              f"{us:8.2f} us (rel. error {error:.1e})", flush=True)
+        print(f"  hidden {hidden:4d} channels {dim:4d} streams {batch:4d} {'split ' if split else 'single'} "
+              f"block_e {block_e:4d} warps {warps}: {us:8.2f} us (rel. error {error:.1e})", flush=True)
     return rows
 
 
@@ -167,20 +174,21 @@ def main() -> None:
                 shapes.setdefault((block.mixer.d_model, block.mixer.d_inner), block)
         print(f"\nblock shapes (hidden, channels): {list(shapes)}", flush=True)
         for (hidden, dim), block in shapes.items():
-            for batch in (1, 256):
+            for batch in STREAMS:
                 sweeps += sweep_block(block, batch)
-        print("\nfastest per shape (current default in brackets):")
+        print("\nfastest per shape (current default in brackets: channels per tile or slice, warps, split):")
         best = []
         for (hidden, dim) in shapes:
-            for batch in (1, 256):
+            for batch in STREAMS:
                 rows = [r for r in sweeps if (r["hidden"], r["channels"], r["streams"]) == (hidden, dim, batch)]
                 fastest = min(rows, key=lambda r: r["us_per_step"])
                 default = block_step_config(hidden, dim, batch)
-                now = next(r for r in rows if (r["block_e"], r["num_warps"]) == default)
-                best.append(dict(fastest, default_us=now["us_per_step"], default=list(default)))
-                print(f"  hidden {hidden} channels {dim} streams {batch}: block_e {fastest['block_e']}, "
-                      f"{fastest['num_warps']} warps, {fastest['us_per_step']:.2f} us [{default}: "
-                      f"{now['us_per_step']:.2f} us]")
+                now = next((r for r in rows if (r["block_e"], r["num_warps"], r["split"]) == default), None)
+                now_us = now["us_per_step"] if now else float("nan")  # a default outside the sweep: not timed
+                best.append(dict(fastest, default_us=now_us, default=list(default)))
+                print(f"  hidden {hidden} channels {dim} streams {batch}: {'split, ' if fastest['split'] else ''}"
+                      f"block_e {fastest['block_e']}, {fastest['num_warps']} warps, {fastest['us_per_step']:.2f} us "
+                      f"[{default}: {now_us:.2f} us]")
         print()
         sampler = sweep_sampler(model.tokenizer.vocab_size)
 

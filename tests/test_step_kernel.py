@@ -169,13 +169,16 @@ BLOCK_CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", BLOCK_CASES)
-@pytest.mark.parametrize("block_e", [8, 64], ids=["tiles-of-8", "one-tile"])
-def test_triton_block_step_matches_reference(case, dtype, block_e):
-    """Both paths of the kernel: two passes over tiles of 8 channels, and one pass over a tile of all."""
+@pytest.mark.parametrize("block_e,split", [(8, False), (64, False), (8, True), (16, True)],
+                         ids=["tiles-of-8", "one-tile", "split-slices-of-8", "split-slices-of-16"])
+def test_triton_block_step_matches_reference(case, dtype, block_e, split):
+    """Every path of the block step: one program per stream in two passes over tiles of 8 channels or in one
+    pass over a tile of all; and split, a program per slice of 8 or 16 channels (the last one partial where
+    they do not divide the channels) in three launches."""
     triton_step = triton_step_module()
     inputs = make_block_inputs(**case, dtype=dtype)
     out_ref, conv_ref, ssm_ref = run_block_steps(mamba_block_step_ref, inputs)
-    out, conv, ssm = run_block_steps(triton_step.mamba_block_step_triton, inputs, block_e=block_e)
+    out, conv, ssm = run_block_steps(triton_step.mamba_block_step_triton, inputs, block_e=block_e, split=split)
     assert out.dtype == dtype and conv.dtype == dtype
     # the SSM input is rounded to the conv state's dtype: a last-bit difference there is one ulp of it
     assert rel_err(conv, conv_ref) < (1e-6 if dtype == torch.float32 else 1e-2)
@@ -270,7 +273,7 @@ in_act_dtype = {"x_ptr", "z_ptr", "y_ptr", "out_ptr", "conv_ptr", "convw_ptr", "
                 "wout_ptr", "normw_ptr", "normb_ptr", "bin_ptr", "bout_ptr"}
 constants = dict(HAS_Z=flags, HAS_CONV_BIAS=flags, HAS_D=flags, HAS_DT_BIAS=flags, SELECTIVE=selective,
                  DT_SOFTPLUS=True, RMS_NORM=not flags, HAS_NORM_BIAS=flags, HAS_IN_BIAS=flags, HAS_OUT_BIAS=flags,
-                 BLOCK_H=64, BLOCK_E=64, BLOCK_N=16, BLOCK_R=8, BLOCK_W=4, N_TENSORS=17,
+                 BLOCK_H=64, BLOCK_E=64, BLOCK_N=16, BLOCK_R=8, BLOCK_W=4, BLOCK_S=8, N_TENSORS=17,
                  OFFSET_MULTIPLE=multiple)
 constants = {k: v for k, v in constants.items() if k in fn.arg_names}
 signature = {}
@@ -306,9 +309,12 @@ print("compiled", sum(".v4." in line for line in loads), "of", len(loads))
     ("_mamba_block_step_kernel", "fp32", "0", "0"),
     ("_mamba_blocks_step_kernel", "bf16", "1", "1"),
     ("_mamba_blocks_step_kernel", "fp32", "0", "0"),
+    ("_split_in_kernel", "bf16", "1", "1"),
+    ("_split_out_kernel", "fp32", "0", "0"),
 ], ids=["step-bf16-selective-all-operands", "step-fp32-time-invariant-bare", "block-bf16-selective-layernorm",
         "block-fp32-time-invariant-rmsnorm-bare", "stacked-blocks-bf16-selective-layernorm",
-        "stacked-blocks-fp32-time-invariant-rmsnorm-bare"])
+        "stacked-blocks-fp32-time-invariant-rmsnorm-bare", "split-in-bf16-selective-layernorm",
+        "split-out-fp32-time-invariant-rmsnorm-bare"])
 def test_triton_kernels_compile_for_sm90_without_a_gpu(kernel, act, selective, flags):
     """The interpreter runs the kernels as Python; this compiles them to PTX (layouts, constexpr branches, types)."""
     import subprocess

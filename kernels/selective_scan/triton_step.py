@@ -475,6 +475,169 @@ def _mamba_block_step_kernel(
     tl.store(out_ptr + row * s_ob + offs_h * s_oh, (residual + out).to(out_ptr.dtype.element_ty), mask=mask_h)
 
 
+# ----------------------------------------------------------------------------- the split block step
+# One block's step for a few streams spread over many programs: stream ``row`` = program_id(0), its channels
+# cut into slices of BLOCK_E, slice = program_id(1). The two sums over all channels (x_proj's for delta, B
+# and C; out_proj's) go through per-slice partial rows, summed in slice order by the next launch, so a step
+# is three launches whose programs each load 1 / n_split of the block's weights (a single program per
+# stream has to pull all of them through one multiprocessor). Same positional arguments as
+# ``_mamba_block_step_kernel`` plus the scratch: xc (B, E) float32, part (B, n_split, PW) float32 with PW =
+# BLOCK_R + 2 BLOCK_N (dt_low, B, C), opart (B, n_split, BLOCK_H) float32.
+
+
+@triton.jit
+def _split_in_kernel(
+    x_ptr, out_ptr, normw_ptr, normb_ptr, win_ptr, bin_ptr, wout_ptr, bout_ptr,
+    conv_ptr, ssm_ptr, convw_ptr, convb_ptr, A_ptr, D_ptr, dtb_ptr, xproj_ptr, dtproj_ptr, B_ptr, C_ptr,
+    hidden, dim, rank, n_state, width, eps,
+    s_xb, s_xh, s_ob, s_oh, s_wir, s_wih, s_woh, s_woe,
+    s_cb, s_ce, s_cw, s_hb, s_he, s_hn,
+    s_we, s_ww, s_ae, s_an,
+    s_xpr, s_xpe, s_dpe, s_dpr,
+    s_Be, s_Bn, s_Ce, s_Cn,
+    xc_ptr, part_ptr, opart_ptr, n_split,
+    RMS_NORM: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_OUT_BIAS: tl.constexpr,
+    HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
+    SELECTIVE: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Launch 1 of 3: norm, the slice's u = in_proj @ normed shifted into its conv windows (stored),
+    xc = silu(conv) to the xc scratch; selective, the slice's share of x_proj @ xc to part[row, slice]."""
+    row = tl.program_id(0)
+    piece = tl.program_id(1)
+    offs_h = tl.arange(0, BLOCK_H)
+    mask_h = offs_h < hidden
+    offs_w = tl.arange(0, BLOCK_W)
+    offs_e = piece * BLOCK_E + tl.arange(0, BLOCK_E)
+    mask_e = offs_e < dim
+    in_window = offs_w[None, :] < width
+    # every load first, as in the one-tile block
+    residual = tl.load(x_ptr + row * s_xb + offs_h * s_xh, mask=mask_h, other=0.0).to(tl.float32)
+    w_in = tl.load(win_ptr + offs_e[:, None] * s_wir + offs_h[None, :] * s_wih,
+                   mask=mask_e[:, None] & mask_h[None, :], other=0.0)
+    old = tl.load(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + (offs_w[None, :] + 1) * s_cw,
+                  mask=mask_e[:, None] & (offs_w[None, :] + 1 < width), other=0.0)
+    conv_w = tl.load(convw_ptr + offs_e[:, None] * s_we + offs_w[None, :] * s_ww, mask=mask_e[:, None] & in_window,
+                     other=0.0).to(tl.float32)
+    if SELECTIVE:
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_r = tl.arange(0, BLOCK_R)
+        cols = offs_e[None, :] * s_xpe
+        w_dt = tl.load(xproj_ptr + offs_r[:, None] * s_xpr + cols, mask=(offs_r < rank)[:, None] & mask_e[None, :],
+                       other=0.0)
+        w_B = tl.load(xproj_ptr + (rank + offs_n[:, None]) * s_xpr + cols,
+                      mask=(offs_n < n_state)[:, None] & mask_e[None, :], other=0.0)
+        w_C = tl.load(xproj_ptr + (rank + n_state + offs_n[:, None]) * s_xpr + cols,
+                      mask=(offs_n < n_state)[:, None] & mask_e[None, :], other=0.0)
+
+    normed = _norm_row(residual, normw_ptr, normb_ptr, offs_h, mask_h, hidden, eps, RMS_NORM, HAS_NORM_BIAS)
+    u = tl.sum(w_in.to(tl.float32) * normed[None, :], axis=1)
+    if HAS_IN_BIAS:
+        u += tl.load(bin_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+    window = tl.where(offs_w[None, :] == width - 1, u.to(conv_ptr.dtype.element_ty)[:, None], old)
+    tl.debug_barrier()  # the old window is read everywhere before it is overwritten
+    tl.store(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + offs_w[None, :] * s_cw, window,
+             mask=mask_e[:, None] & in_window)
+    acc = tl.sum(window.to(tl.float32) * conv_w, axis=1)
+    if HAS_CONV_BIAS:
+        acc += tl.load(convb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+    xc = acc * tl.sigmoid(acc)
+    tl.store(xc_ptr + row * dim + offs_e, xc, mask=mask_e)
+    if SELECTIVE:
+        part = part_ptr + (row * n_split + piece) * (BLOCK_R + 2 * BLOCK_N)
+        tl.store(part + offs_r, tl.sum(w_dt.to(tl.float32) * xc[None, :], axis=1))
+        tl.store(part + BLOCK_R + offs_n, tl.sum(w_B.to(tl.float32) * xc[None, :], axis=1))
+        tl.store(part + BLOCK_R + BLOCK_N + offs_n, tl.sum(w_C.to(tl.float32) * xc[None, :], axis=1))
+
+
+@triton.jit
+def _split_out_kernel(
+    x_ptr, out_ptr, normw_ptr, normb_ptr, win_ptr, bin_ptr, wout_ptr, bout_ptr,
+    conv_ptr, ssm_ptr, convw_ptr, convb_ptr, A_ptr, D_ptr, dtb_ptr, xproj_ptr, dtproj_ptr, B_ptr, C_ptr,
+    hidden, dim, rank, n_state, width, eps,
+    s_xb, s_xh, s_ob, s_oh, s_wir, s_wih, s_woh, s_woe,
+    s_cb, s_ce, s_cw, s_hb, s_he, s_hn,
+    s_we, s_ww, s_ae, s_an,
+    s_xpr, s_xpe, s_dpe, s_dpr,
+    s_Be, s_Bn, s_Ce, s_Cn,
+    xc_ptr, part_ptr, opart_ptr, n_split,
+    RMS_NORM: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_OUT_BIAS: tl.constexpr,
+    HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
+    SELECTIVE: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Launch 2 of 3: delta, B and C from the partial rows (summed in slice order), the slice's state
+    update (stored), y = C h + D xc gated by silu(z) (z from the slice's in_proj rows), and its share of
+    out_proj @ y to opart[row, slice]."""
+    row = tl.program_id(0)
+    piece = tl.program_id(1)
+    offs_h = tl.arange(0, BLOCK_H)
+    mask_h = offs_h < hidden
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_n = offs_n < n_state
+    offs_e = piece * BLOCK_E + tl.arange(0, BLOCK_E)
+    mask_e = offs_e < dim
+    tile = mask_e[:, None] & mask_n[None, :]
+    residual = tl.load(x_ptr + row * s_xb + offs_h * s_xh, mask=mask_h, other=0.0).to(tl.float32)
+    w_z = tl.load(win_ptr + (dim + offs_e[:, None]) * s_wir + offs_h[None, :] * s_wih,
+                  mask=mask_e[:, None] & mask_h[None, :], other=0.0)
+    xc = tl.load(xc_ptr + row * dim + offs_e, mask=mask_e, other=0.0)
+    A = tl.load(A_ptr + offs_e[:, None] * s_ae + offs_n[None, :] * s_an, mask=tile, other=0.0)
+    h_ptrs = ssm_ptr + row * s_hb + offs_e[:, None] * s_he + offs_n[None, :] * s_hn
+    h = tl.load(h_ptrs, mask=tile, other=0.0)
+    w_out = tl.load(wout_ptr + offs_h[:, None] * s_woh + offs_e[None, :] * s_woe,
+                    mask=mask_h[:, None] & mask_e[None, :], other=0.0)
+    if SELECTIVE:
+        offs_s = tl.arange(0, BLOCK_S)
+        parts = part_ptr + (row * n_split + offs_s[:, None]) * (BLOCK_R + 2 * BLOCK_N)
+        in_split = (offs_s < n_split)[:, None]
+        dt_low = tl.sum(tl.load(parts + offs_r[None, :], mask=in_split, other=0.0), axis=0)
+        B_t = tl.sum(tl.load(parts + BLOCK_R + offs_n[None, :], mask=in_split, other=0.0), axis=0)[None, :]
+        C_t = tl.sum(tl.load(parts + BLOCK_R + BLOCK_N + offs_n[None, :], mask=in_split, other=0.0), axis=0)[None, :]
+        w_delta = tl.load(dtproj_ptr + offs_e[:, None] * s_dpe + offs_r[None, :] * s_dpr,
+                          mask=mask_e[:, None] & (offs_r < rank)[None, :], other=0.0)
+        delta = tl.sum(w_delta.to(tl.float32) * dt_low[None, :], axis=1)
+    else:
+        B_t = tl.load(B_ptr + offs_e[:, None] * s_Be + offs_n[None, :] * s_Bn, mask=tile, other=0.0).to(tl.float32)
+        C_t = tl.load(C_ptr + offs_e[:, None] * s_Ce + offs_n[None, :] * s_Cn, mask=tile, other=0.0).to(tl.float32)
+        delta = tl.zeros([BLOCK_E], dtype=tl.float32)
+    if HAS_DT_BIAS:
+        delta += tl.load(dtb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+    if DT_SOFTPLUS:
+        delta = _softplus(delta)
+    h = tl.exp(delta[:, None] * A) * h + (delta * xc)[:, None] * B_t
+    tl.store(h_ptrs, h, mask=tile)
+    y = tl.sum(h * C_t, axis=1)
+    if HAS_D:
+        y += tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32) * xc
+    normed = _norm_row(residual, normw_ptr, normb_ptr, offs_h, mask_h, hidden, eps, RMS_NORM, HAS_NORM_BIAS)
+    z = tl.sum(w_z.to(tl.float32) * normed[None, :], axis=1)
+    if HAS_IN_BIAS:
+        z += tl.load(bin_ptr + dim + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+    y = tl.where(mask_e, y * z * tl.sigmoid(z), 0.0)
+    tl.store(opart_ptr + (row * n_split + piece) * BLOCK_H + offs_h, tl.sum(w_out.to(tl.float32) * y[None, :], axis=1))
+
+
+@triton.jit
+def _split_sum_kernel(x_ptr, out_ptr, bout_ptr, opart_ptr, hidden, n_split, s_xb, s_xh, s_ob, s_oh,
+                      HAS_OUT_BIAS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Launch 3 of 3: out = x + out_proj's bias + the slices' out_proj rows, summed in slice order."""
+    row = tl.program_id(0)
+    offs_h = tl.arange(0, BLOCK_H)
+    mask_h = offs_h < hidden
+    offs_s = tl.arange(0, BLOCK_S)
+    parts = tl.load(opart_ptr + (row * n_split + offs_s[:, None]) * BLOCK_H + offs_h[None, :],
+                    mask=(offs_s < n_split)[:, None], other=0.0)
+    out = tl.sum(parts, axis=0)
+    if HAS_OUT_BIAS:
+        out += tl.load(bout_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    residual = tl.load(x_ptr + row * s_xb + offs_h * s_xh, mask=mask_h, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * s_ob + offs_h * s_oh, (residual + out).to(out_ptr.dtype.element_ty), mask=mask_h)
+
+
 @triton.jit
 def _offset(offsets, j, MULTIPLE: tl.constexpr):
     """Entry ``j`` of one block's row of the stack's offset table, declared a multiple of ``MULTIPLE``."""
@@ -560,7 +723,7 @@ def _block_launch(x: Tensor, out: Tensor, block: dict, norm_eps: float, rms_norm
     selective = block["x_proj_weight"] is not None
     n_state, width = A.shape[1], block["conv_weight"].shape[1]
     rank = block["dt_proj_weight"].shape[1] if selective else 1
-    default_e, default_warps = block_step_config(hidden, dim, batch)
+    default_e, default_warps, _ = block_step_config(hidden, dim, batch, split=False)
     block_e, num_warps = block_e or default_e, num_warps or default_warps
     if block_e & (block_e - 1):
         raise ValueError(f"block_e must be a power of two, got {block_e}")
@@ -613,20 +776,49 @@ def mamba_block_step_triton(
     dt_softplus: bool = True,
     block_e: int | None = None,
     num_warps: int | None = None,
+    split: bool | None = None,
 ) -> Tensor:
-    """A whole residual block's step (``step_ref.mamba_block_step_ref``) in one launch: norm, in_proj, the
-    fused Mamba step, out_proj, residual. One program per stream; it walks the channels twice (as
-    ``_mamba_step_kernel``), the conv state holding the new windows between the passes.
+    """A whole residual block's step (``step_ref.mamba_block_step_ref``): norm, in_proj, the fused Mamba step,
+    out_proj, residual.
 
-    ``block_e`` (channels per tile, a power of two) and ``num_warps`` override ``block_step_config``'s."""
+    Either one launch with one program per stream, which walks the channels twice (as ``_mamba_step_kernel``),
+    the conv state holding the new windows between the passes; or, ``split``, three launches whose programs
+    each take one slice of ``block_e`` channels of one stream (see ``_split_in_kernel``): for a few streams of a
+    wide block, whose weights one program per stream would pull through a single multiprocessor.
+
+    ``split``, ``block_e`` (channels per tile or slice, a power of two) and ``num_warps`` override
+    ``block_step_config``'s choice."""
     block = dict(norm_weight=norm_weight, norm_bias=norm_bias, in_proj_weight=in_proj_weight,
                  in_proj_bias=in_proj_bias, out_proj_weight=out_proj_weight, out_proj_bias=out_proj_bias,
                  conv_state=conv_state, ssm_state=ssm_state, conv_weight=conv_weight, conv_bias=conv_bias, A=A, D=D,
                  dt_bias=dt_bias, x_proj_weight=x_proj_weight, dt_proj_weight=dt_proj_weight, B=B, C=C)
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    args, meta = _block_launch(x, out, block, norm_eps, rms_norm, dt_softplus, block_e, num_warps)
-    if x.shape[0]:
-        _mamba_block_step_kernel[(x.shape[0],)](*args, **meta)
+    batch, hidden = x.shape
+    dim = conv_weight.shape[0]
+    default_e, default_warps, default_split = block_step_config(hidden, dim, batch)
+    if split is None:
+        split = default_split
+    elif split != default_split and block_e is None:  # the other path's default tile
+        default_e, default_warps = block_step_config(hidden, dim, batch, split=split)[:2]
+    args, meta = _block_launch(x, out, block, norm_eps, rms_norm, dt_softplus, block_e or default_e,
+                               num_warps or default_warps)
+    if not batch:
+        return out
+    if not split:
+        _mamba_block_step_kernel[(batch,)](*args, **meta)
+        return out
+    meta.pop("ONE_TILE")
+    n_split = triton.cdiv(dim, meta["BLOCK_E"])
+    meta["BLOCK_S"] = triton.next_power_of_2(n_split)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    xc = torch.empty(batch, dim, **f32)
+    part = torch.empty(batch, n_split, meta["BLOCK_R"] + 2 * meta["BLOCK_N"], **f32)
+    opart = torch.empty(batch, n_split, meta["BLOCK_H"], **f32)
+    _split_in_kernel[(batch, n_split)](*args, xc, part, opart, n_split, **meta)
+    _split_out_kernel[(batch, n_split)](*args, xc, part, opart, n_split, **meta)
+    _split_sum_kernel[(batch,)](x, out, args[7], opart, hidden, n_split, *x.stride(), *out.stride(),
+                                HAS_OUT_BIAS=meta["HAS_OUT_BIAS"], BLOCK_H=meta["BLOCK_H"], BLOCK_S=meta["BLOCK_S"],
+                                num_warps=meta["num_warps"])
     return out
 
 
@@ -646,19 +838,30 @@ def mamba_blocks_step_triton(x: Tensor, stack: BlockStack, block_e: int | None =
     return out
 
 
-def block_step_config(hidden: int, dim: int, batch: int = 1) -> tuple[int, int]:
-    """(channels per tile, warps) of the block step for ``batch`` streams of a block of width ``hidden``
-    with ``dim`` channels.
+def block_step_config(hidden: int, dim: int, batch: int = 1, split: bool | None = None) -> tuple[int, int, bool]:
+    """(channels per tile or slice, warps, split) of the block step for ``batch`` streams of a block of width
+    ``hidden`` with ``dim`` channels; ``split`` given, that path's tile and warps.
 
-    Measured on an H100 (benchmarks/results/step_sweep_nvidia_h100_80gb_hbm3.json, the SC09 model's three
-    block shapes, 1 and 256 streams, tiles of 16 to 512 channels on 2, 4 and 8 warps): a few streams are
-    latency-bound, and the fewest passes over the channels win, tiles of up to 16K weights on 8 warps
+    One program per stream, measured on an H100 (benchmarks/results/step_sweep_nvidia_h100_80gb_hbm3.json, the
+    SC09 model's three block shapes, 1 and 256 streams, tiles of 16 to 512 channels on 2, 4 and 8 warps): a few
+    streams are latency-bound, and the fewest passes over the channels win, tiles of up to 16K weights on 8 warps
     (hidden 64: 5.6 us per step against 9.2 with the earlier 2K tiles on 4 warps; hidden 128: 13.3
     against 34.2; hidden 256: 40.4 against 89.0); with 256 streams several programs share each SM, and
     8K-weight tiles win, on 4 warps from hidden 128 up (7.7, 22.9 and 69.5 us against 10.7, 41.3 and 111.0).
+
+    Split (one program per stream and slice of channels, three launches), measured on the H100 in the same
+    sweep (slices of 8 to 128 channels on 1, 2 and 4 warps, 1 and 16 streams): from 256 channels on, a few streams
+    step 2-4x faster split (hidden 128: 7.5 us per step against 13.3 for one stream, 8.0 against 13.9 for 16;
+    hidden 256: 9.2 against 40.4, and 10.8 against 41.4), best with slices of 16 channels on one warp (hidden
+    128) and 32 on four (hidden 256); at 128 channels the three launches cost more than they spread (6.0 us
+    against 4.8), and 256 streams fill the GPU with one program each.
     """
     block_h = triton.next_power_of_2(hidden)
+    if split is None:
+        split = batch <= 16 and dim >= 256
+    if split:
+        return (16, 1, True) if block_h <= 128 else (32, 4, True)
     few_streams = batch <= 32  # one program per stream: well under the SM count
     weights = 16384 if few_streams else 8192
     warps = 8 if few_streams or block_h <= 64 else 4
-    return max(16, min(triton.next_power_of_2(dim), weights // block_h)), warps
+    return max(16, min(triton.next_power_of_2(dim), weights // block_h)), warps, False
