@@ -45,6 +45,7 @@ from mamba_audio.kernels import mamba_block_step, mamba_step
 from mamba_audio.models import LMConfig, SaShiMiLM, backbone_preset
 from mamba_audio.models import blocks as blocks_module
 from mamba_audio.models import mixer as mixer_module
+from mamba_audio.kernels.selective_scan import triton_step
 from mamba_audio.streaming import StreamingGenerator
 
 from results_io import file_label, save_result  # benchmarks/results_io.py
@@ -109,14 +110,28 @@ def stacked_step(enabled: bool | str):
         blocks_module.STACKED_STEP = saved
 
 
+@contextlib.contextmanager
+def dependent_launches(enabled: bool):
+    """Within: the block steps go as programmatic dependent launches where the GPU has them (True) or never."""
+    saved = triton_step.DEPENDENT_LAUNCHES
+    triton_step.DEPENDENT_LAUNCHES = enabled
+    try:
+        yield
+    finally:
+        triton_step.DEPENDENT_LAUNCHES = saved
+
+
 def time_generator(model: SaShiMiLM, streams: int, block_samples: int, blocks: int, cuda_graph: bool,
-                   stacked: bool | str | None = None) -> dict:
+                   stacked: bool | str | None = None, dependent: bool | None = None) -> dict:
     """Per-stream and aggregate rates of ``streams`` concurrent streams, and block latencies; ``stacked`` as
-    ``stacked_step``'s, None for the library's default (the generator captures its graph, and so the choice,
-    on its first block)."""
+    ``stacked_step``'s and ``dependent`` as ``dependent_launches``', None for the library's defaults (the
+    generator captures its graph, and so the choice, on its first block)."""
     device = model.head.weight.device
-    with stacked_step(blocks_module.STACKED_STEP if stacked is None else stacked):
-        return _time_generator(model, streams, block_samples, blocks, cuda_graph, device)
+    with stacked_step(blocks_module.STACKED_STEP if stacked is None else stacked), \
+            dependent_launches(triton_step.DEPENDENT_LAUNCHES if dependent is None else dependent):
+        row = _time_generator(model, streams, block_samples, blocks, cuda_graph, device)
+        row["dependent_launches"] = triton_step.dependent_launches(device)
+        return row
 
 
 def _time_generator(model, streams, block_samples, blocks, cuda_graph, device) -> dict:
@@ -287,7 +302,11 @@ def main() -> None:
             rows.append(time_generator(model, n, args.block_samples, blocks, cuda_graph=False))
         if on_cuda and n in (1, 256):  # the ablation: each stage's blocks in one launch
             rows.append(time_generator(model, n, args.block_samples, blocks, cuda_graph=True, stacked=True))
-        print(rows[-1], flush=True)
+        if on_cuda and n in (1, 16) and triton_step.dependent_launches(device):  # the ablation: no dependent launches
+            rows.append(time_generator(model, n, args.block_samples, blocks, cuda_graph=True, dependent=False))
+        for row in rows[-3:]:
+            if row["streams"] == n:
+                print(row, flush=True)
     baseline = None
     if on_cuda and not args.no_mamba_ssm:
         make_mamba_ssm_importable(args.mamba_sdist, args.build_root)
@@ -297,7 +316,8 @@ def main() -> None:
     tiny = time_generator(build_model("tiny", torch.device("cpu"), torch.float32), 1, args.block_samples, blocks,
                           cuda_graph=False)
 
-    ours = [r for r in rows if r["cuda_graph"] == on_cuda and r["stacked_blocks"] == blocks_module.stacks_blocks(device)]
+    ours = [r for r in rows if r["cuda_graph"] == on_cuda and r["stacked_blocks"] == blocks_module.stacks_blocks(device)
+            and r["dependent_launches"] == triton_step.dependent_launches(device)]
     single = next(r for r in ours if r["streams"] == 1) if any(r["streams"] == 1 for r in ours) else None
     realtime = [r["streams"] for r in ours if r["slowest_stream_realtime_factor"] >= 1]
     result = dict(
@@ -319,10 +339,11 @@ def main() -> None:
         rows=rows,
     )
 
-    print(f"\n{'streams':>8} {'graph':>6} {'stack':>6} {'samples/s/stream':>17} {'RTF':>8} {'aggregate/s':>12} "
+    print(f"\n{'streams':>8} {'graph':>6} {'stack':>6} {'PDL':>6} {'samples/s/stream':>17} {'RTF':>8} {'aggregate/s':>12} "
           f"{'chunk p50 ms':>13} {'p99 ms':>9}")
     for r in rows:
         print(f"{r['streams']:>8} {str(r['cuda_graph']):>6} {str(r['stacked_blocks']):>6} "
+              f"{str(r['dependent_launches']):>6} "
               f"{r['per_stream_samples_per_s']:>17.1f} "
               f"{r['slowest_stream_realtime_factor']:>8.4f} {r['aggregate_samples_per_s']:>12.1f} "
               f"{r['chunk_latency_ms']['p50']:>13.1f} {r['chunk_latency_ms']['p99']:>9.1f}")

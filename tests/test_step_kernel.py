@@ -272,7 +272,7 @@ fn = getattr(triton_step, kernel_name)
 in_act_dtype = {"x_ptr", "z_ptr", "y_ptr", "out_ptr", "conv_ptr", "convw_ptr", "xproj_ptr", "dtproj_ptr", "win_ptr",
                 "wout_ptr", "normw_ptr", "normb_ptr", "bin_ptr", "bout_ptr"}
 constants = dict(HAS_Z=flags, HAS_CONV_BIAS=flags, HAS_D=flags, HAS_DT_BIAS=flags, SELECTIVE=selective,
-                 DT_SOFTPLUS=True, RMS_NORM=not flags, HAS_NORM_BIAS=flags, HAS_IN_BIAS=flags, HAS_OUT_BIAS=flags,
+                 PDL=flags, DT_SOFTPLUS=True, RMS_NORM=not flags, HAS_NORM_BIAS=flags, HAS_IN_BIAS=flags, HAS_OUT_BIAS=flags,
                  BLOCK_H=64, BLOCK_E=64, BLOCK_N=16, BLOCK_R=8, BLOCK_W=4, BLOCK_S=8, N_TENSORS=17,
                  OFFSET_MULTIPLE=multiple)
 constants = {k: v for k, v in constants.items() if k in fn.arg_names}

@@ -33,9 +33,12 @@ arithmetic so that their latencies overlap.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .step_ref import BLOCK_TENSORS, BlockStack, check_step_inputs
 from .triton_scan import _softplus
@@ -242,10 +245,13 @@ def _one_tile_block(
     RMS_NORM: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
     HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SELECTIVE: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_W: tl.constexpr,
+    BLOCK_W: tl.constexpr, x_ptr, s_xb, s_xh, LOAD_X: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """One block's step for stream ``row`` when one tile holds every channel: residual (BLOCK_H,) float32 ->
-    out_proj's output before its bias (BLOCK_H,) float32; both states updated in place."""
+    (out_proj's output before its bias (BLOCK_H,) float32, the residual); both states updated in place.
+
+    LOAD_X: the residual is read from x_ptr instead (``residual`` is ignored). PDL: the weights are loaded,
+    then ``gdc_wait`` (the previous launch's results are visible after it), then the residual and states."""
     offs_h = tl.arange(0, BLOCK_H)
     mask_h = offs_h < hidden
     offs_w = tl.arange(0, BLOCK_W)
@@ -261,14 +267,10 @@ def _one_tile_block(
     in_window = offs_w[None, :] < width
     w_in = tl.load(win_ptr + offs_e[:, None] * s_wir + offs_h[None, :] * s_wih, mask=rows_h, other=0.0)
     w_z = tl.load(win_ptr + (dim + offs_e[:, None]) * s_wir + offs_h[None, :] * s_wih, mask=rows_h, other=0.0)
-    old = tl.load(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + (offs_w[None, :] + 1) * s_cw,
-                  mask=mask_e[:, None] & (offs_w[None, :] + 1 < width), other=0.0)
     conv_w = tl.load(convw_ptr + offs_e[:, None] * s_we + offs_w[None, :] * s_ww, mask=mask_e[:, None] & in_window,
                      other=0.0).to(tl.float32)
     tile = mask_e[:, None] & mask_n[None, :]
     A = tl.load(A_ptr + offs_e[:, None] * s_ae + offs_n[None, :] * s_an, mask=tile, other=0.0)
-    h_ptrs = ssm_ptr + row * s_hb + offs_e[:, None] * s_he + offs_n[None, :] * s_hn
-    h = tl.load(h_ptrs, mask=tile, other=0.0)
     w_out = tl.load(wout_ptr + offs_h[:, None] * s_woh + offs_e[None, :] * s_woe,
                     mask=mask_h[:, None] & mask_e[None, :], other=0.0)
     if SELECTIVE:
@@ -284,6 +286,14 @@ def _one_tile_block(
     else:
         B_t = tl.load(B_ptr + offs_e[:, None] * s_Be + offs_n[None, :] * s_Bn, mask=tile, other=0.0).to(tl.float32)
         C_t = tl.load(C_ptr + offs_e[:, None] * s_Ce + offs_n[None, :] * s_Cn, mask=tile, other=0.0).to(tl.float32)
+    if PDL:
+        gdc_wait()
+    if LOAD_X:
+        residual = tl.load(x_ptr + row * s_xb + offs_h * s_xh, mask=mask_h, other=0.0).to(tl.float32)
+    old = tl.load(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + (offs_w[None, :] + 1) * s_cw,
+                  mask=mask_e[:, None] & (offs_w[None, :] + 1 < width), other=0.0)
+    h_ptrs = ssm_ptr + row * s_hb + offs_e[:, None] * s_he + offs_n[None, :] * s_hn
+    h = tl.load(h_ptrs, mask=tile, other=0.0)
 
     normed = _norm_row(residual, normw_ptr, normb_ptr, offs_h, mask_h, hidden, eps, RMS_NORM, HAS_NORM_BIAS)
     u = tl.sum(w_in.to(tl.float32) * normed[None, :], axis=1)
@@ -317,7 +327,7 @@ def _one_tile_block(
         y += tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32) * xc
     y = tl.where(mask_e, y * z * tl.sigmoid(z), 0.0)
     out = tl.sum(w_out.to(tl.float32) * y[None, :], axis=1)
-    return out
+    return out, residual
 
 
 @triton.jit
@@ -447,21 +457,28 @@ def _mamba_block_step_kernel(
     HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
     SELECTIVE: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_W: tl.constexpr, ONE_TILE: tl.constexpr,
+    BLOCK_W: tl.constexpr, ONE_TILE: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    """PDL (launched as a programmatic dependent launch, Hopper on): the next launch may start at once, and
+    this one loads what the launches before it cannot have changed (the weights, one-tile path) before
+    ``gdc_wait``."""
     row = tl.program_id(0)
     offs_h = tl.arange(0, BLOCK_H)
     mask_h = offs_h < hidden
-    residual = tl.load(x_ptr + row * s_xb + offs_h * s_xh, mask=mask_h, other=0.0).to(tl.float32)
+    if PDL:
+        gdc_launch_dependents()
     if ONE_TILE:
-        out = _one_tile_block(
-            residual, row, normw_ptr, normb_ptr, win_ptr, bin_ptr, wout_ptr, conv_ptr, ssm_ptr, convw_ptr, convb_ptr,
+        out, residual = _one_tile_block(
+            0.0, row, normw_ptr, normb_ptr, win_ptr, bin_ptr, wout_ptr, conv_ptr, ssm_ptr, convw_ptr, convb_ptr,
             A_ptr, D_ptr, dtb_ptr, xproj_ptr, dtproj_ptr, B_ptr, C_ptr, hidden, dim, rank, n_state, width, eps,
             s_wir, s_wih, s_woh, s_woe, s_cb, s_ce, s_cw, s_hb, s_he, s_hn, s_we, s_ww, s_ae, s_an,
             s_xpr, s_xpe, s_dpe, s_dpr, s_Be, s_Bn, s_Ce, s_Cn,
             RMS_NORM, HAS_NORM_BIAS, HAS_IN_BIAS, HAS_CONV_BIAS, HAS_D, HAS_DT_BIAS, SELECTIVE, DT_SOFTPLUS,
-            BLOCK_H, BLOCK_E, BLOCK_N, BLOCK_R, BLOCK_W)
+            BLOCK_H, BLOCK_E, BLOCK_N, BLOCK_R, BLOCK_W, x_ptr, s_xb, s_xh, True, PDL)
     else:
+        if PDL:
+            gdc_wait()
+        residual = tl.load(x_ptr + row * s_xb + offs_h * s_xh, mask=mask_h, other=0.0).to(tl.float32)
         out = _tiled_block(
             residual, row, normw_ptr, normb_ptr, win_ptr, bin_ptr, wout_ptr, conv_ptr, ssm_ptr, convw_ptr, convb_ptr,
             A_ptr, D_ptr, dtb_ptr, xproj_ptr, dtproj_ptr, B_ptr, C_ptr, hidden, dim, rank, n_state, width, eps,
@@ -500,12 +517,15 @@ def _split_in_kernel(
     HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
     SELECTIVE: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_W: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """Launch 1 of 3: norm, the slice's u = in_proj @ normed shifted into its conv windows (stored),
-    xc = silu(conv) to the xc scratch; selective, the slice's share of x_proj @ xc to part[row, slice]."""
+    xc = silu(conv) to the xc scratch; selective, the slice's share of x_proj @ xc to part[row, slice].
+    PDL as in ``_mamba_block_step_kernel``: the weights are loaded before ``gdc_wait``."""
     row = tl.program_id(0)
     piece = tl.program_id(1)
+    if PDL:
+        gdc_launch_dependents()
     offs_h = tl.arange(0, BLOCK_H)
     mask_h = offs_h < hidden
     offs_w = tl.arange(0, BLOCK_W)
@@ -513,11 +533,8 @@ def _split_in_kernel(
     mask_e = offs_e < dim
     in_window = offs_w[None, :] < width
     # every load first, as in the one-tile block
-    residual = tl.load(x_ptr + row * s_xb + offs_h * s_xh, mask=mask_h, other=0.0).to(tl.float32)
     w_in = tl.load(win_ptr + offs_e[:, None] * s_wir + offs_h[None, :] * s_wih,
                    mask=mask_e[:, None] & mask_h[None, :], other=0.0)
-    old = tl.load(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + (offs_w[None, :] + 1) * s_cw,
-                  mask=mask_e[:, None] & (offs_w[None, :] + 1 < width), other=0.0)
     conv_w = tl.load(convw_ptr + offs_e[:, None] * s_we + offs_w[None, :] * s_ww, mask=mask_e[:, None] & in_window,
                      other=0.0).to(tl.float32)
     if SELECTIVE:
@@ -530,6 +547,11 @@ def _split_in_kernel(
                       mask=(offs_n < n_state)[:, None] & mask_e[None, :], other=0.0)
         w_C = tl.load(xproj_ptr + (rank + n_state + offs_n[:, None]) * s_xpr + cols,
                       mask=(offs_n < n_state)[:, None] & mask_e[None, :], other=0.0)
+    if PDL:
+        gdc_wait()
+    residual = tl.load(x_ptr + row * s_xb + offs_h * s_xh, mask=mask_h, other=0.0).to(tl.float32)
+    old = tl.load(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + (offs_w[None, :] + 1) * s_cw,
+                  mask=mask_e[:, None] & (offs_w[None, :] + 1 < width), other=0.0)
 
     normed = _norm_row(residual, normw_ptr, normb_ptr, offs_h, mask_h, hidden, eps, RMS_NORM, HAS_NORM_BIAS)
     u = tl.sum(w_in.to(tl.float32) * normed[None, :], axis=1)
@@ -566,13 +588,15 @@ def _split_out_kernel(
     HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
     SELECTIVE: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_W: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """Launch 2 of 3: delta, B and C from the partial rows (summed in slice order), the slice's state
     update (stored), y = C h + D xc gated by silu(z) (z from the slice's in_proj rows), and its share of
-    out_proj @ y to opart[row, slice]."""
+    out_proj @ y to opart[row, slice]. PDL: the weights are loaded before ``gdc_wait``."""
     row = tl.program_id(0)
     piece = tl.program_id(1)
+    if PDL:
+        gdc_launch_dependents()
     offs_h = tl.arange(0, BLOCK_H)
     mask_h = offs_h < hidden
     offs_n = tl.arange(0, BLOCK_N)
@@ -581,15 +605,20 @@ def _split_out_kernel(
     offs_e = piece * BLOCK_E + tl.arange(0, BLOCK_E)
     mask_e = offs_e < dim
     tile = mask_e[:, None] & mask_n[None, :]
-    residual = tl.load(x_ptr + row * s_xb + offs_h * s_xh, mask=mask_h, other=0.0).to(tl.float32)
     w_z = tl.load(win_ptr + (dim + offs_e[:, None]) * s_wir + offs_h[None, :] * s_wih,
                   mask=mask_e[:, None] & mask_h[None, :], other=0.0)
-    xc = tl.load(xc_ptr + row * dim + offs_e, mask=mask_e, other=0.0)
     A = tl.load(A_ptr + offs_e[:, None] * s_ae + offs_n[None, :] * s_an, mask=tile, other=0.0)
-    h_ptrs = ssm_ptr + row * s_hb + offs_e[:, None] * s_he + offs_n[None, :] * s_hn
-    h = tl.load(h_ptrs, mask=tile, other=0.0)
     w_out = tl.load(wout_ptr + offs_h[:, None] * s_woh + offs_e[None, :] * s_woe,
                     mask=mask_h[:, None] & mask_e[None, :], other=0.0)
+    if SELECTIVE:
+        w_delta = tl.load(dtproj_ptr + offs_e[:, None] * s_dpe + offs_r[None, :] * s_dpr,
+                          mask=mask_e[:, None] & (offs_r < rank)[None, :], other=0.0)
+    if PDL:
+        gdc_wait()
+    residual = tl.load(x_ptr + row * s_xb + offs_h * s_xh, mask=mask_h, other=0.0).to(tl.float32)
+    xc = tl.load(xc_ptr + row * dim + offs_e, mask=mask_e, other=0.0)
+    h_ptrs = ssm_ptr + row * s_hb + offs_e[:, None] * s_he + offs_n[None, :] * s_hn
+    h = tl.load(h_ptrs, mask=tile, other=0.0)
     if SELECTIVE:
         offs_s = tl.arange(0, BLOCK_S)
         parts = part_ptr + (row * n_split + offs_s[:, None]) * (BLOCK_R + 2 * BLOCK_N)
@@ -597,8 +626,6 @@ def _split_out_kernel(
         dt_low = tl.sum(tl.load(parts + offs_r[None, :], mask=in_split, other=0.0), axis=0)
         B_t = tl.sum(tl.load(parts + BLOCK_R + offs_n[None, :], mask=in_split, other=0.0), axis=0)[None, :]
         C_t = tl.sum(tl.load(parts + BLOCK_R + BLOCK_N + offs_n[None, :], mask=in_split, other=0.0), axis=0)[None, :]
-        w_delta = tl.load(dtproj_ptr + offs_e[:, None] * s_dpe + offs_r[None, :] * s_dpr,
-                          mask=mask_e[:, None] & (offs_r < rank)[None, :], other=0.0)
         delta = tl.sum(w_delta.to(tl.float32) * dt_low[None, :], axis=1)
     else:
         B_t = tl.load(B_ptr + offs_e[:, None] * s_Be + offs_n[None, :] * s_Bn, mask=tile, other=0.0).to(tl.float32)
@@ -623,9 +650,13 @@ def _split_out_kernel(
 
 @triton.jit
 def _split_sum_kernel(x_ptr, out_ptr, bout_ptr, opart_ptr, hidden, n_split, s_xb, s_xh, s_ob, s_oh,
-                      HAS_OUT_BIAS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr):
+                      HAS_OUT_BIAS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr,
+                      PDL: tl.constexpr = False):
     """Launch 3 of 3: out = x + out_proj's bias + the slices' out_proj rows, summed in slice order."""
     row = tl.program_id(0)
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     offs_h = tl.arange(0, BLOCK_H)
     mask_h = offs_h < hidden
     offs_s = tl.arange(0, BLOCK_S)
@@ -680,13 +711,13 @@ def _mamba_blocks_step_kernel(
         xproj, dtproj = xproj_ptr + _offset(o, 13, OFFSET_MULTIPLE), dtproj_ptr + _offset(o, 14, OFFSET_MULTIPLE)
         B, C = B_ptr + _offset(o, 15, OFFSET_MULTIPLE), C_ptr + _offset(o, 16, OFFSET_MULTIPLE)
         if ONE_TILE:
-            out = _one_tile_block(
+            out, residual = _one_tile_block(
                 residual, row, normw, normb, win, b_in, wout, conv, ssm, convw, convb, A, D, dtb, xproj, dtproj, B, C,
                 hidden, dim, rank, n_state, width, eps,
                 s_wir, s_wih, s_woh, s_woe, s_cb, s_ce, s_cw, s_hb, s_he, s_hn, s_we, s_ww, s_ae, s_an,
                 s_xpr, s_xpe, s_dpe, s_dpr, s_Be, s_Bn, s_Ce, s_Cn,
                 RMS_NORM, HAS_NORM_BIAS, HAS_IN_BIAS, HAS_CONV_BIAS, HAS_D, HAS_DT_BIAS, SELECTIVE, DT_SOFTPLUS,
-                BLOCK_H, BLOCK_E, BLOCK_N, BLOCK_R, BLOCK_W)
+                BLOCK_H, BLOCK_E, BLOCK_N, BLOCK_R, BLOCK_W, x_ptr, s_xb, s_xh)
         else:
             out = _tiled_block(
                 residual, row, normw, normb, win, b_in, wout, conv, ssm, convw, convb, A, D, dtb, xproj, dtproj, B, C,
@@ -804,6 +835,8 @@ def mamba_block_step_triton(
                                num_warps or default_warps)
     if not batch:
         return out
+    pdl = dependent_launches(x.device)
+    meta.update(PDL=pdl, **({"launch_pdl": True} if pdl else {}))
     if not split:
         _mamba_block_step_kernel[(batch,)](*args, **meta)
         return out
@@ -818,7 +851,7 @@ def mamba_block_step_triton(
     _split_out_kernel[(batch, n_split)](*args, xc, part, opart, n_split, **meta)
     _split_sum_kernel[(batch,)](x, out, args[7], opart, hidden, n_split, *x.stride(), *out.stride(),
                                 HAS_OUT_BIAS=meta["HAS_OUT_BIAS"], BLOCK_H=meta["BLOCK_H"], BLOCK_S=meta["BLOCK_S"],
-                                num_warps=meta["num_warps"])
+                                num_warps=meta["num_warps"], PDL=pdl, **({"launch_pdl": True} if pdl else {}))
     return out
 
 
@@ -836,6 +869,24 @@ def mamba_blocks_step_triton(x: Tensor, stack: BlockStack, block_e: int | None =
         _mamba_blocks_step_kernel[(x.shape[0],)](*args, stack.offsets, len(stack), N_TENSORS=len(BLOCK_TENSORS),
                                                  OFFSET_MULTIPLE=stack.offset_multiple, **meta)
     return out
+
+
+# Block steps go as programmatic dependent launches on Hopper and later (compute capability 9+): each lets the
+# next launch start at once, and loads its weights while the one before it finishes (``gdc_wait`` guards the
+# rest). False turns them off (an ablation: benchmarks/streaming.py --no-pdl).
+DEPENDENT_LAUNCHES = True
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def dependent_launches(device: torch.device) -> bool:
+    """Whether the block steps on ``device`` go as programmatic dependent launches (``DEPENDENT_LAUNCHES``)."""
+    if not DEPENDENT_LAUNCHES or device.type != "cuda":
+        return False
+    return _capability(torch.cuda.current_device() if device.index is None else device.index)[0] >= 9
 
 
 def block_step_config(hidden: int, dim: int, batch: int = 1, split: bool | None = None) -> tuple[int, int, bool]:
