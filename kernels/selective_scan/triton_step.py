@@ -893,19 +893,20 @@ def block_step_config(hidden: int, dim: int, batch: int = 1, split: bool | None 
     """(channels per tile or slice, warps, split) of the block step for ``batch`` streams of a block of width
     ``hidden`` with ``dim`` channels; ``split`` given, that path's tile and warps.
 
-    One program per stream, measured on an H100 (benchmarks/results/step_sweep_nvidia_h100_80gb_hbm3.json, the
-    SC09 model's three block shapes, 1 and 256 streams, tiles of 16 to 512 channels on 2, 4 and 8 warps): a few
-    streams are latency-bound, and the fewest passes over the channels win, tiles of up to 16K weights on 8 warps
-    (hidden 64: 5.6 us per step against 9.2 with the earlier 2K tiles on 4 warps; hidden 128: 13.3
-    against 34.2; hidden 256: 40.4 against 89.0); with 256 streams several programs share each SM, and
-    8K-weight tiles win, on 4 warps from hidden 128 up (7.7, 22.9 and 69.5 us against 10.7, 41.3 and 111.0).
+    One program per stream, measured on an H100 (``benchmarks/step_sweep.py``, the SC09 model's three block
+    shapes, tiles of 16 to 512 channels on 2, 4 and 8 warps; 2026-11-23, before the split path and dependent
+    launches): a few streams are latency-bound, and the fewest passes over the channels win, tiles of up to 16K
+    weights on 8 warps (hidden 64: 5.6 us per step against 9.2 with the earlier 2K tiles on 4 warps; hidden
+    128: 13.3 against 34.2; hidden 256: 40.4 against 89.0); with 256 streams several programs share each SM,
+    and 8K-weight tiles win, on 4 warps from hidden 128 up (7.7, 22.9 and 69.5 us against 10.7, 41.3 and 111.0).
 
-    Split (one program per stream and slice of channels, three launches), measured on the H100 in the same
-    sweep (slices of 8 to 128 channels on 1, 2 and 4 warps, 1 and 16 streams): from 256 channels on, a few streams
-    step 2-4x faster split (hidden 128: 7.5 us per step against 13.3 for one stream, 8.0 against 13.9 for 16;
-    hidden 256: 9.2 against 40.4, and 10.8 against 41.4), best with slices of 16 channels on one warp (hidden
-    128) and 32 on four (hidden 256); at 128 channels the three launches cost more than they spread (6.0 us
-    against 4.8), and 256 streams fill the GPU with one program each.
+    Split (one program per stream and slice of channels, three launches), measured in the 2026-11-24 sweeps
+    (slices of 8 to 128 channels on 1, 2 and 4 warps, 1 and 16 streams; the committed result, with dependent
+    launches, is benchmarks/results/step_sweep_nvidia_h100_80gb_hbm3.json): from 256 channels on, a few streams
+    step 2-6x faster split (without dependent launches, hidden 128: 7.5 us per step against 13.3 for one
+    stream, 8.0 against 13.9 for 16; hidden 256: 9.2 against 40.4, and 10.8 against 41.4), best with slices of
+    16 channels on one warp (hidden 128) and 32 on four (hidden 256); at 128 channels the three launches cost
+    more than they spread (6.0 us against 4.8), and 256 streams fill the GPU with one program each.
     """
     block_h = triton.next_power_of_2(hidden)
     if split is None:
