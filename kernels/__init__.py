@@ -19,8 +19,9 @@ default; complex A falls back to the reference). ``mamba_blocks_step`` steps a
 ``BlockStack`` of consecutive blocks of one shape in turn, in one launch on "triton".
 
 Backends of ``sample_tokens`` (one token per row from logits, temperature, top-k and
-top-p with given uniforms, see ``sampling.reference``): "reference" and "triton" (one
-launch; the CUDA default).
+top-p with given uniforms, see ``sampling.reference``) and of ``sample_or_force`` (the same,
+or a replayed token, with the counters moved on): "reference" and "triton" (one launch;
+the CUDA default).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .selective_scan import (
     selective_state_update_ref,
     seq_idx_from_cu_seqlens,
 )
-from .sampling import sample_tokens_ref
+from .sampling import sample_or_force_ref, sample_tokens_ref
 from .selective_scan.step_ref import BlockStack, mamba_block_step_ref, mamba_blocks_step_ref, mamba_step_ref
 
 _SCAN_BACKENDS: dict[str, Callable] = {
@@ -153,6 +154,23 @@ if importlib.util.find_spec("triton") is not None:
     _SAMPLE_BACKENDS["triton"] = _sample_tokens_triton
 
 
+_SAMPLE_OR_FORCE_BACKENDS: dict[str, Callable] = {
+    "reference": sample_or_force_ref,
+}
+
+
+def _sample_or_force_triton(logits, *args, **kwargs):
+    """The Triton sampler's replaying step, imported lazily; the reference for vocabularies beyond its limit."""
+    from .sampling.triton_sample import MAX_VOCAB, sample_or_force_triton
+
+    fn = sample_or_force_triton if logits.shape[-1] <= MAX_VOCAB else sample_or_force_ref
+    return fn(logits, *args, **kwargs)
+
+
+if importlib.util.find_spec("triton") is not None:
+    _SAMPLE_OR_FORCE_BACKENDS["triton"] = _sample_or_force_triton
+
+
 def step_backends() -> list[str]:
     """Names accepted by ``mamba_step(..., backend=...)``."""
     return ["auto", *_MAMBA_STEP_BACKENDS]
@@ -253,6 +271,15 @@ def sample_tokens(logits, uniforms, temperature, top_k, top_p, backend: str = "a
     return fn(logits, uniforms, temperature, top_k, top_p)
 
 
+def sample_or_force(logits, uniforms, temperature, top_k, top_p, counters, forced, forced_index, forced_count, out,
+                    record=None, backend: str = "auto"):
+    """``sample_tokens`` for the rows that draw, ``forced[i, forced_index[i]]`` for the rows still replaying given
+    tokens, their random-number counters or replay indices moved on in place; the tokens to ``out`` (and
+    ``record``). See ``sampling.reference.sample_or_force_ref``. Graph-capturable; one launch on "triton"."""
+    fn = _resolve(backend, _SAMPLE_OR_FORCE_BACKENDS, logits)
+    return fn(logits, uniforms, temperature, top_k, top_p, counters, forced, forced_index, forced_count, out, record)
+
+
 __all__ = [
     "BlockStack",
     "mamba_blocks_step",
@@ -260,6 +287,7 @@ __all__ = [
     "mamba_block_step",
     "mamba_step",
     "mamba_step_ref",
+    "sample_or_force",
     "sample_tokens",
     "scan_backends",
     "step_backends",

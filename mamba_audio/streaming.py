@@ -422,12 +422,8 @@ class StreamingGenerator(StepLoop):
     def _step_once(self, column: int, uniforms: Tensor) -> None:
         """One sample for every slot, all on the device: model step, sampling or the next forced token."""
         logits = self.model.step(self.tokens, self.state, self.labels)
-        forcing = self.forced_index < self.forced_count
-        sampled = self.sampler.sample(logits, advance=~forcing, uniforms=uniforms)
-        forced = self.forced.gather(1, self.forced_index.clamp_max(self.period - 1)[:, None])[:, 0]
-        self.tokens.copy_(torch.where(forcing, forced, sampled))
-        self.forced_index.add_(forcing.long())
-        self.period_outputs[:, column].copy_(self.tokens)
+        self.sampler.sample_or_replay(logits, uniforms, self.forced, self.forced_index, self.forced_count,
+                                      out=self.tokens, record=self.period_outputs[:, column])
 
     def _period_uniforms(self) -> Tensor:
         return self.sampler.uniforms_ahead(self.period, skipped=self.forced_count - self.forced_index)

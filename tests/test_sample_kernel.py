@@ -17,13 +17,13 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernel is defined
 
 from mamba_audio.kernels import sample_tokens  # noqa: E402
-from mamba_audio.kernels.sampling import sample_tokens_ref  # noqa: E402
+from mamba_audio.kernels.sampling import sample_or_force_ref, sample_tokens_ref  # noqa: E402
 from mamba_audio.models.sampling import NO_TOP_K  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def triton_sample():
+def triton_module():
     module = importlib.import_module("mamba_audio.kernels.sampling.triton_sample")
     if not torch.cuda.is_available():
         from triton.runtime.interpreter import InterpretedFunction
@@ -31,7 +31,11 @@ def triton_sample():
         if not isinstance(module._sample_kernel, InterpretedFunction):
             os.environ["TRITON_INTERPRET"] = "1"
             module = importlib.reload(module)
-    return module.sample_tokens_triton
+    return module
+
+
+def triton_sample():
+    return triton_module().sample_tokens_triton
 
 
 def settings(rows: int, vocab: int, g: torch.Generator):
@@ -110,3 +114,67 @@ def test_kernel_refuses_what_it_cannot_take():
         sample(logits, args[0][:1], *args[1:])
     with pytest.raises(ValueError, match="at most 4096"):
         sample(torch.zeros(1, 5000, device=DEVICE), *settings(1, 5000, torch.Generator().manual_seed(0)))
+
+
+def replay_inputs(rows: int, vocab: int, width: int, g: torch.Generator):
+    """A batch where some rows still replay given tokens (one at its last, one past its buffer: the index is
+    clamped), some have finished replaying and some never had any."""
+    forced = torch.randint(0, vocab, (rows, width), generator=g)
+    forced_count = torch.randint(0, width + 3, (rows,), generator=g)
+    forced_index = torch.minimum(torch.randint(0, width + 3, (rows,), generator=g), forced_count + 1)
+    forced_count[0], forced_index[0] = width, width - 1  # the last given token
+    forced_count[1], forced_index[1] = width + 2, width + 1  # beyond the buffer: its last column
+    forced_count[2], forced_index[2] = 0, 0  # nothing to replay
+    counters = torch.randint(0, 1000, (rows,), generator=g)
+    return [t.to(DEVICE) for t in (counters, forced, forced_index, forced_count)]
+
+
+@pytest.mark.parametrize("with_record", [True, False], ids=["record", "no-record"])
+def test_kernel_replays_or_draws_as_the_reference(with_record):
+    """sample_or_force: tokens, moved counters and replay indices equal the reference's; the record is a strided
+    column of a wider buffer (the streaming loop's period buffer)."""
+    g = torch.Generator().manual_seed(7)
+    rows, vocab, width = 18, 37, 4
+    logits = (3 * torch.randn(rows, vocab, generator=g)).to(DEVICE)
+    args = settings(rows, vocab, g)
+    counters, forced, forced_index, forced_count = replay_inputs(rows, vocab, width, g)
+    outputs = []
+    for fn in (sample_or_force_ref, triton_module().sample_or_force_triton):
+        state = [t.clone() for t in (counters, forced_index)]
+        out = torch.full((rows,), -1, dtype=torch.long, device=DEVICE)
+        buffer = torch.full((rows, 5), -1, dtype=torch.long, device=DEVICE)
+        record = buffer[:, 3] if with_record else None
+        returned = fn(logits, *args, state[0], forced, state[1], forced_count, out, record)
+        assert returned is out
+        outputs.append([out, *state, buffer])
+    (out_ref, counters_ref, index_ref, buffer_ref), (out, counters_new, index_new, buffer) = outputs
+    assert torch.equal(out.cpu(), out_ref.cpu())
+    assert torch.equal(counters_new.cpu(), counters_ref.cpu()) and torch.equal(index_new.cpu(), index_ref.cpu())
+    assert torch.equal(buffer.cpu(), buffer_ref.cpu())
+    # the reference itself: replaying rows take the clamped given token and move their index, the others draw
+    forcing = (forced_index < forced_count).cpu()
+    assert forcing[:2].all() and not forcing[2] and (~forcing).any()
+    given = forced.cpu().gather(1, forced_index.cpu().clamp_max(width - 1)[:, None])[:, 0]
+    drawn = sample_tokens_ref(logits, *args).cpu()
+    assert torch.equal(out_ref.cpu(), torch.where(forcing, given, drawn))
+    assert torch.equal(index_ref.cpu(), (forced_index + forcing.to(DEVICE).long()).cpu())
+    assert torch.equal(counters_ref.cpu(), (counters + (~forcing).to(DEVICE).long()).cpu())
+    if with_record:
+        assert torch.equal(buffer_ref[:, 3].cpu(), out_ref.cpu()) and (buffer_ref[:, [0, 1, 2, 4]] == -1).all()
+
+
+def test_replaying_kernel_refuses_what_it_cannot_take():
+    replay = triton_module().sample_or_force_triton
+    g = torch.Generator().manual_seed(0)
+    logits = torch.zeros(3, 8, device=DEVICE)
+    args = settings(3, 8, g)
+    counters, forced, forced_index, forced_count = replay_inputs(3, 8, 2, g)
+    out = torch.zeros(3, dtype=torch.long, device=DEVICE)
+    with pytest.raises(ValueError, match="counters must be"):
+        replay(logits, *args, counters.int(), forced, forced_index, forced_count, out)
+    with pytest.raises(ValueError, match="forced must be"):
+        replay(logits, *args, counters, forced[:, :0], forced_index, forced_count, out)
+    with pytest.raises(ValueError, match="out must be contiguous"):
+        wide = torch.zeros(3, 2, dtype=torch.long, device=DEVICE)
+        replay(logits, *args, counters, forced, forced_index, forced_count, wide[:, 0])
+

@@ -40,3 +40,24 @@ def sample_tokens_ref(logits: Tensor, uniforms: Tensor, temperature: Tensor, top
     last_kept = torch.where(keep, rank, -1).amax(-1)
     index = torch.minimum((cdf <= target).sum(-1), last_kept)
     return torch.where(temperature == 0, logits.argmax(-1), index)
+
+
+def sample_or_force_ref(logits: Tensor, uniforms: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor,
+                        counters: Tensor, forced: Tensor, forced_index: Tensor, forced_count: Tensor, out: Tensor,
+                        record: Tensor | None = None) -> Tensor:
+    """One step of a batch of streams of which some replay given tokens (a prompt's tail, say).
+
+    Row i takes ``forced[i, forced_index[i]]`` while ``forced_index[i] < forced_count[i]``, and its
+    ``forced_index`` moves on; every other row draws by ``sample_tokens_ref``, and its ``counters`` entry
+    (of its random numbers) moves on. forced (B, W) long (the index is clamped to W - 1); forced_index,
+    forced_count, counters (B,) long, updated in place. The tokens go to ``out`` (B,) long and, given,
+    ``record`` (B,) (a column of a token buffer, say); returns ``out``."""
+    forcing = forced_index < forced_count
+    sampled = sample_tokens_ref(logits, uniforms, temperature, top_k, top_p)
+    replayed = forced.gather(1, forced_index.clamp_max(forced.shape[1] - 1)[:, None])[:, 0]
+    out.copy_(torch.where(forcing, replayed, sampled))
+    counters.add_((~forcing).long())
+    forced_index.add_(forcing.long())
+    if record is not None:
+        record.copy_(out)
+    return out

@@ -1,4 +1,5 @@
-"""Sampling in one launch: ``reference.sample_tokens_ref``'s rule, one program per row.
+"""Sampling in one launch: ``reference.sample_tokens_ref``'s rule (and ``sample_or_force_ref``'s step, which
+replays given tokens in some rows), one program per row.
 
 A row's logits (V <= 4096) sit in registers. Without top-k or top-p the draw needs no ranking:
 exponentials, a cumulative sum in index order and a count. With either filter, each token's rank
@@ -24,7 +25,11 @@ CHUNK = 32
 
 @triton.jit
 def _sample_kernel(logits_ptr, u_ptr, temp_ptr, topk_ptr, topp_ptr, out_ptr, scratch_ptr, vocab, s_lb, s_lv,
-                   s_u, s_t, s_k, s_p, MIN_TEMP: tl.constexpr, BLOCK_V: tl.constexpr, CHUNK: tl.constexpr):
+                   s_u, s_t, s_k, s_p, counters_ptr, forced_ptr, fidx_ptr, fcount_ptr, record_ptr, width, s_fb, s_fw,
+                   s_c, s_fi, s_fc, s_r, MIN_TEMP: tl.constexpr, BLOCK_V: tl.constexpr, CHUNK: tl.constexpr,
+                   FORCE: tl.constexpr = False, RECORD: tl.constexpr = False):
+    """FORCE: ``reference.sample_or_force_ref``'s step (replayed tokens, counters and indices moved on); RECORD:
+    the token also goes to record_ptr."""
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK_V)
     valid = offs < vocab
@@ -71,24 +76,64 @@ def _sample_kernel(logits_ptr, u_ptr, temp_ptr, topk_ptr, topp_ptr, out_ptr, scr
     index = tl.minimum(tl.sum((cdf <= target).to(tl.int32), axis=0), last_kept)
     if temperature == 0.0:
         index = tl.argmax(logits, axis=0)
-    tl.store(out_ptr + row, index.to(tl.int64))
+    token = index.to(tl.int64)
+    if FORCE:
+        position = tl.load(fidx_ptr + row * s_fi)
+        forcing = position < tl.load(fcount_ptr + row * s_fc)
+        replayed = tl.load(forced_ptr + row * s_fb + tl.minimum(position, width - 1) * s_fw)
+        token = tl.where(forcing, replayed, token)
+        tl.store(fidx_ptr + row * s_fi, position + forcing.to(tl.int64))
+        tl.store(counters_ptr + row * s_c, tl.load(counters_ptr + row * s_c) + (1 - forcing.to(tl.int64)))
+    tl.store(out_ptr + row, token)
+    if RECORD:
+        tl.store(record_ptr + row * s_r, token)
 
 
 def sample_tokens_triton(logits: Tensor, uniforms: Tensor, temperature: Tensor, top_k: Tensor,
                          top_p: Tensor) -> Tensor:
     """``sample_tokens_ref`` in one launch (logits (B, V), V <= ``MAX_VOCAB``); tokens (B,) long."""
+    batch = logits.shape[0]
+    out = torch.empty(batch, dtype=torch.long, device=logits.device)
+    _launch(logits, uniforms, temperature, top_k, top_p, out)
+    return out
+
+
+def sample_or_force_triton(logits: Tensor, uniforms: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor,
+                           counters: Tensor, forced: Tensor, forced_index: Tensor, forced_count: Tensor, out: Tensor,
+                           record: Tensor | None = None) -> Tensor:
+    """``sample_or_force_ref`` in one launch (logits (B, V), V <= ``MAX_VOCAB``)."""
+    batch = logits.shape[0]
+    for name, t in (("counters", counters), ("forced_index", forced_index), ("forced_count", forced_count),
+                    ("out", out), ("record", record)):
+        if t is not None and (t.shape != (batch,) or t.dtype != torch.long):
+            raise ValueError(f"{name} must be ({batch},) long, got {tuple(t.shape)} {t.dtype}")
+    if forced.dim() != 2 or forced.shape[0] != batch or forced.shape[1] == 0 or forced.dtype != torch.long:
+        raise ValueError(f"forced must be ({batch}, W >= 1) long, got {tuple(forced.shape)} {forced.dtype}")
+    if not out.is_contiguous():
+        raise ValueError("out must be contiguous")
+    _launch(logits, uniforms, temperature, top_k, top_p, out, counters, forced, forced_index, forced_count, record)
+    return out
+
+
+def _launch(logits, uniforms, temperature, top_k, top_p, out, counters=None, forced=None, forced_index=None,
+            forced_count=None, record=None) -> None:
     batch, vocab = logits.shape
     if vocab > MAX_VOCAB:
         raise ValueError(f"the Triton sampler takes at most {MAX_VOCAB} logits per row, got {vocab}")
     for name, t in (("uniforms", uniforms), ("temperature", temperature), ("top_k", top_k), ("top_p", top_p)):
         if t.shape != (batch,):
             raise ValueError(f"{name} must be ({batch},), got {tuple(t.shape)}")
-    out = torch.empty(batch, dtype=torch.long, device=logits.device)
     if batch == 0:
-        return out
+        return
     block_v = max(CHUNK, triton.next_power_of_2(vocab))
     scratch = torch.empty(batch, 2 * block_v, dtype=torch.float32, device=logits.device)
+    force = forced is not None
+    placeholder = out  # stands in for absent operands; FORCE and RECORD keep them unread
+    force_args = ((counters, forced, forced_index, forced_count, record if record is not None else placeholder,
+                   forced.shape[1], *forced.stride(), counters.stride(0), forced_index.stride(0),
+                   forced_count.stride(0), record.stride(0) if record is not None else 0)
+                  if force else (placeholder,) * 5 + (1,) + (0,) * 6)
     _sample_kernel[(batch,)](logits, uniforms, temperature, top_k, top_p, out, scratch, vocab, *logits.stride(),
-                             uniforms.stride(0), temperature.stride(0), top_k.stride(0), top_p.stride(0),
-                             MIN_TEMP=MIN_TEMPERATURE, BLOCK_V=block_v, CHUNK=CHUNK, num_warps=4)
-    return out
+                             uniforms.stride(0), temperature.stride(0), top_k.stride(0), top_p.stride(0), *force_args,
+                             MIN_TEMP=MIN_TEMPERATURE, BLOCK_V=block_v, CHUNK=CHUNK, FORCE=force,
+                             RECORD=force and record is not None, num_warps=4)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from mamba_audio.kernels import sample_tokens  # the rule (kernels/sampling/reference.py) and its CUDA kernel
+from mamba_audio.kernels import sample_or_force, sample_tokens  # the rule (kernels/sampling/reference.py), its kernel
 
 Tensor = torch.Tensor
 
@@ -114,3 +114,11 @@ class StreamSampler:
         tokens = sample_tokens(logits, uniforms, self.temperature, self.top_k, self.top_p)
         self.counters.add_(1 if advance is None else advance.long())
         return tokens
+
+    def sample_or_replay(self, logits: Tensor, uniforms: Tensor, forced: Tensor, forced_index: Tensor,
+                         forced_count: Tensor, out: Tensor, record: Tensor | None = None) -> Tensor:
+        """``sample`` for the rows that have replayed all their given tokens (``forced_index >= forced_count``),
+        the next given token ``forced[i, forced_index[i]]`` for the others, whose ``forced_index`` moves on instead
+        of the counter; the tokens to ``out`` (B,) and ``record``. One launch on CUDA (``sample_or_force``)."""
+        return sample_or_force(logits, uniforms, self.temperature, self.top_k, self.top_p, self.counters, forced,
+                               forced_index, forced_count, out, record)

@@ -187,15 +187,14 @@ class Stage(nn.Module):
             state.position += 1
             return x
         slot = state.position % self.pool
-        from_inner = state.pool_out[:, slot].clone()  # pool_out is overwritten below when the group completes
+        up = x + state.pool_out[:, slot]  # read now: pool_out is overwritten below when the group completes
         state.pool_in[:, slot] = x
         if slot == self.pool - 1:  # a full group: one inner step, whose output serves the next group
             pooled = self.down_pool.linear(state.pool_in.flatten(1))
             # in place, so the state's tensors keep their storage (a captured CUDA graph reads them there)
             state.pool_out.copy_(self.up_pool.expand_step(self.inner.step(pooled, state.inner)))
         state.position += 1
-        x = x + from_inner
-        return step_blocks(self.up_blocks, state.up, x, state.stacks, "up")
+        return step_blocks(self.up_blocks, state.up, up, state.stacks, "up")
 
 
 class SaShiMi(nn.Module):
