@@ -175,6 +175,41 @@ def test_non_contiguous_inputs():
     check_against_ref(inputs, torch.float32, sequential=True, unroll=2, bwd_BD=4)
 
 
+def test_inputs_strided_along_l_are_copied_and_broadcasts_are_not(monkeypatch):
+    """The model's delta and z are (B, L, D) tensors seen as (B, D, L), and B and C columns of a wider
+    tensor: the kernels get unit-stride copies of those (their reads along L are vectors); a broadcast L
+    axis (the S4D mixer's B and C) and unit-stride inputs are passed as they are, and the gradients reach
+    the original views."""
+    base = make_inputs(2, 3, 29, 4, seed=13)
+    inputs = dict(base)
+    for k in ("u", "delta", "z"):
+        inputs[k] = base[k].transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    wide = torch.stack([base["B"], torch.randn_like(base["B"])], dim=-1).flatten(-2)
+    inputs["B"] = wide[..., ::2].detach().requires_grad_()
+    inputs["C"] = base["C"][..., :1].expand_as(base["C"]).detach().requires_grad_()  # a broadcast L axis
+    seen = {}
+    forward = triton_scan._forward
+
+    def spy(u, delta, A, B, C, D, z, *rest):
+        seen.update(u=u, delta=delta, B=B, C=C, z=z)
+        return forward(u, delta, A, B, C, D, z, *rest)
+
+    monkeypatch.setattr(triton_scan, "_forward", spy)
+    y = triton_scan.selective_scan_triton(**inputs, delta_softplus=True)
+    assert all(seen[k].stride(-1) == 1 for k in ("u", "delta", "z", "B")), {k: t.stride() for k, t in seen.items()}
+    assert seen["C"].stride(-1) == 0 and seen["C"].data_ptr() == inputs["C"].data_ptr()
+    weight = torch.randn(y.shape[0], y.shape[2], y.shape[1], generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    (y.transpose(1, 2) * weight).sum().backward()  # the gradient of y arrives strided along L too
+    ref_inputs = {k: (v.detach().clone().requires_grad_() if isinstance(v, torch.Tensor) and v.requires_grad else v)
+                  for k, v in inputs.items()}
+    y_ref = selective_scan_ref(**ref_inputs, delta_softplus=True)
+    (y_ref.transpose(1, 2) * weight).sum().backward()
+    assert rel_err(y, y_ref) < TOL[torch.float32]
+    for k in ("u", "delta", "z", "B", "C"):
+        assert rel_err(inputs[k].grad, ref_inputs[k].grad) < TOL[torch.float32], k
+    assert triton_scan.unit_stride_along_l(None) is None
+
+
 def test_deterministic_and_dispatch():
     inputs = make_inputs(1, 4, 37, 4, 2, seed=5)
     first = run_both(inputs, True, True, sequential=False)[0]

@@ -786,7 +786,7 @@ class SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dfinal):
         u, delta, A, B, C, D, z, delta_bias, seq_idx, states = ctx.saved_tensors
-        dout = dout if dout is not None else torch.zeros_like(u)
+        dout = unit_stride_along_l(dout) if dout is not None else torch.zeros_like(u)
         grads = _backward(dout, None if dfinal is None else dfinal.float(), u, delta, A, B, C, D, z, delta_bias,
                           ctx.delta_softplus, seq_idx, states, ctx.cfg)
         dh0 = None
@@ -827,9 +827,20 @@ def selective_scan_triton(
     if not supports(A, B, C):
         raise ValueError("selective_scan_triton takes real A and input-dependent B, C; "
                          "use the chunked backend for complex A or time-invariant B, C")
+    u, delta, B, C, z, seq_idx = (unit_stride_along_l(t) for t in (u, delta, B, C, z, seq_idx))
     y, final = SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                                          seq_idx, config)
     return (y, final) if return_final_state else y
+
+
+def unit_stride_along_l(x: Tensor | None) -> Tensor | None:
+    """``x`` as it is where its last axis (L) has unit stride, is a broadcast (stride 0) or has one step;
+    otherwise a contiguous copy. The kernels read along L in vectors: a strided L axis (the model's
+    delta and z are (B, L, D) tensors seen as (B, D, L), its B and C columns of x_proj's output) costs
+    a memory transaction per element in every pass, a copy one pass. mamba_ssm copies the same way."""
+    if x is None or x.shape[-1] <= 1 or x.stride(-1) in (0, 1):
+        return x
+    return x.contiguous()
 
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
