@@ -38,7 +38,21 @@ import functools
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+try:  # grid dependency control (programmatic dependent launches): Triton 3.3 on
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+    from triton.backends.nvidia.compiler import CUDAOptions
+    _TRITON_HAS_PDL = "launch_pdl" in CUDAOptions.__dataclass_fields__
+except ImportError:
+    _TRITON_HAS_PDL = False
+
+    @triton.jit
+    def gdc_launch_dependents():  # never called: PDL stays False without the real one
+        pass
+
+    @triton.jit
+    def gdc_wait():
+        pass
 
 from .step_ref import BLOCK_TENSORS, BlockStack, check_step_inputs
 from .triton_scan import _softplus
@@ -871,9 +885,9 @@ def mamba_blocks_step_triton(x: Tensor, stack: BlockStack, block_e: int | None =
     return out
 
 
-# Block steps go as programmatic dependent launches on Hopper and later (compute capability 9+): each lets the
-# next launch start at once, and loads its weights while the one before it finishes (``gdc_wait`` guards the
-# rest). False turns them off (an ablation: benchmarks/streaming.py --no-pdl).
+# Block steps go as programmatic dependent launches on Hopper and later (compute capability 9+, a Triton that
+# has them): each lets the next launch start at once, and loads its weights while the one before it finishes
+# (``gdc_wait`` guards the rest). False turns them off (the ablation rows of benchmarks/streaming.py).
 DEPENDENT_LAUNCHES = True
 
 
@@ -884,7 +898,7 @@ def _capability(index: int) -> tuple[int, int]:
 
 def dependent_launches(device: torch.device) -> bool:
     """Whether the block steps on ``device`` go as programmatic dependent launches (``DEPENDENT_LAUNCHES``)."""
-    if not DEPENDENT_LAUNCHES or device.type != "cuda":
+    if not DEPENDENT_LAUNCHES or device.type != "cuda" or not _TRITON_HAS_PDL:
         return False
     return _capability(torch.cuda.current_device() if device.index is None else device.index)[0] >= 9
 
