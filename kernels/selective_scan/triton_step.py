@@ -29,6 +29,13 @@ stores the new conv windows, which the second pass reads back after a barrier.
 When one tile holds every channel (narrow blocks, few streams: see
 ``block_step_config``) it runs in one pass instead, issuing every load before any
 arithmetic so that their latencies overlap.
+
+For a few streams of a wide block, ``mamba_block_step_triton`` splits the step over
+a program per stream and slice of channels instead (``_split_in_kernel``,
+``_split_out_kernel``, ``_split_sum_kernel``: three launches, the sums over all
+channels through per-slice partial rows added in slice order). On Hopper the block
+steps go as programmatic dependent launches (``dependent_launches``): each loads
+its weights before ``gdc_wait``, overlapping the launch before it.
 """
 
 from __future__ import annotations
