@@ -111,7 +111,7 @@ def stacked_step(enabled: bool | str):
 
 
 @contextlib.contextmanager
-def dependent_launches(enabled: bool):
+def dependent_launch_switch(enabled: bool):
     """Within: the block steps go as programmatic dependent launches where the GPU has them (True) or never."""
     saved = triton_step.DEPENDENT_LAUNCHES
     triton_step.DEPENDENT_LAUNCHES = enabled
@@ -124,11 +124,11 @@ def dependent_launches(enabled: bool):
 def time_generator(model: SaShiMiLM, streams: int, block_samples: int, blocks: int, cuda_graph: bool,
                    stacked: bool | str | None = None, dependent: bool | None = None) -> dict:
     """Per-stream and aggregate rates of ``streams`` concurrent streams, and block latencies; ``stacked`` as
-    ``stacked_step``'s and ``dependent`` as ``dependent_launches``', None for the library's defaults (the
+    ``stacked_step``'s and ``dependent`` as ``dependent_launch_switch``'s, None for the library's defaults (the
     generator captures its graph, and so the choice, on its first block)."""
     device = model.head.weight.device
     with stacked_step(blocks_module.STACKED_STEP if stacked is None else stacked), \
-            dependent_launches(triton_step.DEPENDENT_LAUNCHES if dependent is None else dependent):
+            dependent_launch_switch(triton_step.DEPENDENT_LAUNCHES if dependent is None else dependent):
         row = _time_generator(model, streams, block_samples, blocks, cuda_graph, device)
         row["dependent_launches"] = triton_step.dependent_launches(device)
         return row
