@@ -68,6 +68,18 @@ Tensor = torch.Tensor
 
 
 @triton.jit
+def _update_state(delta, A, h, xc, B_t, C_t, h_ptrs, tile, D_ptr, offs_e, mask_e, HAS_D: tl.constexpr):
+    """A tile of channels' state step, h = exp(delta A) h + delta xc B, stored through h_ptrs; returns its
+    output y = C h + D xc (BLOCK_E,) float32."""
+    h = tl.exp(delta[:, None] * A) * h + (delta * xc)[:, None] * B_t
+    tl.store(h_ptrs, h, mask=tile)
+    y = tl.sum(h * C_t, axis=1)
+    if HAS_D:
+        y += tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32) * xc
+    return y
+
+
+@triton.jit
 def _conv_window(x_ptr, conv_ptr, convw_ptr, convb_ptr, row, offs_e, mask_e, offs_w, width,
                  s_xb, s_xe, s_cb, s_ce, s_cw, s_we, s_ww, HAS_CONV_BIAS: tl.constexpr):
     """The new conv window of a channel tile, (BLOCK_E, BLOCK_W) in the conv state's dtype, and
@@ -159,12 +171,7 @@ def _mamba_step_kernel(
         else:
             B_t = tl.load(B_ptr + offs_e[:, None] * s_Be + offs_n[None, :] * s_Bn, mask=tile, other=0.0).to(tl.float32)
             C_t = tl.load(C_ptr + offs_e[:, None] * s_Ce + offs_n[None, :] * s_Cn, mask=tile, other=0.0).to(tl.float32)
-        h = tl.exp(delta[:, None] * A) * h + (delta * xc)[:, None] * B_t
-        tl.store(h_ptrs, h, mask=tile)
-
-        y = tl.sum(h * C_t, axis=1)
-        if HAS_D:
-            y += tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32) * xc
+        y = _update_state(delta, A, h, xc, B_t, C_t, h_ptrs, tile, D_ptr, offs_e, mask_e, HAS_D)
         if HAS_Z:
             z = tl.load(z_ptr + row * s_zb + offs_e * s_ze, mask=mask_e, other=0.0).to(tl.float32)
             y *= z * tl.sigmoid(z)
@@ -341,11 +348,7 @@ def _one_tile_block(
         delta += tl.load(dtb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
     if DT_SOFTPLUS:
         delta = _softplus(delta)
-    h = tl.exp(delta[:, None] * A) * h + (delta * xc)[:, None] * B_t
-    tl.store(h_ptrs, h, mask=tile)
-    y = tl.sum(h * C_t, axis=1)
-    if HAS_D:
-        y += tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32) * xc
+    y = _update_state(delta, A, h, xc, B_t, C_t, h_ptrs, tile, D_ptr, offs_e, mask_e, HAS_D)
     y = tl.where(mask_e, y * z * tl.sigmoid(z), 0.0)
     out = tl.sum(w_out.to(tl.float32) * y[None, :], axis=1)
     return out, residual
@@ -445,11 +448,7 @@ def _tiled_block(
         else:
             B_t = tl.load(B_ptr + offs_e[:, None] * s_Be + offs_n[None, :] * s_Bn, mask=tile, other=0.0).to(tl.float32)
             C_t = tl.load(C_ptr + offs_e[:, None] * s_Ce + offs_n[None, :] * s_Cn, mask=tile, other=0.0).to(tl.float32)
-        h = tl.exp(delta[:, None] * A) * h + (delta * xc)[:, None] * B_t
-        tl.store(h_ptrs, h, mask=tile)
-        y = tl.sum(h * C_t, axis=1)
-        if HAS_D:
-            y += tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32) * xc
+        y = _update_state(delta, A, h, xc, B_t, C_t, h_ptrs, tile, D_ptr, offs_e, mask_e, HAS_D)
 
         w_z = tl.load(win_ptr + (dim + offs_e[:, None]) * s_wir + offs_h[None, :] * s_wih,
                       mask=mask_e[:, None] & mask_h[None, :], other=0.0).to(tl.float32)
@@ -656,11 +655,7 @@ def _split_out_kernel(
         delta += tl.load(dtb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
     if DT_SOFTPLUS:
         delta = _softplus(delta)
-    h = tl.exp(delta[:, None] * A) * h + (delta * xc)[:, None] * B_t
-    tl.store(h_ptrs, h, mask=tile)
-    y = tl.sum(h * C_t, axis=1)
-    if HAS_D:
-        y += tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32) * xc
+    y = _update_state(delta, A, h, xc, B_t, C_t, h_ptrs, tile, D_ptr, offs_e, mask_e, HAS_D)
     normed = _norm_row(residual, normw_ptr, normb_ptr, offs_h, mask_h, hidden, eps, RMS_NORM, HAS_NORM_BIAS)
     z = tl.sum(w_z.to(tl.float32) * normed[None, :], axis=1)
     if HAS_IN_BIAS:
