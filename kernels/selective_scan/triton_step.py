@@ -68,6 +68,20 @@ Tensor = torch.Tensor
 
 
 @triton.jit
+def _shift_and_convolve(u, old, conv_w, conv_ptr, row, s_cb, s_ce, s_cw, window_mask, convb_ptr, offs_e, mask_e,
+                        width, offs_w, HAS_CONV_BIAS: tl.constexpr):
+    """A tile of channels' new conv windows (the old ones shifted left, u last), stored into stream ``row``'s conv
+    state once every thread has read the old ones; returns silu of the causal conv, (BLOCK_E,) float32."""
+    window = tl.where(offs_w[None, :] == width - 1, u.to(conv_ptr.dtype.element_ty)[:, None], old)
+    tl.debug_barrier()  # the old window is read everywhere before it is overwritten
+    tl.store(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + offs_w[None, :] * s_cw, window, mask=window_mask)
+    acc = tl.sum(window.to(tl.float32) * conv_w, axis=1)
+    if HAS_CONV_BIAS:
+        acc += tl.load(convb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+    return acc * tl.sigmoid(acc)
+
+
+@triton.jit
 def _update_state(delta, A, h, xc, B_t, C_t, h_ptrs, tile, D_ptr, offs_e, mask_e, HAS_D: tl.constexpr):
     """A tile of channels' state step, h = exp(delta A) h + delta xc B, stored through h_ptrs; returns its
     output y = C h + D xc (BLOCK_E,) float32."""
@@ -329,14 +343,8 @@ def _one_tile_block(
     if HAS_IN_BIAS:
         u += tl.load(bin_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
         z += tl.load(bin_ptr + dim + offs_e, mask=mask_e, other=0.0).to(tl.float32)
-    window = tl.where(offs_w[None, :] == width - 1, u.to(conv_ptr.dtype.element_ty)[:, None], old)
-    tl.debug_barrier()  # the old window is read everywhere before it is overwritten
-    tl.store(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + offs_w[None, :] * s_cw, window,
-             mask=mask_e[:, None] & in_window)
-    acc = tl.sum(window.to(tl.float32) * conv_w, axis=1)
-    if HAS_CONV_BIAS:
-        acc += tl.load(convb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
-    xc = acc * tl.sigmoid(acc)
+    xc = _shift_and_convolve(u, old, conv_w, conv_ptr, row, s_cb, s_ce, s_cw, mask_e[:, None] & in_window, convb_ptr,
+                             offs_e, mask_e, width, offs_w, HAS_CONV_BIAS)
     if SELECTIVE:
         dt_low = tl.sum(w_dt.to(tl.float32) * xc[None, :], axis=1)
         B_t = tl.sum(w_B.to(tl.float32) * xc[None, :], axis=1)[None, :]
@@ -577,14 +585,8 @@ def _split_in_kernel(
     u = tl.sum(w_in.to(tl.float32) * normed[None, :], axis=1)
     if HAS_IN_BIAS:
         u += tl.load(bin_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
-    window = tl.where(offs_w[None, :] == width - 1, u.to(conv_ptr.dtype.element_ty)[:, None], old)
-    tl.debug_barrier()  # the old window is read everywhere before it is overwritten
-    tl.store(conv_ptr + row * s_cb + offs_e[:, None] * s_ce + offs_w[None, :] * s_cw, window,
-             mask=mask_e[:, None] & in_window)
-    acc = tl.sum(window.to(tl.float32) * conv_w, axis=1)
-    if HAS_CONV_BIAS:
-        acc += tl.load(convb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
-    xc = acc * tl.sigmoid(acc)
+    xc = _shift_and_convolve(u, old, conv_w, conv_ptr, row, s_cb, s_ce, s_cw, mask_e[:, None] & in_window, convb_ptr,
+                             offs_e, mask_e, width, offs_w, HAS_CONV_BIAS)
     tl.store(xc_ptr + row * dim + offs_e, xc, mask=mask_e)
     if SELECTIVE:
         part = part_ptr + (row * n_split + piece) * (BLOCK_R + 2 * BLOCK_N)
