@@ -772,8 +772,9 @@ def _block_launch(x: Tensor, out: Tensor, block: dict, norm_eps: float, rms_norm
     selective = block["x_proj_weight"] is not None
     n_state, width = A.shape[1], block["conv_weight"].shape[1]
     rank = block["dt_proj_weight"].shape[1] if selective else 1
-    default_e, default_warps, _ = block_step_config(hidden, dim, batch, split=False)
-    block_e, num_warps = block_e or default_e, num_warps or default_warps
+    if block_e is None or num_warps is None:  # the stacked step's defaults (the one-block step passes its own)
+        default_e, default_warps, _ = block_step_config(hidden, dim, batch, split=False)
+        block_e, num_warps = block_e or default_e, num_warps or default_warps
     if block_e & (block_e - 1):
         raise ValueError(f"block_e must be a power of two, got {block_e}")
 
