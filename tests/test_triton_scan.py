@@ -68,7 +68,17 @@ def rel_err(x, ref):
     return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def run_both(inputs, softplus, want_final, sequential=None, seed=1, seq_idx=None, unroll=None, bwd_BD=None,
+# the forwards: the walk (the default without packed sequences; one segment, or several joined by summaries and
+# the carry), and the tiled kernels, walking the chunks in order or chunk summaries + carry + second scan
+FORWARDS = {
+    "walk": dict(walk=True, walk_segments=1),
+    "walk-segments": dict(walk=True, walk_segments=3),
+    "sequential": dict(walk=False, sequential=True),
+    "chunk-parallel": dict(walk=False, sequential=False),
+}
+
+
+def run_both(inputs, softplus, want_final, forward="chunk-parallel", seed=1, seq_idx=None, unroll=None, bwd_BD=None,
              switches=None):
     """Forward and backward through ours and the oracle with the same upstream gradients."""
     leaves = {k: (v.detach().clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
@@ -78,7 +88,7 @@ def run_both(inputs, softplus, want_final, sequential=None, seed=1, seq_idx=None
     results = []
     g = torch.Generator().manual_seed(seed)
     grad_y = grad_h = None
-    config = dict(T=CHUNK, sequential=sequential, unroll=unroll, bwd_BD=bwd_BD, **(switches or {}))
+    config = dict(T=CHUNK, unroll=unroll, bwd_BD=bwd_BD, **FORWARDS[forward], **(switches or {}))
     for fn, lv, extra in ((triton_scan.selective_scan_triton, leaves, dict(config=config)),
                           (selective_scan_ref, ref_leaves, {})):
         out = fn(**lv, delta_softplus=softplus, return_final_state=want_final, **extra)
@@ -94,9 +104,9 @@ def run_both(inputs, softplus, want_final, sequential=None, seed=1, seq_idx=None
     return results
 
 
-def check_against_ref(inputs, dtype, softplus=True, want_final=True, sequential=None, seq_idx=None, unroll=None,
-                      bwd_BD=None, switches=None):
-    (y, final, grads), (y_ref, final_ref, grads_ref) = run_both(inputs, softplus, want_final, sequential,
+def check_against_ref(inputs, dtype, softplus=True, want_final=True, forward="chunk-parallel", seq_idx=None,
+                      unroll=None, bwd_BD=None, switches=None):
+    (y, final, grads), (y_ref, final_ref, grads_ref) = run_both(inputs, softplus, want_final, forward,
                                                                 seq_idx=seq_idx, unroll=unroll, bwd_BD=bwd_BD,
                                                                 switches=switches)
     tol = TOL[dtype]
@@ -125,15 +135,11 @@ SHAPES = [
 ]
 
 
-# the forward either walks the chunks in order or runs chunk summaries + carry + second scan
-MODES = [pytest.param(True, id="sequential"), pytest.param(False, id="chunk-parallel")]
-
-
-@pytest.mark.parametrize("sequential", MODES)
+@pytest.mark.parametrize("forward", list(FORWARDS))
 @pytest.mark.parametrize("batch, dim, length, n_state, groups", SHAPES)
-def test_all_options_float32(batch, dim, length, n_state, groups, sequential):
+def test_all_options_float32(batch, dim, length, n_state, groups, forward):
     inputs = make_inputs(batch, dim, length, n_state, groups, seed=length)
-    check_against_ref(inputs, torch.float32, sequential=sequential)
+    check_against_ref(inputs, torch.float32, forward=forward)
 
 
 # every optional input switched off one at a time, and all at once, on three chunks
@@ -146,17 +152,19 @@ OPTIONS = [
 ]
 
 
+@pytest.mark.parametrize("forward", ["walk-segments", "chunk-parallel"])
 @pytest.mark.parametrize("options, softplus, want_final", OPTIONS)
-def test_option_combinations(options, softplus, want_final):
+def test_option_combinations(options, softplus, want_final, forward):
     inputs = make_inputs(1, 3, 35, 4, seed=7, **options)
-    check_against_ref(inputs, torch.float32, softplus=softplus, want_final=want_final, sequential=False)
+    check_against_ref(inputs, torch.float32, softplus=softplus, want_final=want_final, forward=forward)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("groups, sequential", [(None, True), (2, False)], ids=["shared-seq", "grouped-par"])
-def test_low_precision(dtype, groups, sequential):
+@pytest.mark.parametrize("groups, forward", [(None, "sequential"), (2, "chunk-parallel"), (None, "walk"),
+                                            (2, "walk-segments")])
+def test_low_precision(dtype, groups, forward):
     inputs = make_inputs(1, 4, 37, 4, groups, dtype=dtype, seed=3)
-    check_against_ref(inputs, dtype, sequential=sequential)
+    check_against_ref(inputs, dtype, forward=forward)
 
 
 def test_non_contiguous_inputs():
@@ -171,8 +179,9 @@ def test_non_contiguous_inputs():
     inputs["A"] = base["A"].t().contiguous().t()
     assert not inputs["u"].is_contiguous() and not inputs["B"].is_contiguous()
     # the backward also with several channels per tile (its sums over channels inside the tile)
-    check_against_ref(inputs, torch.float32, sequential=False, bwd_BD=1)
-    check_against_ref(inputs, torch.float32, sequential=True, unroll=2, bwd_BD=4)
+    check_against_ref(inputs, torch.float32, forward="chunk-parallel", bwd_BD=1)
+    check_against_ref(inputs, torch.float32, forward="sequential", unroll=2, bwd_BD=4)
+    check_against_ref(inputs, torch.float32, forward="walk-segments")
 
 
 def test_inputs_strided_along_l_are_copied_and_broadcasts_are_not(monkeypatch):
@@ -210,10 +219,11 @@ def test_inputs_strided_along_l_are_copied_and_broadcasts_are_not(monkeypatch):
     assert triton_scan.unit_stride_along_l(None) is None
 
 
-def test_deterministic_and_dispatch():
+@pytest.mark.parametrize("forward", ["chunk-parallel", "walk-segments"])
+def test_deterministic_and_dispatch(forward):
     inputs = make_inputs(1, 4, 37, 4, 2, seed=5)
-    first = run_both(inputs, True, True, sequential=False)[0]
-    second = run_both(inputs, True, True, sequential=False)[0]
+    first = run_both(inputs, True, True, forward)[0]
+    second = run_both(inputs, True, True, forward)[0]
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
     for name in first[2]:
         assert torch.equal(first[2][name], second[2][name]), name
@@ -281,20 +291,20 @@ PACKINGS = [
 ]
 
 
-@pytest.mark.parametrize("sequential", MODES)
+@pytest.mark.parametrize("forward", ["sequential", "chunk-parallel"])  # packed sequences never take the walk
 @pytest.mark.parametrize("batch, length, starts", PACKINGS)
-def test_packed_sequences(batch, length, starts, sequential):
+def test_packed_sequences(batch, length, starts, forward):
     inputs = make_inputs(batch, 3, length, 4, seed=length + len(starts[0]))
     # seq_idx need not start at 0: position 0 never resets, initial_state feeds each row's first sequence
     seq_idx = seq_idx_from_starts(length, starts, first=3)
-    check_against_ref(inputs, torch.float32, sequential=sequential, seq_idx=seq_idx)
+    check_against_ref(inputs, torch.float32, forward=forward, seq_idx=seq_idx)
 
 
 @pytest.mark.parametrize("unroll", [1, 2], ids=["states-one-by-one", "states-two-at-a-time"])
 def test_packed_sequences_grouped_low_precision_int64(unroll):
     inputs = make_inputs(1, 4, 41, 4, 2, dtype=torch.bfloat16, seed=9)
     seq_idx = seq_idx_from_starts(41, [[16, 20, 40]]).long()
-    check_against_ref(inputs, torch.bfloat16, sequential=False, seq_idx=seq_idx, unroll=unroll, bwd_BD=2)
+    check_against_ref(inputs, torch.bfloat16, seq_idx=seq_idx, unroll=unroll, bwd_BD=2)
 
 
 # the backward's switches (choose_config's bwd_*; the GPU sweep picks among them): each value away from
@@ -310,9 +320,9 @@ SWITCHES = [
 @pytest.mark.parametrize("switches", SWITCHES)
 def test_backward_switches(switches):
     inputs = make_inputs(2, 3, 37, 4, seed=21)
-    check_against_ref(inputs, torch.float32, sequential=False, switches=switches)
+    check_against_ref(inputs, torch.float32, switches=switches)
     seq_idx = seq_idx_from_starts(37, [[16, 17, 36], [5, 31]])
-    check_against_ref(inputs, torch.float32, sequential=True, seq_idx=seq_idx, bwd_BD=4, switches=switches)
+    check_against_ref(inputs, torch.float32, forward="sequential", seq_idx=seq_idx, bwd_BD=4, switches=switches)
 
 
 def test_packed_sequences_are_independent():
@@ -320,7 +330,7 @@ def test_packed_sequences_are_independent():
     inputs = make_inputs(1, 3, 30, 4, has_h0=False, seed=4)
     seq_idx = seq_idx_from_starts(30, [[11, 16]])
     y = triton_scan.selective_scan_triton(**inputs, delta_softplus=True, seq_idx=seq_idx,
-                                          config=dict(T=CHUNK, sequential=False))
+                                          config=dict(T=CHUNK, walk=False, sequential=False))
     for lo, hi in ((0, 11), (11, 16), (16, 30)):
         part = {k: (v[..., lo:hi] if k in ("u", "delta", "z", "B", "C") else v) for k, v in inputs.items()}
         alone = triton_scan.selective_scan_triton(**part, delta_softplus=True, config=dict(T=CHUNK))
@@ -342,3 +352,75 @@ def test_rejects_bad_seq_idx_and_devices_and_dtypes():
         scan(**{**inputs, "u": inputs["u"].double()})
     with pytest.raises(ValueError, match="is on meta"):
         scan(**{**inputs, "D": inputs["D"].to("meta")})
+
+
+def test_the_walk_is_the_default_forward_and_packed_sequences_take_the_tiled_kernels(monkeypatch):
+    calls = []
+    walk = triton_scan._walk
+    monkeypatch.setattr(triton_scan, "_walk", lambda *a, **k: calls.append(1) or walk(*a, **k))
+    inputs = make_inputs(1, 3, 20, 4, has_h0=False, seed=6)
+    y = triton_scan.selective_scan_triton(**inputs, delta_softplus=True)
+    assert calls == [1] and rel_err(y, selective_scan_ref(**inputs, delta_softplus=True)) < TOL[torch.float32]
+    seq_idx = seq_idx_from_starts(20, [[9]])
+    y = triton_scan.selective_scan_triton(**inputs, delta_softplus=True, seq_idx=seq_idx)
+    assert calls == [1] and rel_err(y, selective_scan_ref(**inputs, delta_softplus=True, seq_idx=seq_idx)) < 2e-5
+
+
+@pytest.mark.parametrize("shape, segments", [
+    ((8, 2048, 2048), 1),  # 512 warps of one channel per thread: no summary pass
+    ((16, 128, 16384), 16),  # 64 warps: the fewest segments for 1024
+    ((16, 512, 1024), 4),
+    ((1, 128, 262144), 256),
+    ((2, 64, 100), 1),  # never more segments than chunks
+])
+def test_walk_segments_rule(shape, segments):
+    batch, dim, length = shape
+    cfg = triton_scan.choose_config(batch, dim, length, 16, 1, sm_count=132, training=False)
+    assert cfg["walk"] and cfg["walk_BD"] == 64
+    assert cfg["walk_segments"] == segments
+    assert cfg["walk_seg"] % cfg["T"] == 0 and cfg["walk_segments"] * cfg["walk_seg"] >= length
+    assert (cfg["walk_segments"] - 1) * cfg["walk_seg"] < length
+
+
+COMPILE_WALK_FOR_SM90 = """
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from mamba_audio.kernels.selective_scan import triton_scan
+
+act, summary = sys.argv[1], sys.argv[2] == "1"
+fn = triton_scan._scan_walk_kernel
+consts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, SUMMARY=summary, FAST=True, NS=4, NP=4, BD=64,
+              TW=16 // (4 if act == "fp32" else 2), T=64, s_u_l=1, s_dt_l=1, s_z_l=1, s_y_l=1)
+signature = {name: "constexpr" if name in consts else
+             (f"*{act}" if name in ("u_ptr", "dt_ptr", "z_ptr", "y_ptr") else "*fp32") if name.endswith("_ptr") else "i32"
+             for name in fn.arg_names}
+# as a launch of tensors from the allocator is specialised: pointers and strides divisible by 16
+attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+         if signature[name] != "constexpr" and name not in fn.do_not_specialize}
+kernel = triton.compile(ASTSource(fn, signature, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", 90, 32),
+                        options=dict(num_warps=2))
+ptx = kernel.asm["ptx"]
+loads = [line for line in ptx.splitlines() if "ld.global" in line]
+print("shfl", ptx.count("shfl.sync"), "bar", ptx.count("bar.sync"), "v4", sum(".v4." in line for line in loads),
+      "prefetch", ptx.count("prefetch.global.L1"), "rcp", ptx.count("rcp.approx.ftz"))
+"""
+
+
+@pytest.mark.parametrize("act, summary", [("bf16", "0"), ("fp32", "1")], ids=["bf16-walk", "fp32-summary"])
+def test_walk_compiles_for_sm90_with_whole_rows_per_thread(act, summary):
+    """What the walk's speed rests on, checked in its PTX without a GPU: every step of a channel in one thread
+    (not one shuffle or barrier: the interpreter cannot tell), 16-byte loads, the L1 prefetch, the fast
+    reciprocal. The GPU runs the same comparisons as the tests above in benchmarks/scan.py."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", COMPILE_WALK_FOR_SM90, act, summary], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    counts = dict(zip(*[iter(result.stdout.split())] * 2))
+    assert counts["shfl"] == "0" and counts["bar"] == "0", counts
+    assert int(counts["v4"]) >= 8 and counts["prefetch"] == "1", counts
+    assert (counts["rcp"] != "0") == (summary == "0"), counts  # the gate's reciprocal; a summary writes no y

@@ -16,7 +16,15 @@ Shapes (B batch, D channels, L length, N state size, G groups, K chunks of T ste
 Per channel d and state n the recurrence is h_t = a_t h_{t-1} + x_t with
 a_t = exp(delta_t A_n) and x_t = delta_t u_t B_t. The sequence is cut into K chunks:
 
-forward
+forward, without packed sequences: the walk (``_scan_walk_kernel``)
+  A thread per channel holds all N states in registers and steps through time itself,
+  a few steps (16 bytes of input) per trip of its loop: no step waits on another
+  thread, where a scan across threads spends shuffles on every step. The sequence is
+  cut into segments (whole chunks) so that there are enough threads: a summary pass of
+  the same kernel gives each segment's end state from a zero start and its decay,
+  ``_carry_kernel`` the state entering every segment, then the walk proper writes y
+  and the per-chunk states the backward starts from.
+forward, with packed sequences (seq_idx)
   1. ``_chunk_summary_kernel``: each chunk's decay over the chunk and its end state
      from a zero start (a weighted sum, no scan);
   2. ``_carry_kernel``: the state entering every chunk (a scan over chunks);
@@ -32,8 +40,9 @@ backward (the adjoint g_t = dL/dh_t runs backwards: g_t = dy_t C_t + a_{t+1} g_{
   3. ``_scan_bwd_kernel``: per chunk, recompute h (from the entering states saved
      by the forward, B x (K+1) x D x N floats) and g, and form every gradient.
 
-Tiles are (channels x steps), one state n at a time, as in mamba_ssm's CUDA kernel:
-y accumulates in registers and each thread scans several consecutive steps.
+The tiled kernels (backward, packed forward) hold (channels x steps) tiles, one state n at a
+time, as in mamba_ssm's CUDA kernel: y accumulates in registers and each thread scans several
+consecutive steps.
 Only the inputs and the per-chunk states are kept for backward: nothing of size
 B*D*L*N. Sums over a split's channels (dB, dC) happen in order inside one program
 (partials per split, summed after); sums over batch
@@ -149,6 +158,66 @@ def _channel_range(pid_s, n_per_group, n_split, DS):
     d_lo = g * n_per_group + (pid_s % n_split) * DS
     d_hi = tl.minimum(d_lo + DS, (g + 1) * n_per_group)
     return g, d_lo, d_hi
+
+
+@triton.jit
+def _log1p_unit(e):
+    """log(1 + e) for e in [0, 1] as e times a degree-8 polynomial (a least-squares fit on [0, 1]; largest
+    relative error 2e-7 evaluated in float32): FMAs instead of a log and a division."""
+    p = 0.005105420083889834
+    p = p * e - 0.028990298987068678
+    p = p * e + 0.07737795349542527
+    p = p * e - 0.13590352195110128
+    p = p * e + 0.19071183869665365
+    p = p * e - 0.24833909332555285
+    p = p * e + 0.33317928817156944
+    p = p * e - 0.4999943531344592
+    p = p * e + 0.9999999650843909
+    return e * p
+
+
+@triton.jit
+def _softplus_poly(x):
+    """softplus with torch's threshold (20), log1p by ``_log1p_unit``: the walk's per-step cost."""
+    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + _log1p_unit(tl.exp2(-tl.abs(x) * LOG2E)))
+
+
+@triton.jit
+def _silu_fast(z, FAST: tl.constexpr):
+    """z sigmoid(z); compiled, the reciprocal is rcp.approx (one special-function op, no range fix-ups)."""
+    w = 1.0 + tl.exp2(-z * LOG2E)
+    if FAST:
+        r = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [w], dtype=tl.float32, is_pure=True,
+                                      pack=1)
+    else:
+        r = 1.0 / w
+    return z * r
+
+
+@triton.jit
+def _bits_or(a, b):
+    return a | b
+
+
+@triton.jit
+def _column(tile, idx, k, FAST: tl.constexpr):
+    """Column k (a constant) of a tile each thread holds whole rows of, as in the walk. Compiled: an OR of bit
+    patterns with zeros, which LLVM folds to a register move (a sum would keep an add of 0.0 per column: IEEE
+    rules forbid folding x + 0.0). Interpreted: a sum, exact since every other term is zero."""
+    if FAST:
+        bits = tl.where(idx[None, :] == k, tile.to(tl.int32, bitcast=True), 0)
+        return tl.reduce(bits, 1, _bits_or).to(tl.float32, bitcast=True)
+    else:
+        return tl.sum(tl.where(idx[None, :] == k, tile, 0.0), axis=1)
+
+
+@triton.jit
+def _walk_rows(ptr, b, s_b, d, s_d, s_l, d_mask, t, bound):
+    """(BD, TW) tile of rows d at steps t < bound (zero elsewhere), in the tensor's dtype. With t starting at a
+    multiple of TW and bound one too (all but the tail), Triton proves the mask constant along each row's TW
+    steps and keeps 16-byte loads."""
+    return tl.load(ptr + b * s_b + d[:, None] * s_d + t[None, :] * s_l, mask=d_mask[:, None] & (t < bound)[None, :],
+                   other=0.0)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -358,6 +427,132 @@ def _scan_fwd_kernel(
 
 
 @triton.jit
+def _walk_steps(raw, u, z, bc, y_ptr, b, s_y_b, s_y_d, s_y_l, d, d_mask, t, t_loc, n_idx, stop, A2, h, D_row, bias, total,
+                HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                SUMMARY: tl.constexpr, TAIL: tl.constexpr, FAST: tl.constexpr, NS: tl.constexpr, BD: tl.constexpr,
+                TW: tl.constexpr):
+    """TW steps of every state of BD channels (a thread per channel, all in its registers): the recurrence
+    runs step by step inside the thread, so no step waits on another thread. bc points at this sub-chunk's
+    packed float32 B (NS x TW) then C (NS x TW). Returns the new states (BD, NP) and total + sum of delta."""
+    rows0 = tl.zeros((BD, 1), dtype=tl.int32)
+    dt = raw.to(tl.float32)
+    if HAS_BIAS:
+        dt += bias[:, None]
+    if SOFTPLUS:
+        dt = _softplus_poly(dt)
+    if TAIL:  # steps past the end decay by 1 and add nothing: the state passes through unchanged
+        dt = tl.where((t < stop)[None, :] & (rows0 == 0), dt, 0.0)
+    u = u.to(tl.float32)
+    dtu = dt * u
+    y = tl.zeros((BD, TW), dtype=tl.float32)
+    for n in tl.static_range(NS):
+        Bn = tl.load(bc + n * TW + t_loc[None, :] + rows0)
+        a = tl.exp2(_column(A2, n_idx, n, FAST)[:, None] * dt)
+        x = dtu * Bn
+        hn = _column(h, n_idx, n, FAST)
+        hs = x
+        for s in tl.static_range(TW):
+            hn = _column(a, t_loc, s, FAST) * hn + _column(x, t_loc, s, FAST)
+            if not SUMMARY:
+                hs = tl.where(t_loc[None, :] == s, hn[:, None], hs)
+        if not SUMMARY:
+            y += hs * tl.load(bc + (NS + n) * TW + t_loc[None, :] + rows0)
+        h = tl.where(n_idx[None, :] == n, hn[:, None], h)
+    if SUMMARY:
+        return h, total + tl.sum(dt, axis=1)
+    if HAS_D:
+        y += u * D_row[:, None]
+    if HAS_Z:
+        y = y * _silu_fast(z.to(tl.float32), FAST)
+    ptrs = y_ptr + b * s_y_b + d[:, None] * s_y_d + t[None, :] * s_y_l
+    if TAIL:
+        tl.store(ptrs, y.to(y_ptr.dtype.element_ty), mask=d_mask[:, None] & (t < stop)[None, :])
+    else:
+        tl.store(ptrs, y.to(y_ptr.dtype.element_ty), mask=d_mask[:, None])
+    return h, total
+
+
+@triton.jit(do_not_specialize=["L", "seg_len", "n_seg", "n_sub"])
+def _scan_walk_kernel(
+    u_ptr, dt_ptr, A_ptr, bc_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, h_in_ptr, h_out_ptr, decay_ptr,
+    L, seg_len, n_seg, n_sub, n_groups, n_per_group, n_split, n_chunks, dim,
+    s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n, s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    SUMMARY: tl.constexpr, FAST: tl.constexpr, NS: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr,
+    TW: tl.constexpr, T: tl.constexpr,
+):
+    """The forward as a walk: segment j = program_id(0) of seg_len steps (a multiple of T), batch b, BD channels
+    of one group, one channel per thread holding all its states; TW steps (16 bytes of the widest-element input) per
+    trip, the next trip's inputs loaded (and its B, C rows prefetched into L1) during this one.
+
+    SUMMARY: from a zero state; writes the segment's end state to h_out (B, n_seg, D, N) and its decay
+    exp(A sum delta) to decay (same shape); ``_carry`` turns them into entering states.
+    Otherwise: from h_in[b, j] (B, n_seg, D, N), writes y and, at every multiple of T steps and at L, the state
+    into h_out (B, K+1, D, N) (the backward's per-chunk states; the last is the final state).
+    bc_ptr is B and C packed by ``_pack_bc``.
+    """
+    j = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    g, d_lo, d_hi = _channel_range(tl.program_id(2), n_per_group, n_split, BD)
+    d = d_lo + tl.arange(0, BD)
+    d_mask = d < d_hi
+    t_loc = tl.arange(0, TW)
+    n_idx = tl.arange(0, NP)
+    hn_mask = d_mask[:, None] & (n_idx < NS)[None, :]
+    A2 = tl.load(A_ptr + d[:, None] * s_A_d + n_idx[None, :] * s_A_n, mask=hn_mask, other=0.0) * LOG2E
+    D_row = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_D else tl.zeros((BD,), tl.float32)
+    bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros((BD,), tl.float32)
+    rows = d[:, None] * NS + n_idx[None, :]
+    if SUMMARY:
+        h = tl.zeros((BD, NP), dtype=tl.float32)
+    else:
+        h = tl.load(h_in_ptr + (b * n_seg + j) * dim * NS + rows, mask=hn_mask, other=0.0)
+    total = tl.zeros((BD,), dtype=tl.float32)
+    SUB: tl.constexpr = 2 * NS * TW  # floats of packed B and C per sub-chunk
+    bc_bg = bc_ptr + (b * n_groups + g) * n_sub * SUB
+    start = tl.multiple_of(j * seg_len, T)
+    stop = tl.minimum(start + seg_len, L)
+    full = tl.multiple_of(start + (stop - start) // TW * TW, TW)
+    last = tl.maximum(full - TW, start)  # the last whole sub-chunk: the prefetch never reads past it
+    lane = tl.arange(0, BD) % 32
+    t = start + t_loc
+    raw = _walk_rows(dt_ptr, b, s_dt_b, d, s_dt_d, s_dt_l, d_mask, t, full)
+    u = _walk_rows(u_ptr, b, s_u_b, d, s_u_d, s_u_l, d_mask, t, full)
+    z = _walk_rows(z_ptr, b, s_z_b, d, s_z_d, s_z_l, d_mask, t, full) if HAS_Z else raw
+    for t0 in range(start, full, TW):
+        t = t0 + t_loc
+        raw_next = _walk_rows(dt_ptr, b, s_dt_b, d, s_dt_d, s_dt_l, d_mask, t + TW, full)
+        u_next = _walk_rows(u_ptr, b, s_u_b, d, s_u_d, s_u_l, d_mask, t + TW, full)
+        z_next = _walk_rows(z_ptr, b, s_z_b, d, s_z_d, s_z_l, d_mask, t + TW, full) if HAS_Z else raw_next
+        if FAST:  # the next trip's B and C into L1 (a sector per lane), so that its loads wait on L1, not L2
+            pf = bc_bg + (tl.minimum(t0 + TW, last) // TW) * SUB + (lane * 8) % SUB
+            tl.inline_asm_elementwise("prefetch.global.L1 [$1];\n mov.u32 $0, 0;", "=r,l",
+                                      [pf.to(tl.int64, bitcast=True)], dtype=tl.int32, is_pure=False, pack=1)
+        h, total = _walk_steps(raw, u, z, bc_bg + (t0 // TW) * SUB, y_ptr, b, s_y_b, s_y_d, s_y_l, d, d_mask, t,
+                               t_loc, n_idx, stop, A2, h, D_row, bias, total, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
+                               SUMMARY, False, FAST, NS, BD, TW)
+        if not SUMMARY:
+            t_end = t0 + TW
+            if (t_end % T == 0) | (t_end == L):
+                tl.store(h_out_ptr + (b * (n_chunks + 1) + tl.cdiv(t_end, T)) * dim * NS + rows, h, mask=hn_mask)
+        raw, u, z = raw_next, u_next, z_next
+    if full < stop:
+        t = full + t_loc
+        raw = _walk_rows(dt_ptr, b, s_dt_b, d, s_dt_d, s_dt_l, d_mask, t, stop)
+        u = _walk_rows(u_ptr, b, s_u_b, d, s_u_d, s_u_l, d_mask, t, stop)
+        z = _walk_rows(z_ptr, b, s_z_b, d, s_z_d, s_z_l, d_mask, t, stop) if HAS_Z else raw
+        h, total = _walk_steps(raw, u, z, bc_bg + (full // TW) * SUB, y_ptr, b, s_y_b, s_y_d, s_y_l, d, d_mask, t,
+                               t_loc, n_idx, stop, A2, h, D_row, bias, total, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
+                               SUMMARY, True, FAST, NS, BD, TW)
+        if not SUMMARY:  # segments are whole chunks, so only the last one has a tail, and it ends at L
+            tl.store(h_out_ptr + (b * (n_chunks + 1) + n_chunks) * dim * NS + rows, h, mask=hn_mask)
+    if SUMMARY:
+        offs = (b * n_seg + j) * dim * NS + rows
+        tl.store(h_out_ptr + offs, h, mask=hn_mask)
+        tl.store(decay_ptr + offs, tl.exp2(A2 * total[:, None]), mask=hn_mask)
+
+
+@triton.jit
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, states_ptr, adj_ptr, dout_ptr,
     du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
@@ -558,6 +753,11 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
              a carry pass and a second scan (two per element)
     DS, n_split  channels per program and programs per group in the chunk-parallel kernels
              (forward and chunk summaries); bwd_DS, bwd_n_split the same for the backward
+    walk     the forward as ``_scan_walk_kernel`` (every forward without packed sequences): a thread per
+             channel, its states in registers; walk_BD channels per program (BD/32 warps), the sequence cut
+             into walk_segments segments of walk_seg steps (whole chunks), each segment's entering state from
+             a summary pass and the carry when there are several. Segments: one where batch x channels give
+             512 warps, else the fewest giving 1024 (H100 measurements, benchmarks/NOTES_scan.md version 10).
 
     The entries come from benchmarks/scan.py's sweeps on an H100 (benchmarks/NOTES_scan.md).
     Backward: two channels in one warp (the sums over channels stay inside each thread)
@@ -600,6 +800,16 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
         cfg["sequential"] = bool(overrides["sequential"]) and K > 1
     cfg["DS"], cfg["n_split"] = _split(batch, groups, K, per_group, cfg["BD"], sm_count)
     cfg["bwd_DS"], cfg["bwd_n_split"] = _split(batch, groups, K, per_group, cfg["bwd_BD"], sm_count)
+    cfg["walk"] = True if overrides.get("walk") is None else bool(overrides["walk"])
+    cfg["walk_BD"] = overrides.get("walk_BD") or min(64, _pow2(per_group))
+    warps = batch * groups * -(-per_group // cfg["walk_BD"]) * max(1, cfg["walk_BD"] // 32)
+    segments = 1
+    if warps * 132 < 512 * sm_count:
+        while warps * segments * 132 < 1024 * sm_count and segments < K:
+            segments *= 2
+    segments = min(overrides.get("walk_segments") or segments, K)
+    cfg["walk_seg"] = -(-K // segments) * cfg["T"]
+    cfg["walk_segments"] = -(-length // cfg["walk_seg"])
     return cfg
 
 
@@ -646,6 +856,9 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, seq_idx, cfg):
     else:
         states[:, 0].copy_(h0)
     y = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
+    if cfg["walk"] and seq_idx is None:
+        _walk(u, delta, A, Bg, Cg, D, z, delta_bias, softplus, y, states, cfg)
+        return y, states
     dummy = u  # pointer for absent optional tensors (never read)
     grid = (K, batch, groups * n_split)
     flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
@@ -681,6 +894,52 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, seq_idx, cfg):
         num_warps=cfg["num_warps"], **flags,
     )
     return y, states
+
+
+def _pack_bc(Bg: Tensor, Cg: Tensor, TW: int) -> Tensor:
+    """B and C (B, G, N, L) as one float32 (B, G, L/TW, 2, N, TW) tensor, zero past L: a walk trip's B and C rows
+    are one block, read with 16-byte loads at constant offsets from one address and prefetched in one go."""
+    batch, groups, n_state, length = Bg.shape
+    n_sub = -(-length // TW)
+    pad = n_sub * TW - length
+    bc = torch.empty(batch, groups, n_sub, 2, n_state, TW, device=Bg.device, dtype=torch.float32)
+    dst = bc.permute(0, 1, 3, 4, 2, 5)  # (B, G, 2, N, n_sub, TW) view
+    for i, X in enumerate((Bg, Cg)):
+        dst[:, :, i].copy_(torch.nn.functional.pad(X, (0, pad)).unflatten(-1, (n_sub, TW)))
+    return bc
+
+
+def _walk(u, delta, A, Bg, Cg, D, z, delta_bias, softplus, y, states, cfg) -> None:
+    """The forward by ``_scan_walk_kernel``: y, and the per-chunk states (B, K+1, D, N) after states[:, 0]."""
+    batch, dim, length = u.shape
+    groups, n_state = Bg.shape[1], A.shape[1]
+    TW = 16 // max(x.element_size() for x in (u, delta, z) if x is not None)
+    bc = _pack_bc(Bg, Cg, TW)
+    BD, seg_len, n_seg, K = cfg["walk_BD"], cfg["walk_seg"], cfg["walk_segments"], cfg["n_chunks"]
+    per_group = dim // groups
+    n_split = -(-per_group // BD)
+    dummy = u
+    seg_states = states.new_empty(batch, n_seg, dim, n_state)
+    seg_states[:, 0] = states[:, 0]
+    consts = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
+                  FAST=u.is_cuda, NS=n_state, NP=_pow2(n_state), BD=BD, TW=TW, T=cfg["T"],
+                  num_warps=max(1, BD // 32))
+    zs = _strides3(z) if z is not None else (0, 0, 0)
+
+    def launch(segments, h_in, h_out, decay, summary):
+        _scan_walk_kernel[(segments, batch, groups * n_split)](
+            u, delta, A, bc, D if D is not None else dummy, z if z is not None else dummy,
+            delta_bias if delta_bias is not None else dummy, y, h_in, h_out, decay,
+            length, seg_len, segments, bc.shape[2], groups, per_group, n_split, K, dim,
+            *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1), *zs, *_strides3(y),
+            SUMMARY=summary, **consts)
+
+    if n_seg > 1:
+        local = states.new_empty(batch, n_seg - 1, dim, n_state)
+        decay = torch.empty_like(local)
+        launch(n_seg - 1, dummy, local, decay, True)
+        _carry(decay, local, seg_states, reverse=False)
+    launch(n_seg, seg_states, states, dummy, False)
 
 
 def _carry(decay: Tensor, local: Tensor, states: Tensor, reverse: bool) -> None:
