@@ -68,8 +68,8 @@ def rel_err(x, ref):
     return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-# the forwards: the walk (the default without packed sequences; one segment, or several joined by summaries and
-# the carry), and the tiled kernels, walking the chunks in order or chunk summaries + carry + second scan
+# the forwards: the walk (on request, without packed sequences; one segment, or several joined by summaries and
+# the carry), and the tiled kernels (the default), walking the chunks in order or chunk summaries + carry + scan
 FORWARDS = {
     "walk": dict(walk=True, walk_segments=1),
     "walk-segments": dict(walk=True, walk_segments=3),
@@ -354,15 +354,17 @@ def test_rejects_bad_seq_idx_and_devices_and_dtypes():
         scan(**{**inputs, "D": inputs["D"].to("meta")})
 
 
-def test_the_walk_is_the_default_forward_and_packed_sequences_take_the_tiled_kernels(monkeypatch):
+def test_the_walk_runs_when_asked_and_never_with_packed_sequences(monkeypatch):
     calls = []
     walk = triton_scan._walk
     monkeypatch.setattr(triton_scan, "_walk", lambda *a, **k: calls.append(1) or walk(*a, **k))
     inputs = make_inputs(1, 3, 20, 4, has_h0=False, seed=6)
-    y = triton_scan.selective_scan_triton(**inputs, delta_softplus=True)
+    triton_scan.selective_scan_triton(**inputs, delta_softplus=True)
+    assert calls == []  # off by default (benchmarks/NOTES_scan.md, version 10)
+    y = triton_scan.selective_scan_triton(**inputs, delta_softplus=True, config=dict(walk=True))
     assert calls == [1] and rel_err(y, selective_scan_ref(**inputs, delta_softplus=True)) < TOL[torch.float32]
     seq_idx = seq_idx_from_starts(20, [[9]])
-    y = triton_scan.selective_scan_triton(**inputs, delta_softplus=True, seq_idx=seq_idx)
+    y = triton_scan.selective_scan_triton(**inputs, delta_softplus=True, seq_idx=seq_idx, config=dict(walk=True))
     assert calls == [1] and rel_err(y, selective_scan_ref(**inputs, delta_softplus=True, seq_idx=seq_idx)) < 2e-5
 
 
@@ -375,7 +377,7 @@ def test_the_walk_is_the_default_forward_and_packed_sequences_take_the_tiled_ker
 ])
 def test_walk_segments_rule(shape, segments):
     batch, dim, length = shape
-    cfg = triton_scan.choose_config(batch, dim, length, 16, 1, sm_count=132, training=False)
+    cfg = triton_scan.choose_config(batch, dim, length, 16, 1, sm_count=132, training=False, walk=True)
     assert cfg["walk"] and cfg["walk_BD"] == 64
     assert cfg["walk_segments"] == segments
     assert cfg["walk_seg"] % cfg["T"] == 0 and cfg["walk_segments"] * cfg["walk_seg"] >= length

@@ -16,7 +16,7 @@ Shapes (B batch, D channels, L length, N state size, G groups, K chunks of T ste
 Per channel d and state n the recurrence is h_t = a_t h_{t-1} + x_t with
 a_t = exp(delta_t A_n) and x_t = delta_t u_t B_t. The sequence is cut into K chunks:
 
-forward, without packed sequences: the walk (``_scan_walk_kernel``)
+forward, on request (config walk=True) and without packed sequences: the walk (``_scan_walk_kernel``)
   A thread per channel holds all N states in registers and steps through time itself,
   a few steps (16 bytes of input) per trip of its loop: no step waits on another
   thread, where a scan across threads spends shuffles on every step. The sequence is
@@ -24,7 +24,7 @@ forward, without packed sequences: the walk (``_scan_walk_kernel``)
   the same kernel gives each segment's end state from a zero start and its decay,
   ``_carry_kernel`` the state entering every segment, then the walk proper writes y
   and the per-chunk states the backward starts from.
-forward, with packed sequences (seq_idx)
+forward, by default (and always with packed sequences, seq_idx)
   1. ``_chunk_summary_kernel``: each chunk's decay over the chunk and its end state
      from a zero start (a weighted sum, no scan);
   2. ``_carry_kernel``: the state entering every chunk (a scan over chunks);
@@ -212,12 +212,14 @@ def _column(tile, idx, k, FAST: tl.constexpr):
 
 
 @triton.jit
-def _walk_rows(ptr, b, s_b, d, s_d, s_l, d_mask, t, bound):
-    """(BD, TW) tile of rows d at steps t < bound (zero elsewhere), in the tensor's dtype. With t starting at a
-    multiple of TW and bound one too (all but the tail), Triton proves the mask constant along each row's TW
-    steps and keeps 16-byte loads."""
-    return tl.load(ptr + b * s_b + d[:, None] * s_d + t[None, :] * s_l, mask=d_mask[:, None] & (t < bound)[None, :],
-                   other=0.0)
+def _walk_rows(ptr, b, s_b, d, s_d, s_l, d_mask, t, bound, BOUND: tl.constexpr):
+    """(BD, TW) tile of rows d at steps t, in the tensor's dtype, zero for rows outside d_mask and, with BOUND, at
+    steps from bound on (the tail). Without BOUND every step must lie inside the tensor: the loop's loads, whose
+    steps are clamped instead (a mask along the steps there costs the walk ~50 registers a thread)."""
+    ptrs = ptr + b * s_b + d[:, None] * s_d + t[None, :] * s_l
+    if BOUND:
+        return tl.load(ptrs, mask=d_mask[:, None] & (t < bound)[None, :], other=0.0)
+    return tl.load(ptrs, mask=d_mask[:, None], other=0.0)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -472,7 +474,8 @@ def _walk_steps(raw, u, z, bc, y_ptr, b, s_y_b, s_y_d, s_y_l, d, d_mask, t, t_lo
     return h, total
 
 
-@triton.jit(do_not_specialize=["L", "seg_len", "n_seg", "n_sub"])
+# sizes unspecialised: one compilation serves every shape (a stride of 1 along L stays specialised)
+@triton.jit(do_not_specialize=["L", "seg_len", "n_seg", "n_sub", "n_groups", "n_per_group", "n_split", "n_chunks", "dim"])
 def _scan_walk_kernel(
     u_ptr, dt_ptr, A_ptr, bc_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, h_in_ptr, h_out_ptr, decay_ptr,
     L, seg_len, n_seg, n_sub, n_groups, n_per_group, n_split, n_chunks, dim,
@@ -516,14 +519,15 @@ def _scan_walk_kernel(
     last = tl.maximum(full - TW, start)  # the last whole sub-chunk: the prefetch never reads past it
     lane = tl.arange(0, BD) % 32
     t = start + t_loc
-    raw = _walk_rows(dt_ptr, b, s_dt_b, d, s_dt_d, s_dt_l, d_mask, t, full)
-    u = _walk_rows(u_ptr, b, s_u_b, d, s_u_d, s_u_l, d_mask, t, full)
-    z = _walk_rows(z_ptr, b, s_z_b, d, s_z_d, s_z_l, d_mask, t, full) if HAS_Z else raw
+    raw = _walk_rows(dt_ptr, b, s_dt_b, d, s_dt_d, s_dt_l, d_mask, t, full, True)
+    u = _walk_rows(u_ptr, b, s_u_b, d, s_u_d, s_u_l, d_mask, t, full, True)
+    z = _walk_rows(z_ptr, b, s_z_b, d, s_z_d, s_z_l, d_mask, t, full, True) if HAS_Z else raw
     for t0 in range(start, full, TW):
         t = t0 + t_loc
-        raw_next = _walk_rows(dt_ptr, b, s_dt_b, d, s_dt_d, s_dt_l, d_mask, t + TW, full)
-        u_next = _walk_rows(u_ptr, b, s_u_b, d, s_u_d, s_u_l, d_mask, t + TW, full)
-        z_next = _walk_rows(z_ptr, b, s_z_b, d, s_z_d, s_z_l, d_mask, t + TW, full) if HAS_Z else raw_next
+        t_next = tl.minimum(t0 + TW, last) + t_loc  # the last trip reloads itself: nothing past the end is read
+        raw_next = _walk_rows(dt_ptr, b, s_dt_b, d, s_dt_d, s_dt_l, d_mask, t_next, full, False)
+        u_next = _walk_rows(u_ptr, b, s_u_b, d, s_u_d, s_u_l, d_mask, t_next, full, False)
+        z_next = _walk_rows(z_ptr, b, s_z_b, d, s_z_d, s_z_l, d_mask, t_next, full, False) if HAS_Z else raw_next
         if FAST:  # the next trip's B and C into L1 (a sector per lane), so that its loads wait on L1, not L2
             pf = bc_bg + (tl.minimum(t0 + TW, last) // TW) * SUB + (lane * 8) % SUB
             tl.inline_asm_elementwise("prefetch.global.L1 [$1];\n mov.u32 $0, 0;", "=r,l",
@@ -538,9 +542,10 @@ def _scan_walk_kernel(
         raw, u, z = raw_next, u_next, z_next
     if full < stop:
         t = full + t_loc
-        raw = _walk_rows(dt_ptr, b, s_dt_b, d, s_dt_d, s_dt_l, d_mask, t, stop)
-        u = _walk_rows(u_ptr, b, s_u_b, d, s_u_d, s_u_l, d_mask, t, stop)
-        z = _walk_rows(z_ptr, b, s_z_b, d, s_z_d, s_z_l, d_mask, t, stop) if HAS_Z else raw
+        t_in = tl.minimum(t, L - 1)  # clamped rather than masked (a mask here costs the whole kernel registers)
+        raw = _walk_rows(dt_ptr, b, s_dt_b, d, s_dt_d, s_dt_l, d_mask, t_in, stop, False)
+        u = _walk_rows(u_ptr, b, s_u_b, d, s_u_d, s_u_l, d_mask, t_in, stop, False)
+        z = _walk_rows(z_ptr, b, s_z_b, d, s_z_d, s_z_l, d_mask, t_in, stop, False) if HAS_Z else raw
         h, total = _walk_steps(raw, u, z, bc_bg + (full // TW) * SUB, y_ptr, b, s_y_b, s_y_d, s_y_l, d, d_mask, t,
                                t_loc, n_idx, stop, A2, h, D_row, bias, total, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
                                SUMMARY, True, FAST, NS, BD, TW)
@@ -753,11 +758,12 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
              a carry pass and a second scan (two per element)
     DS, n_split  channels per program and programs per group in the chunk-parallel kernels
              (forward and chunk summaries); bwd_DS, bwd_n_split the same for the backward
-    walk     the forward as ``_scan_walk_kernel`` (every forward without packed sequences): a thread per
-             channel, its states in registers; walk_BD channels per program (BD/32 warps), the sequence cut
+    walk     the forward as ``_scan_walk_kernel`` (without packed sequences; off unless asked for): a thread
+             per channel, its states in registers; walk_BD channels per program (BD/32 warps), the sequence cut
              into walk_segments segments of walk_seg steps (whole chunks), each segment's entering state from
              a summary pass and the carry when there are several. Segments: one where batch x channels give
-             512 warps, else the fewest giving 1024 (H100 measurements, benchmarks/NOTES_scan.md version 10).
+             512 warps, else the fewest giving 1024 (H100 measurements, benchmarks/NOTES_scan.md version 10);
+             walk_maxnreg caps its registers (None: ptxas decides; 128 measured slower at 5 of 6 shapes).
 
     The entries come from benchmarks/scan.py's sweeps on an H100 (benchmarks/NOTES_scan.md).
     Backward: two channels in one warp (the sums over channels stay inside each thread)
@@ -800,8 +806,9 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
         cfg["sequential"] = bool(overrides["sequential"]) and K > 1
     cfg["DS"], cfg["n_split"] = _split(batch, groups, K, per_group, cfg["BD"], sm_count)
     cfg["bwd_DS"], cfg["bwd_n_split"] = _split(batch, groups, K, per_group, cfg["bwd_BD"], sm_count)
-    cfg["walk"] = True if overrides.get("walk") is None else bool(overrides["walk"])
+    cfg["walk"] = bool(overrides.get("walk"))  # opt-in until measured faster beside mamba_ssm (NOTES_scan.md, 10)
     cfg["walk_BD"] = overrides.get("walk_BD") or min(64, _pow2(per_group))
+    cfg["walk_maxnreg"] = overrides.get("walk_maxnreg")
     warps = batch * groups * -(-per_group // cfg["walk_BD"]) * max(1, cfg["walk_BD"] // 32)
     segments = 1
     if warps * 132 < 512 * sm_count:
@@ -923,7 +930,7 @@ def _walk(u, delta, A, Bg, Cg, D, z, delta_bias, softplus, y, states, cfg) -> No
     seg_states[:, 0] = states[:, 0]
     consts = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
                   FAST=u.is_cuda, NS=n_state, NP=_pow2(n_state), BD=BD, TW=TW, T=cfg["T"],
-                  num_warps=max(1, BD // 32))
+                  num_warps=max(1, BD // 32), maxnreg=cfg["walk_maxnreg"])
     zs = _strides3(z) if z is not None else (0, 0, 0)
 
     def launch(segments, h_in, h_out, decay, summary):
