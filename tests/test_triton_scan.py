@@ -396,8 +396,8 @@ fn = triton_scan._scan_walk_kernel
 consts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, SUMMARY=summary, FAST=True, NS=4, NP=4, BD=64,
               TW=16 // (4 if act == "fp32" else 2), T=64, s_u_l=1, s_dt_l=1, s_z_l=1, s_y_l=1)
 signature = {name: "constexpr" if name in consts else
-             (f"*{act}" if name in ("u_ptr", "dt_ptr", "z_ptr", "y_ptr") else "*fp32") if name.endswith("_ptr") else "i32"
-             for name in fn.arg_names}
+             (f"*{act}" if name in ("u_ptr", "dt_ptr", "z_ptr", "y_ptr") else "*fp32") if name.endswith("_ptr")
+             else "i32" for name in fn.arg_names}
 # as a launch of tensors from the allocator is specialised: pointers and strides divisible by 16
 attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
          if signature[name] != "constexpr" and name not in fn.do_not_specialize}

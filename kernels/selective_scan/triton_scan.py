@@ -429,13 +429,14 @@ def _scan_fwd_kernel(
 
 
 @triton.jit
-def _walk_steps(raw, u, z, bc, y_ptr, b, s_y_b, s_y_d, s_y_l, d, d_mask, t, t_loc, n_idx, stop, A2, h, D_row, bias, total,
-                HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+def _walk_steps(raw, u, z, bc, y_ptr, b, s_y_b, s_y_d, s_y_l, d, d_mask, t, t_loc, n_idx, stop, A2, h, D_row, bias,
+                total, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                 SUMMARY: tl.constexpr, TAIL: tl.constexpr, FAST: tl.constexpr, NS: tl.constexpr, BD: tl.constexpr,
                 TW: tl.constexpr):
     """TW steps of every state of BD channels (a thread per channel, all in its registers): the recurrence
     runs step by step inside the thread, so no step waits on another thread. bc points at this sub-chunk's
-    packed float32 B (NS x TW) then C (NS x TW). Returns the new states (BD, NP) and total + sum of delta."""
+    packed float32 B (NS x TW) then C (NS x TW). Returns the new states (BD, NP) and total, to which SUMMARY
+    adds these steps' delta."""
     rows0 = tl.zeros((BD, 1), dtype=tl.int32)
     dt = raw.to(tl.float32)
     if HAS_BIAS:
@@ -475,7 +476,8 @@ def _walk_steps(raw, u, z, bc, y_ptr, b, s_y_b, s_y_d, s_y_l, d, d_mask, t, t_lo
 
 
 # sizes unspecialised: one compilation serves every shape (a stride of 1 along L stays specialised)
-@triton.jit(do_not_specialize=["L", "seg_len", "n_seg", "n_sub", "n_groups", "n_per_group", "n_split", "n_chunks", "dim"])
+@triton.jit(do_not_specialize=["L", "seg_len", "n_seg", "n_sub", "n_groups", "n_per_group", "n_split", "n_chunks",
+                               "dim"])
 def _scan_walk_kernel(
     u_ptr, dt_ptr, A_ptr, bc_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, h_in_ptr, h_out_ptr, decay_ptr,
     L, seg_len, n_seg, n_sub, n_groups, n_per_group, n_split, n_chunks, dim,
@@ -485,8 +487,8 @@ def _scan_walk_kernel(
     TW: tl.constexpr, T: tl.constexpr,
 ):
     """The forward as a walk: segment j = program_id(0) of seg_len steps (a multiple of T), batch b, BD channels
-    of one group, one channel per thread holding all its states; TW steps (16 bytes of the widest-element input) per
-    trip, the next trip's inputs loaded (and its B, C rows prefetched into L1) during this one.
+    of one group, one channel per thread holding all its states; TW steps (16 bytes of the widest-element input)
+    per trip, the next trip's inputs loaded (and its B, C rows prefetched into L1) during this one.
 
     SUMMARY: from a zero state; writes the segment's end state to h_out (B, n_seg, D, N) and its decay
     exp(A sum delta) to decay (same shape); ``_carry`` turns them into entering states.
@@ -810,9 +812,9 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
     cfg["walk_BD"] = overrides.get("walk_BD") or min(64, _pow2(per_group))
     cfg["walk_maxnreg"] = overrides.get("walk_maxnreg")
     warps = batch * groups * -(-per_group // cfg["walk_BD"]) * max(1, cfg["walk_BD"] // 32)
-    segments = 1
-    if warps * 132 < 512 * sm_count:
-        while warps * segments * 132 < 1024 * sm_count and segments < K:
+    segments, per_h100 = 1, sm_count / 132  # the warp counts below are an H100's (132 multiprocessors)
+    if warps < 512 * per_h100:
+        while warps * segments < 1024 * per_h100 and segments < K:
             segments *= 2
     segments = min(overrides.get("walk_segments") or segments, K)
     cfg["walk_seg"] = -(-K // segments) * cfg["T"]
