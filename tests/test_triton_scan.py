@@ -391,10 +391,10 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from mamba_audio.kernels.selective_scan import triton_scan
 
-act, summary = sys.argv[1], sys.argv[2] == "1"
+act, summary, save = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1"
 fn = triton_scan._scan_walk_kernel
-consts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, SUMMARY=summary, FAST=True, NS=4, NP=4, BD=64,
-              TW=16 // (4 if act == "fp32" else 2), T=64, s_u_l=1, s_dt_l=1, s_z_l=1, s_y_l=1)
+consts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, SUMMARY=summary, SAVE=save, FAST=True, NS=4, NP=4,
+              BD=64, TW=16 // (4 if act == "fp32" else 2), T=64, s_u_l=1, s_dt_l=1, s_z_l=1, s_y_l=1)
 signature = {name: "constexpr" if name in consts else
              (f"*{act}" if name in ("u_ptr", "dt_ptr", "z_ptr", "y_ptr") else "*fp32") if name.endswith("_ptr")
              else "i32" for name in fn.arg_names}
@@ -410,8 +410,9 @@ print("shfl", ptx.count("shfl.sync"), "bar", ptx.count("bar.sync"), "v4", sum(".
 """
 
 
-@pytest.mark.parametrize("act, summary", [("bf16", "0"), ("fp32", "1")], ids=["bf16-walk", "fp32-summary"])
-def test_walk_compiles_for_sm90_with_whole_rows_per_thread(act, summary):
+@pytest.mark.parametrize("act, summary, save", [("bf16", "0", "0"), ("bf16", "0", "1"), ("fp32", "1", "0")],
+                         ids=["bf16-walk", "bf16-walk-saving-chunk-states", "fp32-summary"])
+def test_walk_compiles_for_sm90_with_whole_rows_per_thread(act, summary, save):
     """What the walk's speed rests on, checked in its PTX without a GPU: every step of a channel in one thread
     (not one shuffle or barrier: the interpreter cannot tell), 16-byte loads, the L1 prefetch, the fast
     reciprocal. The GPU runs the same comparisons as the tests above in benchmarks/scan.py."""
@@ -419,8 +420,8 @@ def test_walk_compiles_for_sm90_with_whole_rows_per_thread(act, summary):
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", COMPILE_WALK_FOR_SM90, act, summary], env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-c", COMPILE_WALK_FOR_SM90, act, summary, save], env=env,
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     counts = dict(zip(*[iter(result.stdout.split())] * 2))
     assert counts["shfl"] == "0" and counts["bar"] == "0", counts

@@ -483,8 +483,8 @@ def _scan_walk_kernel(
     L, seg_len, n_seg, n_sub, n_groups, n_per_group, n_split, n_chunks, dim,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n, s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    SUMMARY: tl.constexpr, FAST: tl.constexpr, NS: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr,
-    TW: tl.constexpr, T: tl.constexpr,
+    SUMMARY: tl.constexpr, SAVE: tl.constexpr, FAST: tl.constexpr, NS: tl.constexpr, NP: tl.constexpr,
+    BD: tl.constexpr, TW: tl.constexpr, T: tl.constexpr,
 ):
     """The forward as a walk: segment j = program_id(0) of seg_len steps (a multiple of T), batch b, BD channels
     of one group, one channel per thread holding all its states; TW steps (16 bytes of the widest-element input)
@@ -492,8 +492,10 @@ def _scan_walk_kernel(
 
     SUMMARY: from a zero state; writes the segment's end state to h_out (B, n_seg, D, N) and its decay
     exp(A sum delta) to decay (same shape); ``_carry`` turns them into entering states.
-    Otherwise: from h_in[b, j] (B, n_seg, D, N), writes y and, at every multiple of T steps and at L, the state
-    into h_out (B, K+1, D, N) (the backward's per-chunk states; the last is the final state).
+    Otherwise: from h_in[b, j] (B, n_seg, D, N), writes y and the final state into h_out[:, K] (B, K+1, D, N);
+    SAVE (for the backward) also the state at every multiple of T steps. The store inside the loop costs
+    registers (181 a thread against 150 without, compiled here for sm_90), so a forward without gradients
+    leaves it out.
     bc_ptr is B and C packed by ``_pack_bc``.
     """
     j = tl.program_id(0)
@@ -537,10 +539,10 @@ def _scan_walk_kernel(
         h, total = _walk_steps(raw, u, z, bc_bg + (t0 // TW) * SUB, y_ptr, b, s_y_b, s_y_d, s_y_l, d, d_mask, t,
                                t_loc, n_idx, stop, A2, h, D_row, bias, total, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
                                SUMMARY, False, FAST, NS, BD, TW)
-        if not SUMMARY:
+        if SAVE:
             t_end = t0 + TW
-            if (t_end % T == 0) | (t_end == L):
-                tl.store(h_out_ptr + (b * (n_chunks + 1) + tl.cdiv(t_end, T)) * dim * NS + rows, h, mask=hn_mask)
+            if t_end % T == 0:
+                tl.store(h_out_ptr + (b * (n_chunks + 1) + t_end // T) * dim * NS + rows, h, mask=hn_mask)
         raw, u, z = raw_next, u_next, z_next
     if full < stop:
         t = full + t_loc
@@ -551,9 +553,10 @@ def _scan_walk_kernel(
         h, total = _walk_steps(raw, u, z, bc_bg + (full // TW) * SUB, y_ptr, b, s_y_b, s_y_d, s_y_l, d, d_mask, t,
                                t_loc, n_idx, stop, A2, h, D_row, bias, total, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
                                SUMMARY, True, FAST, NS, BD, TW)
-        if not SUMMARY:  # segments are whole chunks, so only the last one has a tail, and it ends at L
+    if not SUMMARY:
+        if stop == L:  # the final state (segments are whole chunks: only the last can have a tail)
             tl.store(h_out_ptr + (b * (n_chunks + 1) + n_chunks) * dim * NS + rows, h, mask=hn_mask)
-    if SUMMARY:
+    else:
         offs = (b * n_seg + j) * dim * NS + rows
         tl.store(h_out_ptr + offs, h, mask=hn_mask)
         tl.store(decay_ptr + offs, tl.exp2(A2 * total[:, None]), mask=hn_mask)
@@ -811,6 +814,7 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
     cfg["walk"] = bool(overrides.get("walk"))  # opt-in until measured faster beside mamba_ssm (NOTES_scan.md, 10)
     cfg["walk_BD"] = overrides.get("walk_BD") or min(64, _pow2(per_group))
     cfg["walk_maxnreg"] = overrides.get("walk_maxnreg")
+    cfg["walk_save"] = training  # the per-chunk states, for the backward
     warps = batch * groups * -(-per_group // cfg["walk_BD"]) * max(1, cfg["walk_BD"] // 32)
     segments, per_h100 = 1, sm_count / 132  # the warp counts below are an H100's (132 multiprocessors)
     if warps < 512 * per_h100:
@@ -919,7 +923,8 @@ def _pack_bc(Bg: Tensor, Cg: Tensor, TW: int) -> Tensor:
 
 
 def _walk(u, delta, A, Bg, Cg, D, z, delta_bias, softplus, y, states, cfg) -> None:
-    """The forward by ``_scan_walk_kernel``: y, and the per-chunk states (B, K+1, D, N) after states[:, 0]."""
+    """The forward by ``_scan_walk_kernel``: y, and into states (B, K+1, D, N) the final state and, for training,
+    the per-chunk states after states[:, 0]."""
     batch, dim, length = u.shape
     groups, n_state = Bg.shape[1], A.shape[1]
     TW = 16 // max(x.element_size() for x in (u, delta, z) if x is not None)
@@ -941,7 +946,7 @@ def _walk(u, delta, A, Bg, Cg, D, z, delta_bias, softplus, y, states, cfg) -> No
             delta_bias if delta_bias is not None else dummy, y, h_in, h_out, decay,
             length, seg_len, segments, bc.shape[2], groups, per_group, n_split, K, dim,
             *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1), *zs, *_strides3(y),
-            SUMMARY=summary, **consts)
+            SUMMARY=summary, SAVE=cfg["walk_save"] and not summary, **consts)
 
     if n_seg > 1:
         local = states.new_empty(batch, n_seg - 1, dim, n_state)
