@@ -427,3 +427,15 @@ def test_walk_compiles_for_sm90_with_whole_rows_per_thread(act, summary, save):
     assert counts["shfl"] == "0" and counts["bar"] == "0", counts
     assert int(counts["v4"]) >= 8 and counts["prefetch"] == "1", counts
     assert (counts["rcp"] != "0") == (summary == "0"), counts  # the gate's reciprocal; a summary writes no y
+
+
+@pytest.mark.parametrize("groups, length, tw", [(None, 37, 8), (2, 41, 4), (None, 3, 8)], ids=["L37", "grouped-L41", "L3"])
+def test_pack_bc_lays_out_each_trip_as_one_block(groups, length, tw):
+    inputs = make_inputs(2, 4, length, 5, groups, dtype=torch.bfloat16, seed=8)
+    Bg, Cg = triton_scan._grouped(inputs["B"]), triton_scan._grouped(inputs["C"])
+    Bg = Bg[..., :1].expand_as(Bg) if groups else Bg  # a broadcast L axis too (time-invariant B)
+    packed = triton_scan._pack_bc(Bg, Cg, tw)
+    n_sub = -(-length // tw)
+    for i, X in enumerate((Bg, Cg)):
+        padded = torch.nn.functional.pad(X.float(), (0, n_sub * tw - length)).unflatten(-1, (n_sub, tw))
+        assert torch.equal(packed[:, :, :, i], padded.permute(0, 1, 3, 2, 4))  # (B, G, trips, N, TW)

@@ -477,10 +477,10 @@ def _walk_steps(raw, u, z, bc, y_ptr, b, s_y_b, s_y_d, s_y_l, d, d_mask, t, t_lo
 
 # sizes unspecialised: one compilation serves every shape (a stride of 1 along L stays specialised)
 @triton.jit(do_not_specialize=["L", "seg_len", "n_seg", "n_sub", "n_groups", "n_per_group", "n_split", "n_chunks",
-                               "dim"])
+                               "dim", "s_h_in_b"])
 def _scan_walk_kernel(
     u_ptr, dt_ptr, A_ptr, bc_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, h_in_ptr, h_out_ptr, decay_ptr,
-    L, seg_len, n_seg, n_sub, n_groups, n_per_group, n_split, n_chunks, dim,
+    L, seg_len, n_seg, n_sub, n_groups, n_per_group, n_split, n_chunks, dim, s_h_in_b,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n, s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     SUMMARY: tl.constexpr, SAVE: tl.constexpr, FAST: tl.constexpr, NS: tl.constexpr, NP: tl.constexpr,
@@ -492,7 +492,7 @@ def _scan_walk_kernel(
 
     SUMMARY: from a zero state; writes the segment's end state to h_out (B, n_seg, D, N) and its decay
     exp(A sum delta) to decay (same shape); ``_carry`` turns them into entering states.
-    Otherwise: from h_in[b, j] (B, n_seg, D, N), writes y and the final state into h_out[:, K] (B, K+1, D, N);
+    Otherwise: from h_in[b, j] ((B, n_seg, D, N) with batch stride s_h_in_b), writes y and the final state into h_out[:, K] (B, K+1, D, N);
     SAVE (for the backward) also the state at every multiple of T steps. The store inside the loop costs
     registers (181 a thread against 150 without, compiled here for sm_90), so a forward without gradients
     leaves it out.
@@ -513,7 +513,7 @@ def _scan_walk_kernel(
     if SUMMARY:
         h = tl.zeros((BD, NP), dtype=tl.float32)
     else:
-        h = tl.load(h_in_ptr + (b * n_seg + j) * dim * NS + rows, mask=hn_mask, other=0.0)
+        h = tl.load(h_in_ptr + b * s_h_in_b + j * dim * NS + rows, mask=hn_mask, other=0.0)
     total = tl.zeros((BD,), dtype=tl.float32)
     SUB: tl.constexpr = 2 * NS * TW  # floats of packed B and C per sub-chunk
     bc_bg = bc_ptr + (b * n_groups + g) * n_sub * SUB
@@ -560,6 +560,24 @@ def _scan_walk_kernel(
         offs = (b * n_seg + j) * dim * NS + rows
         tl.store(h_out_ptr + offs, h, mask=hn_mask)
         tl.store(decay_ptr + offs, tl.exp2(A2 * total[:, None]), mask=hn_mask)
+
+
+@triton.jit(do_not_specialize=["L", "n_sub", "n_groups"])
+def _pack_bc_kernel(B_ptr, C_ptr, out_ptr, L, n_sub, n_groups, s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
+                    NS: tl.constexpr, NP: tl.constexpr, TW: tl.constexpr, SB: tl.constexpr):
+    """SB trips' B and C rows of one (batch, group) into the walk's packed layout (see ``_pack_bc``)."""
+    bg = tl.program_id(1).to(tl.int64)
+    b, g = bg // n_groups, bg % n_groups
+    sub = (tl.program_id(0) * SB + tl.arange(0, SB))[:, None, None]
+    n = tl.arange(0, NP)[None, :, None]
+    i = tl.arange(0, TW)[None, None, :]
+    t = sub * TW + i
+    keep = (sub < n_sub) & (n < NS) & (i < TW)
+    out = out_ptr + ((bg * n_sub + sub) * 2 * NS + n) * TW + i
+    x = tl.load(B_ptr + b * s_B_b + g * s_B_g + n * s_B_n + t * s_B_l, mask=keep & (t < L), other=0.0)
+    tl.store(out, x.to(tl.float32), mask=keep)
+    x = tl.load(C_ptr + b * s_C_b + g * s_C_g + n * s_C_n + t * s_C_l, mask=keep & (t < L), other=0.0)
+    tl.store(out + NS * TW, x.to(tl.float32), mask=keep)
 
 
 @triton.jit
@@ -911,14 +929,15 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, seq_idx, cfg):
 
 def _pack_bc(Bg: Tensor, Cg: Tensor, TW: int) -> Tensor:
     """B and C (B, G, N, L) as one float32 (B, G, L/TW, 2, N, TW) tensor, zero past L: a walk trip's B and C rows
-    are one block, read with 16-byte loads at constant offsets from one address and prefetched in one go."""
+    are one block, read with 16-byte loads at constant offsets from one address and prefetched in one go.
+    One launch (the walk's host time counts at short sequences)."""
     batch, groups, n_state, length = Bg.shape
     n_sub = -(-length // TW)
-    pad = n_sub * TW - length
     bc = torch.empty(batch, groups, n_sub, 2, n_state, TW, device=Bg.device, dtype=torch.float32)
-    dst = bc.permute(0, 1, 3, 4, 2, 5)  # (B, G, 2, N, n_sub, TW) view
-    for i, X in enumerate((Bg, Cg)):
-        dst[:, :, i].copy_(torch.nn.functional.pad(X, (0, pad)).unflatten(-1, (n_sub, TW)))
+    SB = 32
+    _pack_bc_kernel[(triton.cdiv(n_sub, SB), batch * groups)](
+        Bg, Cg, bc, length, n_sub, groups, *Bg.stride(), *Cg.stride(),
+        NS=n_state, NP=_pow2(n_state), TW=TW, SB=SB, num_warps=4)
     return bc
 
 
@@ -933,27 +952,28 @@ def _walk(u, delta, A, Bg, Cg, D, z, delta_bias, softplus, y, states, cfg) -> No
     per_group = dim // groups
     n_split = -(-per_group // BD)
     dummy = u
-    seg_states = states.new_empty(batch, n_seg, dim, n_state)
-    seg_states[:, 0] = states[:, 0]
     consts = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
                   FAST=u.is_cuda, NS=n_state, NP=_pow2(n_state), BD=BD, TW=TW, T=cfg["T"],
                   num_warps=max(1, BD // 32), maxnreg=cfg["walk_maxnreg"])
     zs = _strides3(z) if z is not None else (0, 0, 0)
 
-    def launch(segments, h_in, h_out, decay, summary):
+    def launch(segments, h_in, h_out, decay, summary):  # h_in (B, *, D, N) contiguous from the second axis
         _scan_walk_kernel[(segments, batch, groups * n_split)](
             u, delta, A, bc, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy, y, h_in, h_out, decay,
-            length, seg_len, segments, bc.shape[2], groups, per_group, n_split, K, dim,
+            length, seg_len, segments, bc.shape[2], groups, per_group, n_split, K, dim, h_in.stride(0),
             *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1), *zs, *_strides3(y),
             SUMMARY=summary, SAVE=cfg["walk_save"] and not summary, **consts)
 
+    h_in = states  # one segment starts from states[:, 0]
     if n_seg > 1:
         local = states.new_empty(batch, n_seg - 1, dim, n_state)
         decay = torch.empty_like(local)
         launch(n_seg - 1, dummy, local, decay, True)
-        _carry(decay, local, seg_states, reverse=False)
-    launch(n_seg, seg_states, states, dummy, False)
+        h_in = states.new_empty(batch, n_seg, dim, n_state)
+        h_in[:, 0] = states[:, 0]
+        _carry(decay, local, h_in, reverse=False)
+    launch(n_seg, h_in, states, dummy, False)
 
 
 def _carry(decay: Tensor, local: Tensor, states: Tensor, reverse: bool) -> None:
