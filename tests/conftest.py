@@ -2,7 +2,12 @@
 
 ``write_audio`` writes a noise file; the fixtures ``speech_commands`` (Speech Commands v0.02)
 and ``recordings`` (a YouTubeMix-style folder of long files) build the layouts in ``tmp_path``.
+``run_compiled`` runs a kernel test's compile-for-sm_90 script outside the Triton interpreter.
 """
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -49,3 +54,14 @@ def recordings(tmp_path):
             write_audio(root / f"piece_{i}.wav", n, rate=LONG_RATE, seed=i, channels=2 if i == 5 else 1)
     write_audio(root / "_scratch" / "ignored.wav", 100)
     return root
+
+
+def run_compiled(script: str, *args: str, timeout: int = 600) -> str:
+    """Run ``script`` (Python that compiles Triton kernels for a GPU target) in a fresh interpreter without
+    TRITON_INTERPRET, so that Triton compiles instead of interpreting; its stdout, or the test fails with its
+    stderr."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout

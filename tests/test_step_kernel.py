@@ -21,6 +21,7 @@ if not torch.cuda.is_available():
 
 from mamba_audio.kernels import BlockStack, mamba_block_step, mamba_blocks_step, mamba_step, step_backends  # noqa: E402
 from mamba_audio.kernels.selective_scan import selective_scan_ref  # noqa: E402
+from conftest import run_compiled  # noqa: E402
 from mamba_audio.kernels.selective_scan.step_ref import (  # noqa: E402
     mamba_block_step_ref, mamba_blocks_step_ref, mamba_step_ref)
 
@@ -317,13 +318,7 @@ print("compiled", sum(".v4." in line for line in loads), "of", len(loads))
         "split-out-fp32-time-invariant-rmsnorm-bare"])
 def test_triton_kernels_compile_for_sm90_without_a_gpu(kernel, act, selective, flags):
     """The interpreter runs the kernels as Python; this compiles them to PTX (layouts, constexpr branches, types)."""
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90, kernel, act, selective, flags], env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-2000:]
+    assert "compiled" in run_compiled(COMPILE_FOR_SM90, kernel, act, selective, flags, timeout=300)
 
 
 def make_block_stack(n_blocks, batch, hidden, dim, dtype=torch.float32, **kw):
@@ -376,15 +371,10 @@ def test_block_kernels_load_weights_in_128_bit_vectors_where_aligned(kernel, mul
     """Compiled for sm_90 with the pointers and sizes divisible by 16: the one-block kernel loads in 128-bit
     vectors, and so does the stacked one when its offsets are declared multiples of 16 (without that
     declaration it fell back to scalar loads, 3.5x slower on the H100: benchmarks/NOTES_streaming.md)."""
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90, kernel, "bf16", "1", "1", str(multiple), "1"],
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-2000:]
-    vectors = int(result.stdout.split()[1])
-    assert (vectors > 0) == (multiple == 16), result.stdout
+    stdout = run_compiled(COMPILE_FOR_SM90, kernel, "bf16", "1", "1", str(multiple), "1", timeout=300)
+    assert "compiled" in stdout
+    vectors = int(stdout.split()[1])
+    assert (vectors > 0) == (multiple == 16), stdout
 
 
 def test_a_stack_of_views_at_odd_offsets_declares_no_alignment_and_steps_correctly():

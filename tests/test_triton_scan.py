@@ -26,6 +26,7 @@ import triton  # noqa: E402,F401  (a Linux dependency of the package: its absenc
 from mamba_audio.kernels.selective_scan import triton_scan  # noqa: E402
 from mamba_audio.kernels import selective_scan  # noqa: E402
 from mamba_audio.kernels.selective_scan import selective_scan_ref  # noqa: E402
+from conftest import run_compiled  # noqa: E402
 
 if not torch.cuda.is_available():
     from triton.runtime.interpreter import InterpretedFunction
@@ -416,14 +417,7 @@ def test_walk_compiles_for_sm90_with_whole_rows_per_thread(act, summary, save):
     """What the walk's speed rests on, checked in its PTX without a GPU: every step of a channel in one thread
     (not one shuffle or barrier: the interpreter cannot tell), 16-byte loads, the L1 prefetch, the fast
     reciprocal. The GPU runs the same comparisons as the tests above in benchmarks/scan.py."""
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", COMPILE_WALK_FOR_SM90, act, summary, save], env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    counts = dict(zip(*[iter(result.stdout.split())] * 2))
+    counts = dict(zip(*[iter(run_compiled(COMPILE_WALK_FOR_SM90, act, summary, save).split())] * 2))
     assert counts["shfl"] == "0" and counts["bar"] == "0", counts
     assert int(counts["v4"]) >= 8 and counts["prefetch"] == "1", counts
     assert (counts["rcp"] != "0") == (summary == "0"), counts  # the gate's reciprocal; a summary writes no y
