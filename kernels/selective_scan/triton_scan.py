@@ -478,6 +478,29 @@ def _walk_steps(raw, u, z, bc, y_ptr, b, s_y_b, s_y_d, s_y_l, d, d_mask, t, t_lo
     return h, total
 
 
+@triton.jit
+def _walk_trip(raw, u, z, t0, last, bc_bg, lane, u_ptr, dt_ptr, z_ptr, y_ptr, b, s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d,
+               s_dt_l, s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l, d, d_mask, t_loc, n_idx, full, stop, A2, h, D_row,
+               bias, total, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+               SUMMARY: tl.constexpr, FAST: tl.constexpr, NS: tl.constexpr, BD: tl.constexpr, TW: tl.constexpr):
+    """One whole trip at t0 (inputs raw, u, z already loaded) while the next trip's are loaded (and its B, C block
+    prefetched into L1); returns (h, total, the next trip's raw, u, z). The last trip reloads itself: nothing past
+    ``last`` (the last whole trip) is read."""
+    SUB: tl.constexpr = 2 * NS * TW
+    t_next = tl.minimum(t0 + TW, last) + t_loc
+    raw_next = _walk_rows(dt_ptr, b, s_dt_b, d, s_dt_d, s_dt_l, d_mask, t_next, full, False)
+    u_next = _walk_rows(u_ptr, b, s_u_b, d, s_u_d, s_u_l, d_mask, t_next, full, False)
+    z_next = _walk_rows(z_ptr, b, s_z_b, d, s_z_d, s_z_l, d_mask, t_next, full, False) if HAS_Z else raw_next
+    if FAST:  # a sector per lane, so that the next trip's loads wait on L1, not L2
+        pf = bc_bg + (tl.minimum(t0 + TW, last) // TW) * SUB + (lane * 8) % SUB
+        tl.inline_asm_elementwise("prefetch.global.L1 [$1];\n mov.u32 $0, 0;", "=r,l",
+                                  [pf.to(tl.int64, bitcast=True)], dtype=tl.int32, is_pure=False, pack=1)
+    h, total = _walk_steps(raw, u, z, bc_bg + (t0 // TW) * SUB, y_ptr, b, s_y_b, s_y_d, s_y_l, d, d_mask, t0 + t_loc,
+                           t_loc, n_idx, stop, A2, h, D_row, bias, total, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SUMMARY,
+                           False, FAST, NS, BD, TW)
+    return h, total, raw_next, u_next, z_next
+
+
 # sizes unspecialised: one compilation serves every shape (a stride of 1 along L stays specialised)
 @triton.jit(do_not_specialize=["L", "seg_len", "n_seg", "n_sub", "n_groups", "n_per_group", "n_split", "n_chunks",
                                "dim", "s_h_in_b"])
@@ -496,9 +519,7 @@ def _scan_walk_kernel(
     SUMMARY: from a zero state; writes the segment's end state to h_out (B, n_seg, D, N) and its decay
     exp(A sum delta) to decay (same shape); ``_carry`` turns them into entering states.
     Otherwise: from h_in[b, j] ((B, n_seg, D, N) with batch stride s_h_in_b), writes y and the final state into h_out[:, K] (B, K+1, D, N);
-    SAVE (for the backward) also the state at every multiple of T steps. The store inside the loop costs
-    registers (181 a thread against 150 without, compiled here for sm_90), so a forward without gradients
-    leaves it out.
+    SAVE (for the backward) also the state at every multiple of T steps.
     bc_ptr is B and C packed by ``_pack_bc``.
     """
     j = tl.program_id(0)
@@ -529,24 +550,17 @@ def _scan_walk_kernel(
     raw = _walk_rows(dt_ptr, b, s_dt_b, d, s_dt_d, s_dt_l, d_mask, t, full, True)
     u = _walk_rows(u_ptr, b, s_u_b, d, s_u_d, s_u_l, d_mask, t, full, True)
     z = _walk_rows(z_ptr, b, s_z_b, d, s_z_d, s_z_l, d_mask, t, full, True) if HAS_Z else raw
-    for t0 in range(start, full, TW):
-        t = t0 + t_loc
-        t_next = tl.minimum(t0 + TW, last) + t_loc  # the last trip reloads itself: nothing past the end is read
-        raw_next = _walk_rows(dt_ptr, b, s_dt_b, d, s_dt_d, s_dt_l, d_mask, t_next, full, False)
-        u_next = _walk_rows(u_ptr, b, s_u_b, d, s_u_d, s_u_l, d_mask, t_next, full, False)
-        z_next = _walk_rows(z_ptr, b, s_z_b, d, s_z_d, s_z_l, d_mask, t_next, full, False) if HAS_Z else raw_next
-        if FAST:  # the next trip's B and C into L1 (a sector per lane), so that its loads wait on L1, not L2
-            pf = bc_bg + (tl.minimum(t0 + TW, last) // TW) * SUB + (lane * 8) % SUB
-            tl.inline_asm_elementwise("prefetch.global.L1 [$1];\n mov.u32 $0, 0;", "=r,l",
-                                      [pf.to(tl.int64, bitcast=True)], dtype=tl.int32, is_pure=False, pack=1)
-        h, total = _walk_steps(raw, u, z, bc_bg + (t0 // TW) * SUB, y_ptr, b, s_y_b, s_y_d, s_y_l, d, d_mask, t,
-                               t_loc, n_idx, stop, A2, h, D_row, bias, total, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
-                               SUMMARY, False, FAST, NS, BD, TW)
+    # trips grouped by chunk, so that the per-chunk state store sits outside the hot loop (inside it, it cost
+    # ~30 registers a thread)
+    for c0 in range(start, full, T):
+        for t0 in range(c0, tl.minimum(c0 + T, full), TW):
+            h, total, raw, u, z = _walk_trip(
+                raw, u, z, t0, last, bc_bg, lane, u_ptr, dt_ptr, z_ptr, y_ptr, b, s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d,
+                s_dt_l, s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l, d, d_mask, t_loc, n_idx, full, stop, A2, h, D_row,
+                bias, total, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SUMMARY, FAST, NS, BD, TW)
         if SAVE:
-            t_end = t0 + TW
-            if t_end % T == 0:
-                tl.store(h_out_ptr + (b * (n_chunks + 1) + t_end // T) * dim * NS + rows, h, mask=hn_mask)
-        raw, u, z = raw_next, u_next, z_next
+            if c0 + T <= full:  # a whole chunk (a last, partial one ends at L: the final state below)
+                tl.store(h_out_ptr + (b * (n_chunks + 1) + c0 // T + 1) * dim * NS + rows, h, mask=hn_mask)
     if full < stop:
         t = full + t_loc
         t_in = tl.minimum(t, L - 1)  # clamped rather than masked (a mask here costs the whole kernel registers)
