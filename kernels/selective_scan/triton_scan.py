@@ -217,8 +217,8 @@ def _column(tile, idx, k, FAST: tl.constexpr):
 @triton.jit
 def _walk_rows(ptr, b, s_b, d, s_d, s_l, d_mask, t, bound, BOUND: tl.constexpr):
     """(BD, TW) tile of rows d at steps t, in the tensor's dtype, zero for rows outside d_mask and, with BOUND, at
-    steps from bound on (the tail). Without BOUND every step must lie inside the tensor: the loop's loads, whose
-    steps are clamped instead (a mask along the steps there costs the walk ~50 registers a thread)."""
+    steps from bound on. Without BOUND every step must lie inside the tensor: the loop's and the tail's loads,
+    whose steps are clamped instead."""
     ptrs = ptr + b * s_b + d[:, None] * s_d + t[None, :] * s_l
     if BOUND:
         return tl.load(ptrs, mask=d_mask[:, None] & (t < bound)[None, :], other=0.0)
@@ -518,9 +518,9 @@ def _scan_walk_kernel(
 
     SUMMARY: from a zero state; writes the segment's end state to h_out (B, n_seg, D, N) and its decay
     exp(A sum delta) to decay (same shape); ``_carry`` turns them into entering states.
-    Otherwise: from h_in[b, j] ((B, n_seg, D, N) with batch stride s_h_in_b), writes y and the final state into h_out[:, K] (B, K+1, D, N);
-    SAVE (for the backward) also the state at every multiple of T steps.
-    bc_ptr is B and C packed by ``_pack_bc``.
+    Otherwise: from h_in[b, j] ((B, n_seg, D, N) with batch stride s_h_in_b), writes y and the final state
+    into h_out[:, K] (B, K+1, D, N); with SAVE (for the backward) also the state after every whole chunk of
+    T steps. bc_ptr is B and C packed by ``_pack_bc``.
     """
     j = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -563,7 +563,7 @@ def _scan_walk_kernel(
                 tl.store(h_out_ptr + (b * (n_chunks + 1) + c0 // T + 1) * dim * NS + rows, h, mask=hn_mask)
     if full < stop:
         t = full + t_loc
-        t_in = tl.minimum(t, L - 1)  # clamped rather than masked (a mask here costs the whole kernel registers)
+        t_in = tl.minimum(t, L - 1)  # clamped, not masked: masked, it cost the kernel 13 registers a thread
         raw = _walk_rows(dt_ptr, b, s_dt_b, d, s_dt_d, s_dt_l, d_mask, t_in, stop, False)
         u = _walk_rows(u_ptr, b, s_u_b, d, s_u_d, s_u_l, d_mask, t_in, stop, False)
         z = _walk_rows(z_ptr, b, s_z_b, d, s_z_d, s_z_l, d_mask, t_in, stop, False) if HAS_Z else raw
