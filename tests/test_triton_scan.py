@@ -69,8 +69,8 @@ def rel_err(x, ref):
     return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-# the forwards: the walk (on request, without packed sequences; one segment, or several joined by summaries and
-# the carry), and the tiled kernels (the default), walking the chunks in order or chunk summaries + carry + scan
+# the forwards: the walk (one segment, or several joined by summaries and the carry), and the tiled kernels,
+# walking the chunks in order or chunk summaries + carry + scan
 FORWARDS = {
     "walk": dict(walk=True, walk_segments=1),
     "walk-segments": dict(walk=True, walk_segments=3),
@@ -355,34 +355,37 @@ def test_rejects_bad_seq_idx_and_devices_and_dtypes():
         scan(**{**inputs, "D": inputs["D"].to("meta")})
 
 
-def test_the_walk_runs_when_asked_and_never_with_packed_sequences(monkeypatch):
+def test_the_walk_is_the_default_but_never_with_packed_sequences(monkeypatch):
     calls = []
     walk = triton_scan._walk
     monkeypatch.setattr(triton_scan, "_walk", lambda *a, **k: calls.append(1) or walk(*a, **k))
     inputs = make_inputs(1, 3, 20, 4, has_h0=False, seed=6)
-    triton_scan.selective_scan_triton(**inputs, delta_softplus=True)
-    assert calls == []  # off by default (benchmarks/NOTES_scan.md, version 10)
-    y = triton_scan.selective_scan_triton(**inputs, delta_softplus=True, config=dict(walk=True))
+    y = triton_scan.selective_scan_triton(**inputs, delta_softplus=True)
     assert calls == [1] and rel_err(y, selective_scan_ref(**inputs, delta_softplus=True)) < TOL[torch.float32]
+    triton_scan.selective_scan_triton(**inputs, delta_softplus=True, config=dict(walk=False))
+    assert calls == [1]
     seq_idx = seq_idx_from_starts(20, [[9]])
-    y = triton_scan.selective_scan_triton(**inputs, delta_softplus=True, seq_idx=seq_idx, config=dict(walk=True))
+    y = triton_scan.selective_scan_triton(**inputs, delta_softplus=True, seq_idx=seq_idx)
     assert calls == [1] and rel_err(y, selective_scan_ref(**inputs, delta_softplus=True, seq_idx=seq_idx)) < 2e-5
 
 
-@pytest.mark.parametrize("shape, segments", [
-    ((8, 2048, 2048), 1),  # 512 warps of one channel per thread: no summary pass
-    ((16, 128, 16384), 16),  # 64 warps: the fewest segments for 1024
-    ((16, 512, 1024), 4),
-    ((1, 128, 262144), 256),
-    ((2, 64, 100), 1),  # never more segments than chunks
+@pytest.mark.parametrize("shape, segments, walk", [
+    ((8, 2048, 2048), 1, True),  # 512 warps of one channel per thread: no summary pass
+    ((16, 128, 16384), 16, True),  # 64 warps: the fewest segments for 1024, each 1024 steps
+    ((16, 256, 4096), 8, False),  # segments of 512 steps: the tiles
+    ((16, 512, 1024), 4, False),
+    ((1, 128, 262144), 256, True),
+    ((2, 64, 100), 1, True),  # never more segments than chunks
 ])
-def test_walk_segments_rule(shape, segments):
+def test_walk_segments_rule(shape, segments, walk):
     batch, dim, length = shape
-    cfg = triton_scan.choose_config(batch, dim, length, 16, 1, sm_count=132, training=False, walk=True)
-    assert cfg["walk"] and cfg["walk_BD"] == 64
-    assert cfg["walk_segments"] == segments
-    assert cfg["walk_seg"] % cfg["T"] == 0 and cfg["walk_segments"] * cfg["walk_seg"] >= length
-    assert (cfg["walk_segments"] - 1) * cfg["walk_seg"] < length
+    for training in (False, True):
+        cfg = triton_scan.choose_config(batch, dim, length, 16, 1, sm_count=132, training=training)
+        assert cfg["walk"] == walk and cfg["walk_BD"] == 64
+        assert cfg["walk_segments"] == segments
+        assert cfg["walk_seg"] % cfg["T"] == 0 and cfg["walk_segments"] * cfg["walk_seg"] >= length
+        assert (cfg["walk_segments"] - 1) * cfg["walk_seg"] < length
+    assert triton_scan.choose_config(batch, dim, length, 16, 1, sm_count=132, walk=not walk)["walk"] != walk
 
 
 COMPILE_WALK_FOR_SM90 = """

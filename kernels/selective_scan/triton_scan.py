@@ -16,7 +16,7 @@ Shapes (B batch, D channels, L length, N state size, G groups, K chunks of T ste
 Per channel d and state n the recurrence is h_t = a_t h_{t-1} + x_t with
 a_t = exp(delta_t A_n) and x_t = delta_t u_t B_t. The sequence is cut into K chunks:
 
-forward, on request (config walk=True) and without packed sequences: the walk (``_scan_walk_kernel``)
+forward, by default (without packed sequences; where segments, below, are long or one): the walk
   A thread per channel holds all N states in registers and steps through time itself,
   a few steps (16 bytes of input) per trip of its loop: no step waits on another
   thread, where a scan across threads spends shuffles on every step. The sequence is
@@ -24,7 +24,7 @@ forward, on request (config walk=True) and without packed sequences: the walk (`
   the same kernel gives each segment's end state from a zero start and its decay,
   ``_carry_kernel`` the state entering every segment, then the walk proper writes y
   and the per-chunk states the backward starts from.
-forward, by default (and always with packed sequences, seq_idx)
+forward otherwise (and always with packed sequences, seq_idx): tiles
   1. ``_chunk_summary_kernel``: each chunk's decay over the chunk and its end state
      from a zero start (a weighted sum, no scan);
   2. ``_carry_kernel``: the state entering every chunk (a scan over chunks);
@@ -52,11 +52,15 @@ in a fixed order, so results are deterministic run to run.
 
 from __future__ import annotations
 
+import functools
+import types
+from typing import Mapping
 
 import torch
 import triton
 import triton.language as tl
 
+from ..launch import launch
 from .naive import check_scan_inputs, check_seq_idx
 
 Tensor = torch.Tensor
@@ -798,7 +802,8 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
              a carry pass and a second scan (two per element)
     DS, n_split  channels per program and programs per group in the chunk-parallel kernels
              (forward and chunk summaries); bwd_DS, bwd_n_split the same for the backward
-    walk     the forward as ``_scan_walk_kernel`` (without packed sequences; off unless asked for): a thread
+    walk     the forward as ``_scan_walk_kernel`` (never with packed sequences; by default where there is one
+             segment or each is 1024 steps or more, see below): a thread
              per channel, its states in registers; walk_BD channels per program (BD/32 warps), the sequence cut
              into walk_segments segments of walk_seg steps (whole chunks), each segment's entering state from
              a summary pass and the carry when there are several. Segments: one where batch x channels give
@@ -846,7 +851,6 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
         cfg["sequential"] = bool(overrides["sequential"]) and K > 1
     cfg["DS"], cfg["n_split"] = _split(batch, groups, K, per_group, cfg["BD"], sm_count)
     cfg["bwd_DS"], cfg["bwd_n_split"] = _split(batch, groups, K, per_group, cfg["bwd_BD"], sm_count)
-    cfg["walk"] = bool(overrides.get("walk"))  # opt-in until measured faster beside mamba_ssm (NOTES_scan.md, 10)
     cfg["walk_BD"] = overrides.get("walk_BD") or min(64, _pow2(per_group))
     cfg["walk_maxnreg"] = overrides.get("walk_maxnreg")
     cfg["walk_save"] = training  # the per-chunk states, for the backward
@@ -858,6 +862,11 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
     segments = min(overrides.get("walk_segments") or segments, K)
     cfg["walk_seg"] = -(-K // segments) * cfg["T"]
     cfg["walk_segments"] = -(-length // cfg["walk_seg"])
+    # the walk where there is one segment or each is 1024 steps or more; with shorter ones (at (16, 256, 4096)
+    # and (16, 512, 1024): 512 and 256 steps) the host time of its extra launches outweighed what it saves on
+    # the GPU (benchmarks/NOTES_scan.md, version 11)
+    walk = overrides.get("walk")
+    cfg["walk"] = (cfg["walk_segments"] == 1 or cfg["walk_seg"] >= 1024) if walk is None else bool(walk)
     return cfg
 
 
@@ -920,7 +929,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, seq_idx, cfg):
     elif K > 1:
         decay = torch.empty(batch, K, dim, n_state, device=dev, dtype=torch.float32)
         local = torch.empty_like(decay)
-        _chunk_summary_kernel[grid](
+        launch(_chunk_summary_kernel, grid,
             u, delta, A, Bg, dummy, dummy, delta_bias if delta_bias is not None else dummy, seq_ptr,
             decay, local,
             length, dim // groups, n_split, DS, K, dim,
@@ -932,7 +941,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, seq_idx, cfg):
         _carry(decay, local, states, reverse=False)
     if not cfg["sequential"]:
         grid_seq, split_args = grid, (dim // groups, n_split, DS)
-    _scan_fwd_kernel[grid_seq](
+    launch(_scan_fwd_kernel, grid_seq,
         u, delta, A, Bg, Cg, D if D is not None else dummy, z if z is not None else dummy,
         delta_bias if delta_bias is not None else dummy, seq_ptr, states, y,
         length, *split_args, K, dim,
@@ -952,7 +961,7 @@ def _pack_bc(Bg: Tensor, Cg: Tensor, TW: int) -> Tensor:
     n_sub = -(-length // TW)
     bc = torch.empty(batch, groups, n_sub, 2, n_state, TW, device=Bg.device, dtype=torch.float32)
     SB = 32
-    _pack_bc_kernel[(triton.cdiv(n_sub, SB), batch * groups)](
+    launch(_pack_bc_kernel, (triton.cdiv(n_sub, SB), batch * groups),
         Bg, Cg, bc, length, n_sub, groups, *Bg.stride(), *Cg.stride(),
         NS=n_state, NP=_pow2(n_state), TW=TW, SB=SB, num_warps=4)
     return bc
@@ -974,8 +983,8 @@ def _walk(u, delta, A, Bg, Cg, D, z, delta_bias, softplus, y, states, cfg) -> No
                   num_warps=max(1, BD // 32), maxnreg=cfg["walk_maxnreg"])
     zs = _strides3(z) if z is not None else (0, 0, 0)
 
-    def launch(segments, h_in, h_out, decay, summary):  # h_in (B, *, D, N) contiguous from the second axis
-        _scan_walk_kernel[(segments, batch, groups * n_split)](
+    def walk_pass(segments, h_in, h_out, decay, summary):  # h_in (B, *, D, N) contiguous from the second axis
+        launch(_scan_walk_kernel, (segments, batch, groups * n_split),
             u, delta, A, bc, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy, y, h_in, h_out, decay,
             length, seg_len, segments, bc.shape[2], groups, per_group, n_split, K, dim, h_in.stride(0),
@@ -986,18 +995,18 @@ def _walk(u, delta, A, Bg, Cg, D, z, delta_bias, softplus, y, states, cfg) -> No
     if n_seg > 1:
         local = states.new_empty(batch, n_seg - 1, dim, n_state)
         decay = torch.empty_like(local)
-        launch(n_seg - 1, dummy, local, decay, True)
+        walk_pass(n_seg - 1, dummy, local, decay, True)
         h_in = states.new_empty(batch, n_seg, dim, n_state)
         h_in[:, 0] = states[:, 0]
         _carry(decay, local, h_in, reverse=False)
-    launch(n_seg, h_in, states, dummy, False)
+    walk_pass(n_seg, h_in, states, dummy, False)
 
 
 def _carry(decay: Tensor, local: Tensor, states: Tensor, reverse: bool) -> None:
     batch, K, dim, n_state = decay.shape
     rows = dim * n_state
     ROWS, CB = min(64, _pow2(rows)), min(64, _pow2(K))
-    _carry_kernel[(triton.cdiv(rows, ROWS), batch)](
+    launch(_carry_kernel, (triton.cdiv(rows, ROWS), batch),
         decay, local, states, K, rows, REVERSE=reverse, ROWS=ROWS, CB=CB, num_warps=4)
 
 
@@ -1026,7 +1035,7 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, seq_i
     if K > 1:
         decay = torch.empty(batch, K, dim, n_state, device=dev, dtype=f32)
         local = torch.empty_like(decay)
-        _chunk_summary_kernel[grid](
+        launch(_chunk_summary_kernel, grid,
             u, delta, A, Cg, z if z is not None else dummy, dout,
             delta_bias if delta_bias is not None else dummy, seq_ptr, decay, local,
             length, dim // groups, n_split, DS, K, dim,
@@ -1047,7 +1056,7 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, seq_i
     dbias_part = torch.empty(batch, K, dim, device=dev, dtype=f32) if delta_bias is not None else None
     dh0 = torch.empty(batch, dim, n_state, device=dev, dtype=f32)
     flip, flip_pack = _flip_args(cfg, u.is_cuda)
-    _scan_bwd_kernel[(K, batch, groups * b_split)](
+    launch(_scan_bwd_kernel, (K, batch, groups * b_split),
         u, delta, A, Bg, Cg, D if D is not None else dummy, z if z is not None else dummy,
         delta_bias if delta_bias is not None else dummy, seq_ptr, states, adj, dout,
         du, ddelta, dz if dz is not None else du, dB_part, dC_part, dA_part,
@@ -1073,19 +1082,43 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, seq_i
     return grads
 
 
+def _sm_count(device: torch.device) -> int:
+    """Multiprocessors of a CUDA device; off the GPU (the Triton interpreter) every program costs Python time:
+    1, the fewest programs."""
+    return _cuda_sm_count(device.index) if device.type == "cuda" else 1
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+@functools.lru_cache(maxsize=1024)
+def _config(batch, dim, length, n_state, groups, sm_count, training, overrides: tuple) -> Mapping:
+    """``choose_config`` once per shape and overrides, read-only (computed per call it cost ~20 us of host
+    time, as much as a small kernel)."""
+    return types.MappingProxyType(choose_config(batch, dim, length, n_state, groups, sm_count, training,
+                                                **dict(overrides)))
+
+
+def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_idx, config, training):
+    """y, the per-chunk states (B, K+1, D, N) and the launch parameters."""
+    batch, dim, length = u.shape
+    groups = 1 if B.dim() == 3 else B.shape[1]
+    cfg = _config(batch, dim, length, A.shape[1], groups, _sm_count(u.device), training,
+                  tuple(sorted((config or {}).items())))
+    h0 = None if initial_state is None else initial_state.float()
+    y, states = _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, seq_idx, cfg)
+    return y, states, cfg
+
+
 class SelectiveScanTriton(torch.autograd.Function):
     """Autograd wrapper: saves the inputs and the per-chunk entering states, recomputes the rest."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, config):
-        batch, dim, length = u.shape
-        groups = 1 if B.dim() == 3 else B.shape[1]
-        # Off the GPU (the Triton interpreter) every program costs Python time: use the fewest.
-        sm_count = torch.cuda.get_device_properties(u.device).multi_processor_count if u.is_cuda else 1
-        training = any(ctx.needs_input_grad)
-        cfg = choose_config(batch, dim, length, A.shape[1], groups, sm_count, training, **(config or {}))
-        h0 = None if initial_state is None else initial_state.float()
-        y, states = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, seq_idx, cfg)
+        y, states, cfg = _scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx,
+                                       config, training=True)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, seq_idx, states)
         ctx.cfg = cfg
         ctx.delta_softplus = delta_softplus
@@ -1138,9 +1171,13 @@ def selective_scan_triton(
         raise ValueError("selective_scan_triton takes real A and input-dependent B, C; "
                          "use the chunked backend for complex A or time-invariant B, C")
     u, delta, B, C, z, seq_idx = (unit_stride_along_l(t) for t in (u, delta, B, C, z, seq_idx))
-    y, final = SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                                         seq_idx, config)
-    return (y, final) if return_final_state else y
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, config)
+    if torch.is_grad_enabled() and any(isinstance(x, Tensor) and x.requires_grad for x in args):
+        y, final = SelectiveScanTriton.apply(*args)
+        return (y, final) if return_final_state else y
+    # no gradients: no autograd node (its machinery costs host time), nothing saved for a backward
+    y, states, cfg = _scan_forward(*args, training=False)
+    return (y, states[:, cfg["n_chunks"]].clone()) if return_final_state else y
 
 
 def unit_stride_along_l(x: Tensor | None) -> Tensor | None:
