@@ -4,8 +4,10 @@ Runs on a CUDA GPU. At the shapes of issue 3 (bf16 u, delta, z, B, C; fp32 A,
 D, delta_bias; delta_softplus; z gating) it
 
 * checks ours against mamba_ssm's ``selective_scan_fn`` (output and every gradient);
-* times forward and forward+backward (median of ``triton.testing.do_bench``),
-  and the chunked PyTorch scan's forward (the sequential oracle on the first shape only);
+* times forward and forward+backward (median of ``triton.testing.do_bench``), ours with its default
+  forward (the walk) and with the tiled forward beside it (``tiled_ms``), and the chunked PyTorch scan's
+  forward (the sequential oracle on the first shape only);
+* measures the host time of one call (``ours_host_us``: Python and launches, the GPU left to run behind);
 * measures the peak memory of one forward+backward above the inputs;
 * prints a table and writes ``benchmarks/results/scan_<gpu>.json``.
 
@@ -175,6 +177,18 @@ def fwd_bwd(fn, x, dout):
     leaves = [x[k] for k in GRAD_NAMES]
     y = fn(x)
     return torch.autograd.grad(y, leaves, dout)
+
+
+def host_us(fn, n=50) -> float:
+    """Host time of one call (us): n calls queued without waiting for the GPU."""
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / n * 1e6
 
 
 def with_grad(x):
@@ -355,6 +369,7 @@ def main():
                 (Path(os.environ["OUT"]) / "sweep.log").write_text("\n".join(log) + "\n")
             continue
         ours_fwd = ours_fb = ours_fn(None)
+        tiled = ours_fn(dict(walk=False))
 
         # correctness against mamba_ssm at this shape
         y_ours = ours_fwd(x)
@@ -372,6 +387,9 @@ def main():
         t_theirs = bench_ms(lambda: their_scan(x))
         tb_ours = bench_ms(lambda: fwd_bwd(ours_fb, xg, dout))
         tb_theirs = bench_ms(lambda: fwd_bwd(their_scan, xg, dout))
+        t_tiled = bench_ms(lambda: tiled(x))
+        tb_tiled = bench_ms(lambda: fwd_bwd(tiled, xg, dout))
+        h_ours, hb_ours = host_us(lambda: ours_fwd(x)), host_us(lambda: fwd_bwd(ours_fb, xg, dout), n=20)
         m_ours = peak_MiB(lambda: fwd_bwd(ours_fb, xg, dout))
         m_theirs = peak_MiB(lambda: fwd_bwd(their_scan, xg, dout))
 
@@ -412,11 +430,12 @@ def main():
             ref.update(sweep_best_ms=sweep_fwd[0], sweep_best_config=sweep_fwd[1])
         rows.append(dict(shape=[Bn, Dn, Ln, Nn], **{"pass": "fwd"}, ours_ms=t_ours, mamba_ssm_ms=t_theirs,
                          speedup=t_theirs / t_ours, ours_GBps=fwd_bytes / t_ours / 1e6,
-                         mamba_ssm_GBps=fwd_bytes / t_theirs / 1e6, config=default_fwd, **ref))
+                         mamba_ssm_GBps=fwd_bytes / t_theirs / 1e6, tiled_ms=t_tiled, ours_host_us=h_ours,
+                         config=default_fwd, **ref))
         rows.append(dict(shape=[Bn, Dn, Ln, Nn], **{"pass": "fwd_bwd"}, ours_ms=tb_ours, mamba_ssm_ms=tb_theirs,
                          speedup=tb_theirs / tb_ours, ours_GBps=fb_bytes / tb_ours / 1e6,
                          mamba_ssm_GBps=fb_bytes / tb_theirs / 1e6, ours_peak_MiB=m_ours, mamba_ssm_peak_MiB=m_theirs,
-                         config=default_fb,
+                         tiled_ms=tb_tiled, ours_host_us=hb_ours, config=default_fb,
                          **(dict(sweep_best_ms=sweep_fb[0], sweep_best_config=sweep_fb[1]) if sweep_fb else {})))
         print(f"{(Bn, Dn, Ln, Nn)} fwd {t_ours:.3f} vs {t_theirs:.3f} ms; fwd+bwd {tb_ours:.3f} vs {tb_theirs:.3f} ms; "
               f"max rel err {max(errs.values()):.2e}; deterministic {deterministic}", flush=True)
@@ -428,14 +447,17 @@ def main():
         return
     out = write_result(args, name, gpu, copy_GBps, sms, rows, checks, log)
     print("\n".join(log[-40:]))
-    print(f"\ncopy {copy_GBps:.0f} GB/s; eff. GB/s = fewest bytes / time; speedup = mamba_ssm ms / ours ms")
+    print(f"\ncopy {copy_GBps:.0f} GB/s; eff. GB/s = fewest bytes / time; speedup = mamba_ssm ms / ours ms; "
+          "tiled = ours with the tiled forward; host = one call's host time")
     hdr = (f"{'shape (B,D,L,N)':>24} {'pass':>8} {'ours ms':>9} {'mamba ms':>9} {'speedup':>8} {'ours GB/s':>9} "
-           f"{'%copy':>6} {'ours MiB':>9} {'mamba MiB':>9} {'chunked ms':>10} {'sweep ms':>9}")
+           f"{'%copy':>6} {'ours MiB':>9} {'mamba MiB':>9} {'tiled ms':>9} {'host us':>8} {'chunked ms':>10} "
+           f"{'sweep ms':>9}")
     print(hdr)
     for r in rows:
         print(f"{str(tuple(r['shape'])):>24} {r['pass']:>8} {r['ours_ms']:9.3f} {r['mamba_ssm_ms']:9.3f} "
               f"{r['speedup']:8.2f} {r['ours_GBps']:9.0f} {100 * r['ours_GBps'] / copy_GBps:6.1f} "
               f"{r.get('ours_peak_MiB', float('nan')):9.0f} {r.get('mamba_ssm_peak_MiB', float('nan')):9.0f} "
+              f"{r['tiled_ms']:9.3f} {r['ours_host_us']:8.0f} "
               f"{(r.get('chunked_fwd_ms') or float('nan')):10.2f} {r.get('sweep_best_ms', float('nan')):9.3f}")
     for c in checks:
         if "rel_err_vs_chunked_fp32" in c:
