@@ -5,7 +5,8 @@ D, delta_bias; delta_softplus; z gating) it
 
 * checks ours against mamba_ssm's ``selective_scan_fn`` (output and every gradient);
 * times forward and forward+backward (median of ``triton.testing.do_bench``), ours with its default
-  forward (the walk) and with the tiled forward beside it (``tiled_ms``), and the chunked PyTorch scan's
+  forward (the walk or the tiles, as ``choose_config`` picks) and with the tiled forward beside it
+  (``tiled_ms``), and the chunked PyTorch scan's
   forward (the sequential oracle on the first shape only);
 * measures the host time of one call (``ours_host_us``: Python and launches, the GPU left to run behind);
 * measures the peak memory of one forward+backward above the inputs;

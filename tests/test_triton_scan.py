@@ -436,3 +436,13 @@ def test_pack_bc_lays_out_each_trip_as_one_block(groups, length, tw):
     for i, X in enumerate((Bg, Cg)):
         padded = torch.nn.functional.pad(X.float(), (0, n_sub * tw - length)).unflatten(-1, (n_sub, tw))
         assert torch.equal(packed[:, :, :, i], padded.permute(0, 1, 3, 2, 4))  # (B, G, trips, N, TW)
+
+
+def test_config_errors_name_the_key():
+    inputs = make_inputs(1, 3, 20, 4, has_h0=False, seed=7)
+    with pytest.raises(ValueError, match=r"unknown scan config keys \['wlak'\]"):
+        triton_scan.selective_scan_triton(**inputs, config=dict(wlak=True))
+    with pytest.raises(ValueError, match="scan config T must be an int"):
+        triton_scan.selective_scan_triton(**inputs, config=dict(T=[128]))
+    with pytest.raises(ValueError, match="unknown scan config keys"):
+        triton_scan.choose_config(1, 3, 20, 4, 1, bwd_bd=2)

@@ -784,6 +784,22 @@ def _split(batch: int, groups: int, n_chunks: int, per_group: int, BD: int, sm_c
     return DS, -(-per_group // DS)
 
 
+_TILE_KEYS = ("T", "BD", "num_warps", "bwd_BD", "bwd_num_warps", "unroll", "bwd_scan2", "bwd_reload",
+              "bwd_early_dbc", "bwd_flip", "bwd_maxnreg")
+_CONFIG_KEYS = _TILE_KEYS + ("sequential", "walk", "walk_BD", "walk_maxnreg", "walk_segments")
+
+
+def _check_overrides(overrides: dict) -> None:
+    """Raise ValueError naming a config key ``choose_config`` does not know, or a value that is not an int,
+    a bool or None."""
+    unknown = sorted(set(overrides) - set(_CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"unknown scan config keys {unknown}; known: {sorted(_CONFIG_KEYS)}")
+    for k, v in overrides.items():
+        if not (v is None or isinstance(v, (bool, int))):
+            raise ValueError(f"scan config {k} must be an int, a bool or None, got {v!r}")
+
+
 def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, sm_count: int = 132,
                   training: bool = True, **overrides) -> dict:
     """Launch parameters from a small table, no autotuning; ``overrides`` replace any entry.
@@ -831,9 +847,8 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
                bwd_flip=True, bwd_maxnreg=None)
     if length <= 64:
         cfg["T"] = 64
-    keys = ("T", "BD", "num_warps", "bwd_BD", "bwd_num_warps", "unroll", "bwd_scan2", "bwd_reload",
-            "bwd_early_dbc", "bwd_flip", "bwd_maxnreg")
-    cfg.update({k: v for k, v in overrides.items() if k in keys and v is not None})
+    _check_overrides(overrides)
+    cfg.update({k: v for k, v in overrides.items() if k in _TILE_KEYS and v is not None})
     cfg["T"] = _pow2(cfg["T"])
     if cfg["bwd_reload"] is None:
         cfg["bwd_reload"] = cfg["T"] >= 256
@@ -1105,6 +1120,7 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, 
     """y, the per-chunk states (B, K+1, D, N) and the launch parameters."""
     batch, dim, length = u.shape
     groups = 1 if B.dim() == 3 else B.shape[1]
+    _check_overrides(config or {})  # before the cache, which needs hashable values
     cfg = _config(batch, dim, length, A.shape[1], groups, _sm_count(u.device), training,
                   tuple(sorted((config or {}).items())))
     h0 = None if initial_state is None else initial_state.float()
