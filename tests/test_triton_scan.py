@@ -89,7 +89,7 @@ def run_both(inputs, softplus, want_final, forward="chunk-parallel", seed=1, seq
     results = []
     g = torch.Generator().manual_seed(seed)
     grad_y = grad_h = None
-    config = dict(T=CHUNK, unroll=unroll, bwd_BD=bwd_BD, **FORWARDS[forward], **(switches or {}))
+    config = {**dict(T=CHUNK, unroll=unroll, bwd_BD=bwd_BD), **FORWARDS[forward], **(switches or {})}
     for fn, lv, extra in ((triton_scan.selective_scan_triton, leaves, dict(config=config)),
                           (selective_scan_ref, ref_leaves, {})):
         out = fn(**lv, delta_softplus=softplus, return_final_state=want_final, **extra)
@@ -436,6 +436,17 @@ def test_pack_bc_lays_out_each_trip_as_one_block(groups, length, tw):
     for i, X in enumerate((Bg, Cg)):
         padded = torch.nn.functional.pad(X.float(), (0, n_sub * tw - length)).unflatten(-1, (n_sub, tw))
         assert torch.equal(packed[:, :, :, i], padded.permute(0, 1, 3, 2, 4))  # (B, G, trips, N, TW)
+
+
+@pytest.mark.parametrize("length, refine", [(256, 2), (250, 2), (250, 4), (250, 3)])
+def test_walk_summary_on_finer_segments(length, refine):
+    """walk_refine: the summary pass on segments refine times shorter than the walk's (4 segments of 4 chunks;
+    refine 3 does not divide them and falls back to 1); the result as the reference's, gradients included."""
+    cfg = triton_scan.choose_config(2, 8, length, 4, 1, sm_count=1, T=CHUNK, walk=True, walk_segments=4,
+                                    walk_refine=refine)
+    assert cfg["walk_segments"] == 4 and cfg["walk_refine"] == (1 if refine == 3 else refine)
+    inputs = make_inputs(2, 8, length, 4, has_h0=True, seed=length + refine)
+    check_against_ref(inputs, torch.float32, forward="walk", switches=dict(walk_segments=4, walk_refine=refine))
 
 
 def test_config_errors_name_the_key():

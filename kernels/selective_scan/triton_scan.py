@@ -507,10 +507,10 @@ def _walk_trip(raw, u, z, t0, last, bc_bg, lane, u_ptr, dt_ptr, z_ptr, y_ptr, b,
 
 # sizes unspecialised: one compilation serves every shape (a stride of 1 along L stays specialised)
 @triton.jit(do_not_specialize=["L", "seg_len", "n_seg", "n_sub", "n_groups", "n_per_group", "n_split", "n_chunks",
-                               "dim", "s_h_in_b"])
+                               "dim", "s_h_in_b", "s_h_in_j"])
 def _scan_walk_kernel(
     u_ptr, dt_ptr, A_ptr, bc_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, h_in_ptr, h_out_ptr, decay_ptr,
-    L, seg_len, n_seg, n_sub, n_groups, n_per_group, n_split, n_chunks, dim, s_h_in_b,
+    L, seg_len, n_seg, n_sub, n_groups, n_per_group, n_split, n_chunks, dim, s_h_in_b, s_h_in_j,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n, s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     SUMMARY: tl.constexpr, SAVE: tl.constexpr, FAST: tl.constexpr, NS: tl.constexpr, NP: tl.constexpr,
@@ -522,7 +522,7 @@ def _scan_walk_kernel(
 
     SUMMARY: from a zero state; writes the segment's end state to h_out (B, n_seg, D, N) and its decay
     exp(A sum delta) to decay (same shape); ``_carry`` turns them into entering states.
-    Otherwise: from h_in[b, j] ((B, n_seg, D, N) with batch stride s_h_in_b), writes y and the final state
+    Otherwise: from h_in[b, j] (batch stride s_h_in_b, segment stride s_h_in_j), writes y and the final state
     into h_out[:, K] (B, K+1, D, N); with SAVE (for the backward) also the state after every whole chunk of
     T steps. bc_ptr is B and C packed by ``_pack_bc``.
     """
@@ -541,7 +541,7 @@ def _scan_walk_kernel(
     if SUMMARY:
         h = tl.zeros((BD, NP), dtype=tl.float32)
     else:
-        h = tl.load(h_in_ptr + b * s_h_in_b + j * dim * NS + rows, mask=hn_mask, other=0.0)
+        h = tl.load(h_in_ptr + b * s_h_in_b + j * s_h_in_j + rows, mask=hn_mask, other=0.0)
     total = tl.zeros((BD,), dtype=tl.float32)
     SUB: tl.constexpr = 2 * NS * TW  # floats of packed B and C per sub-chunk
     bc_bg = bc_ptr + (b * n_groups + g) * n_sub * SUB
@@ -786,7 +786,7 @@ def _split(batch: int, groups: int, n_chunks: int, per_group: int, BD: int, sm_c
 
 _TILE_KEYS = ("T", "BD", "num_warps", "bwd_BD", "bwd_num_warps", "unroll", "bwd_scan2", "bwd_reload",
               "bwd_early_dbc", "bwd_flip", "bwd_maxnreg")
-_CONFIG_KEYS = _TILE_KEYS + ("sequential", "walk", "walk_BD", "walk_maxnreg", "walk_segments")
+_CONFIG_KEYS = _TILE_KEYS + ("sequential", "walk", "walk_BD", "walk_maxnreg", "walk_segments", "walk_refine")
 
 
 def _check_overrides(overrides: dict) -> None:
@@ -824,7 +824,8 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
              into walk_segments segments of walk_seg steps (whole chunks), each segment's entering state from
              a summary pass and the carry when there are several. Segments: one where batch x channels give
              512 warps, else the fewest giving 1024 (H100 measurements, benchmarks/NOTES_scan.md version 10);
-             walk_maxnreg caps its registers (None: ptxas decides; 128 measured slower at 5 of 6 shapes).
+             walk_maxnreg caps its registers (None: ptxas decides; 128 measured slower at 5 of 6 shapes);
+             walk_refine cuts the summary pass's segments that many times finer than the walk's (1: the same).
 
     The entries come from benchmarks/scan.py's sweeps on an H100 (benchmarks/NOTES_scan.md).
     Backward: two channels in one warp (the sums over channels stay inside each thread)
@@ -882,6 +883,8 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
     # the GPU (benchmarks/NOTES_scan.md, version 11)
     walk = overrides.get("walk")
     cfg["walk"] = (cfg["walk_segments"] == 1 or cfg["walk_seg"] >= 1024) if walk is None else bool(walk)
+    refine = overrides.get("walk_refine") or 1  # summary segments per walk segment, where they are whole chunks
+    cfg["walk_refine"] = refine if cfg["walk_segments"] > 1 and (cfg["walk_seg"] // cfg["T"]) % refine == 0 else 1
     return cfg
 
 
@@ -998,23 +1001,29 @@ def _walk(u, delta, A, Bg, Cg, D, z, delta_bias, softplus, y, states, cfg) -> No
                   num_warps=max(1, BD // 32), maxnreg=cfg["walk_maxnreg"])
     zs = _strides3(z) if z is not None else (0, 0, 0)
 
-    def walk_pass(segments, h_in, h_out, decay, summary):  # h_in (B, *, D, N) contiguous from the second axis
+    def walk_pass(segments, length_of_one, h_in, h_out, decay, summary, s_h_in_j=0):
         launch(_scan_walk_kernel, (segments, batch, groups * n_split),
             u, delta, A, bc, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy, y, h_in, h_out, decay,
-            length, seg_len, segments, bc.shape[2], groups, per_group, n_split, K, dim, h_in.stride(0),
-            *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1), *zs, *_strides3(y),
+            length, length_of_one, segments, bc.shape[2], groups, per_group, n_split, K, dim, h_in.stride(0),
+            s_h_in_j, *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1), *zs, *_strides3(y),
             SUMMARY=summary, SAVE=cfg["walk_save"] and not summary, **consts)
 
-    h_in = states  # one segment starts from states[:, 0]
-    if n_seg > 1:
-        local = states.new_empty(batch, n_seg - 1, dim, n_state)
-        decay = torch.empty_like(local)
-        walk_pass(n_seg - 1, dummy, local, decay, True)
-        h_in = states.new_empty(batch, n_seg, dim, n_state)
-        h_in[:, 0] = states[:, 0]
-        _carry(decay, local, h_in, reverse=False)
-    walk_pass(n_seg, h_in, states, dummy, False)
+    if n_seg == 1:  # from states[:, 0] itself
+        walk_pass(1, seg_len, states, states, dummy, False)
+        return
+    # the summary pass over segments `refine` times shorter than the walk's (more programs for the pass
+    # that has the least work per step); the walk starts at every refine-th of their boundaries
+    refine = cfg["walk_refine"]
+    fine_len = seg_len // refine
+    n_fine = -(-length // fine_len)
+    local = states.new_empty(batch, n_fine - 1, dim, n_state)
+    decay = torch.empty_like(local)
+    walk_pass(n_fine - 1, fine_len, dummy, local, decay, True)
+    h_in = states.new_empty(batch, n_fine, dim, n_state)
+    h_in[:, 0] = states[:, 0]
+    _carry(decay, local, h_in, reverse=False)
+    walk_pass(n_seg, seg_len, h_in, states, dummy, False, s_h_in_j=refine * dim * n_state)
 
 
 def _carry(decay: Tensor, local: Tensor, states: Tensor, reverse: bool) -> None:
