@@ -883,8 +883,10 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
     # the GPU (benchmarks/NOTES_scan.md, version 11)
     walk = overrides.get("walk")
     cfg["walk"] = (cfg["walk_segments"] == 1 or cfg["walk_seg"] >= 1024) if walk is None else bool(walk)
-    refine = overrides.get("walk_refine") or 1  # summary segments per walk segment, where they are whole chunks
-    cfg["walk_refine"] = refine if cfg["walk_segments"] > 1 and (cfg["walk_seg"] // cfg["T"]) % refine == 0 else 1
+    # summary segments per walk segment where that leaves them whole chunks (values up to 1: none)
+    refine = overrides.get("walk_refine") or 1
+    whole = refine > 1 and (cfg["walk_seg"] // cfg["T"]) % refine == 0
+    cfg["walk_refine"] = refine if whole and cfg["walk_segments"] > 1 else 1
     return cfg
 
 
