@@ -8,6 +8,8 @@ D, delta_bias; delta_softplus; z gating) it
   forward (the walk or the tiles, as ``choose_config`` picks) and with the tiled forward beside it
   (``tiled_ms``), and the chunked PyTorch scan's
   forward (the sequential oracle on the first shape only);
+* with ``--candidate walk_refine=4`` (config keys of ``choose_config``), also ours with those keys
+  (``candidate_ms``), timed in the same run as the defaults it may replace;
 * measures the host time of one call (``ours_host_us``: Python and launches, the GPU left to run behind);
 * measures the peak memory of one forward+backward above the inputs;
 * prints a table and writes ``benchmarks/results/scan_<gpu>.json``.
@@ -259,6 +261,18 @@ def packed_sequences_check() -> dict:
 # ----------------------------------------------------------------------------- main
 
 
+def parse_config(text: str) -> dict:
+    """"walk_refine=4,walk=true" -> {"walk_refine": 4, "walk": True} (the values choose_config takes)."""
+    config = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {item!r}")
+        value, words = value.strip().lower(), {"true": True, "false": False, "none": None}
+        config[key.strip()] = words[value] if value in words else int(value)
+    return config
+
+
 def run_header(name, copy_GBps, sms) -> dict:
     """What every result file of this script starts with: the machine, the versions, the command."""
     return dict(device=name, copy_GBps=copy_GBps, sms=sms, torch=torch.__version__,
@@ -267,7 +281,8 @@ def run_header(name, copy_GBps, sms) -> dict:
 
 def write_result(args, name, gpu, copy_GBps, sms, rows, checks, log) -> Path:
     """The JSON result (rewritten after every shape, so a run cut short still leaves one)."""
-    result = dict(run_header(name, copy_GBps, sms), rows=rows, checks=checks, log=log)
+    result = dict(run_header(name, copy_GBps, sms), **({"candidate": args.candidate} if args.candidate else {}),
+                  rows=rows, checks=checks, log=log)
     return save_result(result, "scan", gpu, args.out)
 
 
@@ -286,6 +301,8 @@ def main():
     ap.add_argument("--sweep-fwd", action="store_true", help="with --sweep, also the forward candidates (SWEEP)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--no-reference", action="store_true", help="skip the PyTorch references")
+    ap.add_argument("--candidate", type=parse_config, default=None,
+                    help="config keys to time beside the defaults, as walk_refine=4,walk_BD=32")
     args = ap.parse_args()
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -371,6 +388,7 @@ def main():
             continue
         ours_fwd = ours_fb = ours_fn(None)
         tiled = ours_fn(dict(walk=False))
+        candidate = ours_fn(args.candidate) if args.candidate else None
 
         # correctness against mamba_ssm at this shape
         y_ours = ours_fwd(x)
@@ -390,6 +408,11 @@ def main():
         tb_theirs = bench_ms(lambda: fwd_bwd(their_scan, xg, dout))
         t_tiled = bench_ms(lambda: tiled(x))
         tb_tiled = bench_ms(lambda: fwd_bwd(tiled, xg, dout))
+        if candidate:
+            cand = dict(candidate_ms=bench_ms(lambda: candidate(x)))
+            cand_b = dict(candidate_ms=bench_ms(lambda: fwd_bwd(candidate, xg, dout)))
+        else:
+            cand = cand_b = {}
         h_ours, hb_ours = host_us(lambda: ours_fwd(x)), host_us(lambda: fwd_bwd(ours_fb, xg, dout), n=20)
         m_ours = peak_MiB(lambda: fwd_bwd(ours_fb, xg, dout))
         m_theirs = peak_MiB(lambda: fwd_bwd(their_scan, xg, dout))
@@ -432,11 +455,11 @@ def main():
         rows.append(dict(shape=[Bn, Dn, Ln, Nn], **{"pass": "fwd"}, ours_ms=t_ours, mamba_ssm_ms=t_theirs,
                          speedup=t_theirs / t_ours, ours_GBps=fwd_bytes / t_ours / 1e6,
                          mamba_ssm_GBps=fwd_bytes / t_theirs / 1e6, tiled_ms=t_tiled, ours_host_us=h_ours,
-                         config=default_fwd, **ref))
+                         config=default_fwd, **cand, **ref))
         rows.append(dict(shape=[Bn, Dn, Ln, Nn], **{"pass": "fwd_bwd"}, ours_ms=tb_ours, mamba_ssm_ms=tb_theirs,
                          speedup=tb_theirs / tb_ours, ours_GBps=fb_bytes / tb_ours / 1e6,
                          mamba_ssm_GBps=fb_bytes / tb_theirs / 1e6, ours_peak_MiB=m_ours, mamba_ssm_peak_MiB=m_theirs,
-                         tiled_ms=tb_tiled, ours_host_us=hb_ours, config=default_fb,
+                         tiled_ms=tb_tiled, ours_host_us=hb_ours, config=default_fb, **cand_b,
                          **(dict(sweep_best_ms=sweep_fb[0], sweep_best_config=sweep_fb[1]) if sweep_fb else {})))
         print(f"{(Bn, Dn, Ln, Nn)} fwd {t_ours:.3f} vs {t_theirs:.3f} ms; fwd+bwd {tb_ours:.3f} vs {tb_theirs:.3f} ms; "
               f"max rel err {max(errs.values()):.2e}; deterministic {deterministic}", flush=True)
@@ -467,6 +490,10 @@ def main():
             continue
         print(tuple(c["shape"]), "deterministic" if c["deterministic"] else "NOT deterministic",
               " ".join(f"{k}={v:.1e}" for k, v in c["rel_err_vs_mamba_ssm"].items()))
+    if args.candidate:
+        print(f"candidate {args.candidate}: " + "; ".join(
+            f"{tuple(r['shape'])} {r['pass']} {r['candidate_ms']:.3f} ms ({r['ours_ms'] / r['candidate_ms']:.2f}x "
+            "the defaults)" for r in rows))
     seq = [r for r in rows if r.get("sequential_fwd_ms")]
     if seq:
         print(f"sequential reference fwd at {tuple(seq[0]['shape'])}: {seq[0]['sequential_fwd_ms']:.0f} ms")
