@@ -1131,9 +1131,10 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, 
     """y, the per-chunk states (B, K+1, D, N) and the launch parameters."""
     batch, dim, length = u.shape
     groups = 1 if B.dim() == 3 else B.shape[1]
-    _check_overrides(config or {})  # before the cache, which needs hashable values
+    if config:  # checked before the cache, which needs hashable values; the models pass none
+        _check_overrides(config)
     cfg = _config(batch, dim, length, A.shape[1], groups, _sm_count(u.device), training,
-                  tuple(sorted((config or {}).items())))
+                  tuple(sorted(config.items())) if config else ())
     h0 = None if initial_state is None else initial_state.float()
     y, states = _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, seq_idx, cfg)
     return y, states, cfg
