@@ -438,14 +438,18 @@ def test_pack_bc_lays_out_each_trip_as_one_block(groups, length, tw):
         assert torch.equal(packed[:, :, :, i], padded.permute(0, 1, 3, 2, 4))  # (B, G, trips, N, TW)
 
 
-@pytest.mark.parametrize("length, refine", [(256, 2), (250, 2), (250, 4), (250, 3)])
-def test_walk_summary_on_finer_segments(length, refine):
+@pytest.mark.parametrize("length, refine, used", [(256, 2, 2), (250, 2, 2), (250, 4, 4), (250, 3, 1), (250, None, 4),
+                                                  (250, 1, 1)])
+def test_walk_summary_on_finer_segments(length, refine, used):
     """walk_refine: the summary pass on segments refine times shorter than the walk's (4 segments of 4 chunks;
-    refine 3 does not divide them and falls back to 1); the result as the reference's, gradients included."""
+    refine 3 does not divide them and falls back to 1; 4 by default); the result as the reference's, gradients
+    included."""
     cfg = triton_scan.choose_config(2, 8, length, 4, 1, sm_count=1, T=CHUNK, walk=True, walk_segments=4,
                                     walk_refine=refine)
-    assert cfg["walk_segments"] == 4 and cfg["walk_refine"] == (1 if refine == 3 else refine)
-    inputs = make_inputs(2, 8, length, 4, has_h0=True, seed=length + refine)
+    assert cfg["walk_segments"] == 4 and cfg["walk_refine"] == used
+    assert triton_scan.choose_config(2, 8, length, 4, 1, sm_count=1, T=CHUNK, walk=True, walk_segments=1,
+                                     walk_refine=refine)["walk_refine"] == 1  # one segment: no summary pass
+    inputs = make_inputs(2, 8, length, 4, has_h0=True, seed=length + (refine or 0))
     check_against_ref(inputs, torch.float32, forward="walk", switches=dict(walk_segments=4, walk_refine=refine))
 
 

@@ -825,7 +825,8 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
              a summary pass and the carry when there are several. Segments: one where batch x channels give
              512 warps, else the fewest giving 1024 (H100 measurements, benchmarks/NOTES_scan.md version 10);
              walk_maxnreg caps its registers (None: ptxas decides; 128 measured slower at 5 of 6 shapes);
-             walk_refine cuts the summary pass's segments that many times finer than the walk's (1: the same).
+             walk_refine cuts the summary pass's segments that many times finer than the walk's (default 4 where
+             that leaves whole chunks; 1: the same).
 
     The entries come from benchmarks/scan.py's sweeps on an H100 (benchmarks/NOTES_scan.md).
     Backward: two channels in one warp (the sums over channels stay inside each thread)
@@ -883,8 +884,11 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
     # the GPU (benchmarks/NOTES_scan.md, version 11)
     walk = overrides.get("walk")
     cfg["walk"] = (cfg["walk_segments"] == 1 or cfg["walk_seg"] >= 1024) if walk is None else bool(walk)
-    # summary segments per walk segment where that leaves them whole chunks (values up to 1: none)
-    refine = overrides.get("walk_refine") or 1
+    # summary segments per walk segment where that leaves them whole chunks (values up to 1: none); 4 by
+    # default: the summary pass is latency-bound (benchmarks/NOTES_scan.md, version 12), and 4x as many
+    # programs on segments a quarter as long took 5-12% off the forward's GPU time where the walk has segments
+    refine = overrides.get("walk_refine")
+    refine = 4 if refine is None else refine
     whole = refine > 1 and (cfg["walk_seg"] // cfg["T"]) % refine == 0
     cfg["walk_refine"] = refine if whole and cfg["walk_segments"] > 1 else 1
     return cfg
