@@ -1148,18 +1148,22 @@ class SelectiveScanTriton(torch.autograd.Function):
     """Autograd wrapper: saves the inputs and the per-chunk entering states, recomputes the rest."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, config):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, config,
+                return_final_state):
         y, states, cfg = _scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx,
                                        config, training=True)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, seq_idx, states)
         ctx.cfg = cfg
         ctx.delta_softplus = delta_softplus
         ctx.initial_state_dtype = None if initial_state is None else initial_state.dtype
-        final = states[:, cfg["n_chunks"]].clone()
-        return y, final
+        # an unused output's gradient arrives as None, not as zeros the engine allocates and fills
+        ctx.set_materialize_grads(False)
+        if not return_final_state:
+            return y
+        return y, states[:, cfg["n_chunks"]].clone()
 
     @staticmethod
-    def backward(ctx, dout, dfinal):
+    def backward(ctx, dout, dfinal=None):
         u, delta, A, B, C, D, z, delta_bias, seq_idx, states = ctx.saved_tensors
         dout = unit_stride_along_l(dout) if dout is not None else torch.zeros_like(u)
         grads = _backward(dout, None if dfinal is None else dfinal.float(), u, delta, A, B, C, D, z, delta_bias,
@@ -1168,7 +1172,7 @@ class SelectiveScanTriton(torch.autograd.Function):
         if ctx.initial_state_dtype is not None:
             dh0 = grads["dh0"].to(ctx.initial_state_dtype)
         return (grads["du"], grads["ddelta"], grads["dA"].to(A.dtype), grads["dB"], grads["dC"], grads["dD"],
-                grads["dz"], grads["dbias"], None, dh0, None, None)
+                grads["dz"], grads["dbias"], None, dh0, None, None, None)
 
 
 def selective_scan_triton(
@@ -1205,8 +1209,7 @@ def selective_scan_triton(
     u, delta, B, C, z, seq_idx = (unit_stride_along_l(t) for t in (u, delta, B, C, z, seq_idx))
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, config)
     if torch.is_grad_enabled() and any(isinstance(x, Tensor) and x.requires_grad for x in args):
-        y, final = SelectiveScanTriton.apply(*args)
-        return (y, final) if return_final_state else y
+        return SelectiveScanTriton.apply(*args, bool(return_final_state))
     # no gradients: no autograd node (its machinery costs host time), nothing saved for a backward
     y, states, cfg = _scan_forward(*args, training=False)
     return (y, states[:, cfg["n_chunks"]].clone()) if return_final_state else y
