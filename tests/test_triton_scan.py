@@ -388,6 +388,20 @@ def test_walk_segments_rule(shape, segments, walk):
     assert triton_scan.choose_config(batch, dim, length, 16, 1, sm_count=132, walk=not walk)["walk"] != walk
 
 
+@pytest.mark.parametrize("shape, training, T, BD", [
+    ((16, 512, 1024), True, 128, 8),  # chunks in order, 8-channel tiles still 3 programs an SM
+    ((16, 512, 1024), False, 128, 8),
+    ((16, 256, 4096), True, 256, 4),  # long chunks with gradients: 4 channels
+    ((16, 256, 4096), False, 128, 8),
+    ((1, 128, 262144), True, 128, 4),  # chunk-parallel
+    ((2, 64, 100), True, 128, 4),
+])
+def test_forward_tile_rule(shape, training, T, BD):
+    batch, dim, length = shape
+    cfg = triton_scan.choose_config(batch, dim, length, 16, 1, sm_count=132, training=training)
+    assert (cfg["T"], cfg["BD"]) == (T, BD)
+
+
 COMPILE_WALK_FOR_SM90 = """
 import sys
 import triton

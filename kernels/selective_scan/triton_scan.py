@@ -833,15 +833,20 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
     beat one channel per warp by up to 30% and two or four warps per tile by more; unroll 2
     did not pay. Forward: T=256 x 4 channels on 4 warps, or 128 x 8 when that still gives
     three programs per multiprocessor. With gradients T=128, except T=256 (half the saved
-    states, the same speed) where the chunks run sequentially and L >= 2048.
+    states, the same speed) where the chunks run sequentially and L >= 2048; at T=128, 8 channels
+    where that gives three programs an SM (version 13: at (16, 512, 1024) the training forward
+    0.296 -> 0.174 ms and the backward's chunk summaries 0.178 -> 0.110; at T=256 8 channels were
+    slower, 0.383 -> 0.528 ms at (16, 256, 4096)).
     Version 8 (H100 sweep): bwd_flip on (the state loop's shuffles 177 -> 81 at T=128; fwd+bwd
     7-16% faster at every shape); bwd_reload only at T=256, where it cuts spills (324 -> 104
     bytes) and gains 4-6%; at T=128 (no spills) it cost 2-4%.
     """
     sequential = batch * dim >= 12 * sm_count
+    wide = sequential and batch * dim // 8 >= 3 * sm_count  # 8-channel tiles still give 3 programs an SM
     if training:
-        cfg = dict(T=256 if sequential and length >= 2048 else 128, BD=4, num_warps=4)
-    elif sequential and batch * dim // 8 >= 3 * sm_count:
+        T = 256 if sequential and length >= 2048 else 128
+        cfg = dict(T=T, BD=8 if wide and T == 128 else 4, num_warps=4)
+    elif wide:
         cfg = dict(T=128, BD=8, num_warps=4)
     else:
         cfg = dict(T=256, BD=4, num_warps=4)
