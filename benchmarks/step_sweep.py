@@ -4,16 +4,17 @@ On CUDA, for the preset's model (default ``sc09-6m``, random weights, float32):
 
 1. the kernels of one pooling period of the streaming loop, stepped eagerly under torch.profiler:
    GPU time and launches per sample, grouped by kernel (what the CUDA graph replays);
-2. for every distinct block shape (hidden, channels) of the model and 1, 16 and 256 streams, the fused
-   block step (``mamba_block_step_triton``) at each channel tile and warp count, and up to 16 streams
-   split (a program per stream and slice of channels) at each slice and warp count, timed as 64
-   consecutive launches in a CUDA graph (the way the streaming loop runs them), each configuration
-   first checked against the PyTorch reference;
+2. for every distinct block shape (hidden, channels) of the model and 1, 16 and 256 streams (``--streams``),
+   the fused block step (``mamba_block_step_triton``) at each channel tile and warp count, up to 16 streams
+   split (a program per stream and slice of channels) at each slice and warp count, and from 16 streams
+   split with tiles of 16 or 32 streams a program, timed as 64 consecutive launches in a CUDA graph (the
+   way the streaming loop runs them), each configuration first checked against the PyTorch reference;
 3. the sampler: the one-launch Triton kernel against the PyTorch rule, 1 and 256 rows, in a graph.
 
 Prints the tables and writes ``benchmarks/results/step_sweep_<gpu>.json``.
 
     python benchmarks/step_sweep.py
+    python benchmarks/step_sweep.py --streams 16,256,1024 --paths rows --no-profile --out <file>  # one path
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from results_io import file_label, save_result  # benchmarks/results_io.py
 from streaming import build_model  # benchmarks/streaming.py
 
 LAUNCHES_PER_GRAPH = 64
-STREAMS = (1, 16, 256)  # block-step sweep: one stream, a few, many
 
 
 def graph_time_us(fn, replays: int = 20) -> float:
@@ -100,27 +100,35 @@ def block_args(block: ResidualBlock, batch: int):
             mixer.conv1d.weight[:, 0, :], mixer.conv1d.bias, A, D, dt_bias), mixer._step_ssm()
 
 
-def sweep_block(block: ResidualBlock, batch: int) -> list[dict]:
+def sweep_block(block: ResidualBlock, batch: int, paths: tuple[str, ...]) -> list[dict]:
+    """Time each configuration (split, block_e, warps, block_m) of ``paths``: "single" (a program per stream),
+    "split" (a program per stream and slice, up to 16 streams), "rows" (the split step with block_m streams a
+    program, from 16 streams)."""
     hidden, dim = block.mixer.d_model, block.mixer.d_inner
     args, ssm = block_args(block, batch)
     rows = []
-    # tiles up to 16K weights (more spills whatever the warps)
-    tiles = [e for e in (16, 32, 64, 128, 256, 512) if e <= triton_next_pow2(dim) and e * hidden <= 16384]
-    configs = [(False, e, w) for e, w in itertools.product(tiles, (2, 4, 8))]
-    if batch <= 16:  # a program per stream and slice of channels: for a few streams only
+    configs = []
+    if "single" in paths:  # tiles up to 16K weights (more spills whatever the warps)
+        tiles = [e for e in (16, 32, 64, 128, 256, 512) if e <= triton_next_pow2(dim) and e * hidden <= 16384]
+        configs += [(False, e, w, 1) for e, w in itertools.product(tiles, (2, 4, 8))]
+    if "split" in paths and batch <= 16:  # a program per stream and slice of channels: for a few streams only
         slices = [e for e in (8, 16, 32, 64, 128) if e < dim and e * hidden <= 16384]
-        configs += [(True, e, w) for e, w in itertools.product(slices, (1, 2, 4))]
-    for split, block_e, warps in configs:
+        configs += [(True, e, w, 1) for e, w in itertools.product(slices, (1, 2, 4))]
+    if "rows" in paths and batch >= 16:
+        configs += [(True, e, w, m) for m, e, w in itertools.product((16, 32), (16, 32, 64), (4, 8))
+                    if m <= triton_next_pow2(batch) and e < dim]
+        if "single" not in paths:  # what tiles of streams replace: a program per stream, its default tile
+            configs.append(block_step_config(hidden, dim, batch, split=False))
+    for split, block_e, warps, block_m in configs:
+        options = dict(block_e=block_e, num_warps=warps, split=split, block_m=block_m)
         states = [t.clone() for t in args[9:11]]
         ref = mamba_block_step(*args[:9], *[t.clone() for t in states], *args[11:], **ssm, backend="reference")
-        mine = mamba_block_step_triton(*args[:9], *[t.clone() for t in states], *args[11:], **ssm,
-                                       block_e=block_e, num_warps=warps, split=split)
+        mine = mamba_block_step_triton(*args[:9], *[t.clone() for t in states], *args[11:], **ssm, **options)
         error = float((mine - ref).norm() / ref.norm())
-        us = graph_time_us(lambda: mamba_block_step_triton(*args, **ssm, block_e=block_e, num_warps=warps,
-                                                           split=split))
-        rows.append(dict(hidden=hidden, channels=dim, streams=batch, split=split, block_e=block_e, num_warps=warps,
-                         us_per_step=us, rel_error=error))
-        print(f"  hidden {hidden:4d} channels {dim:4d} streams {batch:4d} {'split ' if split else 'single'} "
+        us = graph_time_us(lambda: mamba_block_step_triton(*args, **ssm, **options))
+        rows.append(dict(hidden=hidden, channels=dim, streams=batch, **options, us_per_step=us, rel_error=error))
+        path = "single" if not split else "split" if block_m == 1 else f"rows {block_m:2d}"
+        print(f"  hidden {hidden:4d} channels {dim:4d} streams {batch:4d} {path:8s} "
               f"block_e {block_e:4d} warps {warps}: {us:8.2f} us (rel. error {error:.1e})", flush=True)
     return rows
 
@@ -151,7 +159,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="sc09-6m")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--streams", default="1,16,256", help="comma-separated stream counts of the block-step sweep")
+    ap.add_argument("--paths", default="single,split,rows",
+                    help="block-step paths to sweep: single, split (a program per stream), rows (tiles of streams)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the profile of one pooling period")
     args = ap.parse_args()
+    streams = tuple(int(n) for n in args.streams.split(","))
+    paths = tuple(args.paths.split(","))
+    if not set(paths) <= {"single", "split", "rows"}:
+        raise SystemExit(f"--paths takes single, split and rows; got {args.paths}")
     if not torch.cuda.is_available():
         raise SystemExit("step_sweep.py measures CUDA kernels; no CUDA device here")
     name = torch.cuda.get_device_name()
@@ -160,7 +176,7 @@ def main() -> None:
 
     profiles = []
     with torch.no_grad():
-        for streams in (1, 256):
+        for streams in () if args.no_profile else (1, 256):
             profiles.append(profile_period(model, streams))
             p = profiles[-1]
             print(f"\none period eagerly, {streams} streams: {p['gpu_us_per_sample']:.1f} us of GPU time and "
@@ -174,21 +190,24 @@ def main() -> None:
                 shapes.setdefault((block.mixer.d_model, block.mixer.d_inner), block)
         print(f"\nblock shapes (hidden, channels): {list(shapes)}", flush=True)
         for (hidden, dim), block in shapes.items():
-            for batch in STREAMS:
-                sweeps += sweep_block(block, batch)
-        print("\nfastest per shape (current default in brackets: channels per tile or slice, warps, split):")
+            for batch in streams:
+                sweeps += sweep_block(block, batch, paths)
+        print("\nfastest per shape (current default in brackets: channels per tile or slice, warps, split, block_m):")
         best = []
         for (hidden, dim) in shapes:
-            for batch in STREAMS:
+            for batch in streams:
                 rows = [r for r in sweeps if (r["hidden"], r["channels"], r["streams"]) == (hidden, dim, batch)]
+                if not rows:
+                    continue
                 fastest = min(rows, key=lambda r: r["us_per_step"])
                 default = block_step_config(hidden, dim, batch)
-                now = next((r for r in rows if (r["block_e"], r["num_warps"], r["split"]) == default), None)
+                key = ("block_e", "num_warps", "split", "block_m")
+                now = next((r for r in rows if tuple(r[k] for k in key) == default), None)
                 now_us = now["us_per_step"] if now else float("nan")  # a default outside the sweep: not timed
                 best.append(dict(fastest, default_us=now_us, default=list(default)))
                 print(f"  hidden {hidden} channels {dim} streams {batch}: {'split, ' if fastest['split'] else ''}"
-                      f"block_e {fastest['block_e']}, {fastest['num_warps']} warps, {fastest['us_per_step']:.2f} us "
-                      f"[{default}: {now_us:.2f} us]")
+                      f"block_e {fastest['block_e']}, {fastest['num_warps']} warps, block_m {fastest['block_m']}, "
+                      f"{fastest['us_per_step']:.2f} us [{default}: {now_us:.2f} us]")
         print()
         sampler = sweep_sampler(model.tokenizer.vocab_size)
 

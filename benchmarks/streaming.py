@@ -17,6 +17,8 @@ weights) and each number of concurrent streams it
 * on CUDA, with 1 and 256 streams, the same generator with each run of a stage's
   residual blocks stepped in one ``mamba_blocks_step`` launch (``STACKED_STEP = True``)
   beside the default, where every block is its own launch (the ablation of the stacked step);
+  with 1 and 16 streams, without programmatic dependent launches; past 16 streams, with a
+  program per stream instead of tiles of streams (``triton_step.STREAM_TILES = False``);
 * the smallest preset (``tiny``) on the CPU, one stream;
 
 then prints a table and writes ``benchmarks/results/streaming_<device>.json``.
@@ -111,6 +113,17 @@ def stacked_step(enabled: bool | str):
 
 
 @contextlib.contextmanager
+def stream_tiles_switch(enabled: bool):
+    """Within: past 16 streams the block steps take tiles of streams a program (True) or a program per stream."""
+    saved = triton_step.STREAM_TILES
+    triton_step.STREAM_TILES = enabled
+    try:
+        yield
+    finally:
+        triton_step.STREAM_TILES = saved
+
+
+@contextlib.contextmanager
 def dependent_launch_switch(enabled: bool):
     """Within: the block steps go as programmatic dependent launches where the GPU has them (True) or never."""
     saved = triton_step.DEPENDENT_LAUNCHES
@@ -122,15 +135,19 @@ def dependent_launch_switch(enabled: bool):
 
 
 def time_generator(model: SaShiMiLM, streams: int, block_samples: int, blocks: int, cuda_graph: bool,
-                   stacked: bool | str | None = None, dependent: bool | None = None) -> dict:
+                   stacked: bool | str | None = None, dependent: bool | None = None,
+                   stream_tiles: bool | None = None) -> dict:
     """Per-stream and aggregate rates of ``streams`` concurrent streams, and block latencies; ``stacked`` as
-    ``stacked_step``'s and ``dependent`` as ``dependent_launch_switch``'s, None for the library's defaults (the
-    generator captures its graph, and so the choice, on its first block)."""
+    ``stacked_step``'s, ``dependent`` as ``dependent_launch_switch``'s and ``stream_tiles`` as
+    ``stream_tiles_switch``'s, None for the library's defaults (the generator captures its graph, and so the
+    choice, on its first block)."""
     device = model.head.weight.device
     with stacked_step(blocks_module.STACKED_STEP if stacked is None else stacked), \
-            dependent_launch_switch(triton_step.DEPENDENT_LAUNCHES if dependent is None else dependent):
+            dependent_launch_switch(triton_step.DEPENDENT_LAUNCHES if dependent is None else dependent), \
+            stream_tiles_switch(triton_step.STREAM_TILES if stream_tiles is None else stream_tiles):
         row = _time_generator(model, streams, block_samples, blocks, cuda_graph, device)
         row["dependent_launches"] = triton_step.dependent_launches(device)
+        row["stream_tiles"] = device.type == "cuda" and triton_step.STREAM_TILES and streams > 16
         return row
 
 
@@ -305,7 +322,9 @@ def main() -> None:
             rows.append(time_generator(model, n, args.block_samples, blocks, cuda_graph=True, stacked=True))
         if on_cuda and n in (1, 16) and triton_step.dependent_launches(device):  # the ablation: no dependent launches
             rows.append(time_generator(model, n, args.block_samples, blocks, cuda_graph=True, dependent=False))
-        for row in rows[-3:]:
+        if on_cuda and n > 16:  # the ablation: a program per stream
+            rows.append(time_generator(model, n, args.block_samples, blocks, cuda_graph=True, stream_tiles=False))
+        for row in rows[-4:]:
             if row["streams"] == n:
                 print(row, flush=True)
     baseline = None
@@ -318,7 +337,8 @@ def main() -> None:
                           cuda_graph=False)
 
     ours = [r for r in rows if r["cuda_graph"] == on_cuda and r["stacked_blocks"] == blocks_module.stacks_blocks(device)
-            and r["dependent_launches"] == triton_step.dependent_launches(device)]
+            and r["dependent_launches"] == triton_step.dependent_launches(device)
+            and r["stream_tiles"] == (on_cuda and triton_step.STREAM_TILES and r["streams"] > 16)]
     single = next(r for r in ours if r["streams"] == 1) if any(r["streams"] == 1 for r in ours) else None
     realtime = [r["streams"] for r in ours if r["slowest_stream_realtime_factor"] >= 1]
     result = dict(
@@ -340,11 +360,11 @@ def main() -> None:
         rows=rows,
     )
 
-    print(f"\n{'streams':>8} {'graph':>6} {'stack':>6} {'PDL':>6} {'samples/s/stream':>17} {'RTF':>8} {'aggregate/s':>12} "
-          f"{'chunk p50 ms':>13} {'p99 ms':>9}")
+    print(f"\n{'streams':>8} {'graph':>6} {'stack':>6} {'PDL':>6} {'tiles':>6} {'samples/s/stream':>17} {'RTF':>8} "
+          f"{'aggregate/s':>12} {'chunk p50 ms':>13} {'p99 ms':>9}")
     for r in rows:
         print(f"{r['streams']:>8} {str(r['cuda_graph']):>6} {str(r['stacked_blocks']):>6} "
-              f"{str(r['dependent_launches']):>6} "
+              f"{str(r['dependent_launches']):>6} {str(r['stream_tiles']):>6} "
               f"{r['per_stream_samples_per_s']:>17.1f} "
               f"{r['slowest_stream_realtime_factor']:>8.4f} {r['aggregate_samples_per_s']:>12.1f} "
               f"{r['chunk_latency_ms']['p50']:>13.1f} {r['chunk_latency_ms']['p99']:>9.1f}")

@@ -187,6 +187,37 @@ def test_triton_block_step_matches_reference(case, dtype, block_e, split):
     assert rel_err(out, out_ref) < TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", BLOCK_CASES + [
+    pytest.param(dict(batch=20, hidden=24, dim=40, n_state=16), id="B20-H24-E40-two-tiles-of-streams")])
+@pytest.mark.parametrize("block_e", [16, 32], ids=["slices-of-16", "slices-of-32"])
+def test_triton_block_step_tiles_of_streams(case, dtype, block_e):
+    """The split step with 16 streams a program (matrix products; rows past the batch masked, as are channels
+    past the last slice and every side padded to 16) against the reference."""
+    triton_step = triton_step_module()
+    inputs = make_block_inputs(**case, dtype=dtype)
+    out_ref, conv_ref, ssm_ref = run_block_steps(mamba_block_step_ref, inputs)
+    out, conv, ssm = run_block_steps(triton_step.mamba_block_step_triton, inputs, block_e=block_e, split=True,
+                                     block_m=16)
+    assert out.dtype == dtype and conv.dtype == dtype
+    assert rel_err(conv, conv_ref) < (1e-6 if dtype == torch.float32 else 1e-2)
+    assert rel_err(ssm, ssm_ref) < (2e-5 if dtype == torch.float32 else 1e-2)
+    assert rel_err(out, out_ref) < TOL[dtype]
+
+
+def test_block_step_config_takes_tiles_of_streams_past_16():
+    triton_step = triton_step_module()
+    for hidden, dim in ((64, 128), (128, 256), (256, 512)):
+        assert triton_step.block_step_config(hidden, dim, 256) == (32, 4, True, 16)
+        assert triton_step.block_step_config(hidden, dim, 16)[3] == 1  # a few streams: a program per stream
+    assert triton_step.block_step_config(64, 128, 1)[2:] == (False, 1)
+    inputs = make_block_inputs(2, 16, 32)
+    with pytest.raises(ValueError, match="block_m"):
+        run_block_steps(triton_step.mamba_block_step_triton, inputs, split=True, block_m=8)
+    with pytest.raises(ValueError, match="block_e must be at least 16"):
+        run_block_steps(triton_step.mamba_block_step_triton, inputs, split=True, block_m=16, block_e=8)
+
+
 def test_reference_block_step_is_norm_step_and_residual():
     """The block reference against its parts: a LayerNorm module, the projections, the fused step reference."""
     inputs = make_block_inputs(2, 12, 23)

@@ -687,6 +687,186 @@ def _split_sum_kernel(x_ptr, out_ptr, bout_ptr, opart_ptr, hidden, n_split, s_xb
     tl.store(out_ptr + row * s_ob + offs_h * s_oh, (residual + out).to(out_ptr.dtype.element_ty), mask=mask_h)
 
 
+# ----------------------------------------------------------------------------- the split step for many streams
+# The split step's three launches with a tile of BLOCK_M streams per program instead of one, so that a slice's
+# weights are read once per tile rather than once per stream: its projections become matrix products (tl.dot in
+# float32, IEEE: the same arithmetic as the per-stream kernels), its SSM state a (streams, channels, N) tile.
+# Grid (cdiv(batch, BLOCK_M), n_split); the scratch rows and their layout are the split step's, and its
+# ``_split_sum_kernel`` is launch 3. BLOCK_H, BLOCK_E, BLOCK_N, BLOCK_R and BLOCK_M are at least 16 (tl.dot).
+
+
+@triton.jit
+def _norm_rows(residual, normw_ptr, normb_ptr, offs_h, mask_h, hidden, eps, RMS_NORM: tl.constexpr,
+               HAS_NORM_BIAS: tl.constexpr):
+    """``_norm_row`` for a tile of rows, residual (BLOCK_M, BLOCK_H) float32."""
+    if RMS_NORM:
+        normed = residual * tl.rsqrt(tl.sum(residual * residual, axis=1) / hidden + eps)[:, None]
+    else:
+        centred = tl.where(mask_h[None, :], residual - (tl.sum(residual, axis=1) / hidden)[:, None], 0.0)
+        normed = centred * tl.rsqrt(tl.sum(centred * centred, axis=1) / hidden + eps)[:, None]
+    normed *= tl.load(normw_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+    if HAS_NORM_BIAS:
+        normed += tl.load(normb_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+    return tl.where(mask_h[None, :], normed, 0.0)
+
+
+@triton.jit
+def _rows_in_kernel(
+    x_ptr, out_ptr, normw_ptr, normb_ptr, win_ptr, bin_ptr, wout_ptr, bout_ptr,
+    conv_ptr, ssm_ptr, convw_ptr, convb_ptr, A_ptr, D_ptr, dtb_ptr, xproj_ptr, dtproj_ptr, B_ptr, C_ptr,
+    hidden, dim, rank, n_state, width, eps,
+    s_xb, s_xh, s_ob, s_oh, s_wir, s_wih, s_woh, s_woe,
+    s_cb, s_ce, s_cw, s_hb, s_he, s_hn,
+    s_we, s_ww, s_ae, s_an,
+    s_xpr, s_xpe, s_dpe, s_dpr,
+    s_Be, s_Bn, s_Ce, s_Cn,
+    xc_ptr, part_ptr, opart_ptr, n_split, batch,
+    RMS_NORM: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_OUT_BIAS: tl.constexpr,
+    HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
+    SELECTIVE: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_M: tl.constexpr, PDL: tl.constexpr = False,
+):
+    """``_split_in_kernel`` for BLOCK_M streams: norm, u = normed @ in_proj[slice].T shifted into the conv
+    windows, xc to the scratch, and the slice's share of xc @ x_proj[:, slice].T to the partial rows."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    piece = tl.program_id(1)
+    if PDL:
+        gdc_launch_dependents()
+    mask_m = rows < batch
+    offs_h = tl.arange(0, BLOCK_H)
+    mask_h = offs_h < hidden
+    offs_w = tl.arange(0, BLOCK_W)
+    offs_e = piece * BLOCK_E + tl.arange(0, BLOCK_E)
+    mask_e = offs_e < dim
+    # the weights, laid out as the right-hand sides of the products
+    w_in = tl.load(win_ptr + offs_e[None, :] * s_wir + offs_h[:, None] * s_wih,
+                   mask=mask_h[:, None] & mask_e[None, :], other=0.0).to(tl.float32)  # (H, E)
+    conv_w = tl.load(convw_ptr + offs_e[:, None] * s_we + offs_w[None, :] * s_ww,
+                     mask=mask_e[:, None] & (offs_w[None, :] < width), other=0.0).to(tl.float32)
+    if SELECTIVE:
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_r = tl.arange(0, BLOCK_R)
+        mask_n = (offs_n < n_state)[None, :]
+        cols = xproj_ptr + offs_e[:, None] * s_xpe
+        w_dt = tl.load(cols + offs_r[None, :] * s_xpr, mask=mask_e[:, None] & (offs_r < rank)[None, :],
+                       other=0.0).to(tl.float32)  # (E, R)
+        w_B = tl.load(cols + (rank + offs_n[None, :]) * s_xpr, mask=mask_e[:, None] & mask_n, other=0.0).to(tl.float32)
+        w_C = tl.load(cols + (rank + n_state + offs_n[None, :]) * s_xpr, mask=mask_e[:, None] & mask_n,
+                      other=0.0).to(tl.float32)
+    if PDL:
+        gdc_wait()
+    residual = tl.load(x_ptr + rows[:, None] * s_xb + offs_h[None, :] * s_xh, mask=mask_m[:, None] & mask_h[None, :],
+                       other=0.0).to(tl.float32)
+    windows = conv_ptr + rows[:, None, None] * s_cb + offs_e[None, :, None] * s_ce
+    w3 = offs_w[None, None, :]
+    rows_e = mask_m[:, None, None] & mask_e[None, :, None]
+    old = tl.load(windows + (w3 + 1) * s_cw, mask=rows_e & (w3 + 1 < width), other=0.0)
+
+    normed = _norm_rows(residual, normw_ptr, normb_ptr, offs_h, mask_h, hidden, eps, RMS_NORM, HAS_NORM_BIAS)
+    u = tl.dot(normed, w_in, input_precision="ieee")
+    if HAS_IN_BIAS:
+        u += tl.load(bin_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)[None, :]
+    window = tl.where(w3 == width - 1, u.to(conv_ptr.dtype.element_ty)[:, :, None], old)
+    tl.debug_barrier()  # the old windows are read everywhere before they are overwritten
+    tl.store(windows + w3 * s_cw, window, mask=rows_e & (w3 < width))
+    acc = tl.sum(window.to(tl.float32) * conv_w[None, :, :], axis=2)
+    if HAS_CONV_BIAS:
+        acc += tl.load(convb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)[None, :]
+    xc = acc * tl.sigmoid(acc)  # masked channels: silu(0) = 0, so they add nothing to the products
+    tl.store(xc_ptr + rows[:, None] * dim + offs_e[None, :], xc, mask=mask_m[:, None] & mask_e[None, :])
+    if SELECTIVE:
+        part = part_ptr + (rows[:, None] * n_split + piece) * (BLOCK_R + 2 * BLOCK_N)
+        tl.store(part + offs_r[None, :], tl.dot(xc, w_dt, input_precision="ieee"), mask=mask_m[:, None])
+        tl.store(part + BLOCK_R + offs_n[None, :], tl.dot(xc, w_B, input_precision="ieee"), mask=mask_m[:, None])
+        tl.store(part + BLOCK_R + BLOCK_N + offs_n[None, :], tl.dot(xc, w_C, input_precision="ieee"),
+                 mask=mask_m[:, None])
+
+
+@triton.jit
+def _rows_out_kernel(
+    x_ptr, out_ptr, normw_ptr, normb_ptr, win_ptr, bin_ptr, wout_ptr, bout_ptr,
+    conv_ptr, ssm_ptr, convw_ptr, convb_ptr, A_ptr, D_ptr, dtb_ptr, xproj_ptr, dtproj_ptr, B_ptr, C_ptr,
+    hidden, dim, rank, n_state, width, eps,
+    s_xb, s_xh, s_ob, s_oh, s_wir, s_wih, s_woh, s_woe,
+    s_cb, s_ce, s_cw, s_hb, s_he, s_hn,
+    s_we, s_ww, s_ae, s_an,
+    s_xpr, s_xpe, s_dpe, s_dpr,
+    s_Be, s_Bn, s_Ce, s_Cn,
+    xc_ptr, part_ptr, opart_ptr, n_split, batch,
+    RMS_NORM: tl.constexpr, HAS_NORM_BIAS: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_OUT_BIAS: tl.constexpr,
+    HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
+    SELECTIVE: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_M: tl.constexpr, PDL: tl.constexpr = False,
+):
+    """``_split_out_kernel`` for BLOCK_M streams: delta = dt_low @ dt_proj[slice].T, the (streams, channels, N)
+    state tile updated, y gated by z = normed @ in_proj[E + slice].T, and y @ out_proj[:, slice].T to the
+    partial rows."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    piece = tl.program_id(1)
+    if PDL:
+        gdc_launch_dependents()
+    mask_m = rows < batch
+    offs_h = tl.arange(0, BLOCK_H)
+    mask_h = offs_h < hidden
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_n = offs_n < n_state
+    offs_e = piece * BLOCK_E + tl.arange(0, BLOCK_E)
+    mask_e = offs_e < dim
+    tile = mask_e[:, None] & mask_n[None, :]
+    w_z = tl.load(win_ptr + (dim + offs_e[None, :]) * s_wir + offs_h[:, None] * s_wih,
+                  mask=mask_h[:, None] & mask_e[None, :], other=0.0).to(tl.float32)  # (H, E)
+    A = tl.load(A_ptr + offs_e[:, None] * s_ae + offs_n[None, :] * s_an, mask=tile, other=0.0)
+    w_out = tl.load(wout_ptr + offs_h[None, :] * s_woh + offs_e[:, None] * s_woe,
+                    mask=mask_e[:, None] & mask_h[None, :], other=0.0).to(tl.float32)  # (E, H)
+    if SELECTIVE:
+        w_delta = tl.load(dtproj_ptr + offs_e[None, :] * s_dpe + offs_r[:, None] * s_dpr,
+                          mask=(offs_r < rank)[:, None] & mask_e[None, :], other=0.0).to(tl.float32)  # (R, E)
+    else:
+        B_t = tl.load(B_ptr + offs_e[:, None] * s_Be + offs_n[None, :] * s_Bn, mask=tile, other=0.0).to(tl.float32)
+        C_t = tl.load(C_ptr + offs_e[:, None] * s_Ce + offs_n[None, :] * s_Cn, mask=tile, other=0.0).to(tl.float32)
+    if PDL:
+        gdc_wait()
+    rows_e = mask_m[:, None] & mask_e[None, :]
+    residual = tl.load(x_ptr + rows[:, None] * s_xb + offs_h[None, :] * s_xh, mask=mask_m[:, None] & mask_h[None, :],
+                       other=0.0).to(tl.float32)
+    xc = tl.load(xc_ptr + rows[:, None] * dim + offs_e[None, :], mask=rows_e, other=0.0)
+    h_ptrs = ssm_ptr + rows[:, None, None] * s_hb + offs_e[None, :, None] * s_he + offs_n[None, None, :] * s_hn
+    tile3 = rows_e[:, :, None] & mask_n[None, None, :]
+    h = tl.load(h_ptrs, mask=tile3, other=0.0)
+    if SELECTIVE:
+        offs_s = tl.arange(0, BLOCK_S)
+        parts = part_ptr + (rows[:, None, None] * n_split + offs_s[None, :, None]) * (BLOCK_R + 2 * BLOCK_N)
+        in_split = mask_m[:, None, None] & (offs_s < n_split)[None, :, None]
+        dt_low = tl.sum(tl.load(parts + offs_r[None, None, :], mask=in_split, other=0.0), axis=1)
+        B3 = tl.sum(tl.load(parts + BLOCK_R + offs_n[None, None, :], mask=in_split, other=0.0), axis=1)[:, None, :]
+        C3 = tl.sum(tl.load(parts + BLOCK_R + BLOCK_N + offs_n[None, None, :], mask=in_split, other=0.0),
+                    axis=1)[:, None, :]
+        delta = tl.dot(dt_low, w_delta, input_precision="ieee")
+    else:
+        B3 = B_t[None, :, :]
+        C3 = C_t[None, :, :]
+        delta = tl.zeros([BLOCK_M, BLOCK_E], dtype=tl.float32)
+    if HAS_DT_BIAS:
+        delta += tl.load(dtb_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)[None, :]
+    if DT_SOFTPLUS:
+        delta = _softplus(delta)
+    h = tl.exp(delta[:, :, None] * A[None, :, :]) * h + (delta * xc)[:, :, None] * B3
+    tl.store(h_ptrs, h, mask=tile3)
+    y = tl.sum(h * C3, axis=2)
+    if HAS_D:
+        y += tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)[None, :] * xc
+    normed = _norm_rows(residual, normw_ptr, normb_ptr, offs_h, mask_h, hidden, eps, RMS_NORM, HAS_NORM_BIAS)
+    z = tl.dot(normed, w_z, input_precision="ieee")
+    if HAS_IN_BIAS:
+        z += tl.load(bin_ptr + dim + offs_e, mask=mask_e, other=0.0).to(tl.float32)[None, :]
+    y = tl.where(mask_e[None, :], y * z * tl.sigmoid(z), 0.0)
+    tl.store(opart_ptr + (rows[:, None] * n_split + piece) * BLOCK_H + offs_h[None, :],
+             tl.dot(y, w_out, input_precision="ieee"), mask=mask_m[:, None])
+
+
 @triton.jit
 def _offset(offsets, j, MULTIPLE: tl.constexpr):
     """Entry ``j`` of one block's row of the stack's offset table, declared a multiple of ``MULTIPLE``."""
@@ -773,7 +953,7 @@ def _block_launch(x: Tensor, out: Tensor, block: dict, norm_eps: float, rms_norm
     n_state, width = A.shape[1], block["conv_weight"].shape[1]
     rank = block["dt_proj_weight"].shape[1] if selective else 1
     if block_e is None or num_warps is None:  # the stacked step's defaults (the one-block step passes its own)
-        default_e, default_warps, _ = block_step_config(hidden, dim, batch, split=False)
+        default_e, default_warps, _, _ = block_step_config(hidden, dim, batch, split=False)
         block_e, num_warps = block_e or default_e, num_warps or default_warps
     if block_e & (block_e - 1):
         raise ValueError(f"block_e must be a power of two, got {block_e}")
@@ -827,6 +1007,7 @@ def mamba_block_step_triton(
     block_e: int | None = None,
     num_warps: int | None = None,
     split: bool | None = None,
+    block_m: int | None = None,
 ) -> Tensor:
     """A whole residual block's step (``step_ref.mamba_block_step_ref``): norm, in_proj, the fused Mamba step,
     out_proj, residual.
@@ -834,10 +1015,11 @@ def mamba_block_step_triton(
     Either one launch with one program per stream, which walks the channels twice (as ``_mamba_step_kernel``),
     the conv state holding the new windows between the passes; or, ``split``, three launches whose programs
     each take one slice of ``block_e`` channels of one stream (see ``_split_in_kernel``): for a few streams of a
-    wide block, whose weights one program per stream would pull through a single multiprocessor.
+    wide block, whose weights one program per stream would pull through a single multiprocessor; or of
+    ``block_m`` streams (``_rows_in_kernel``): for many streams, whose programs then share each weight load.
 
-    ``split``, ``block_e`` (channels per tile or slice, a power of two) and ``num_warps`` override
-    ``block_step_config``'s choice."""
+    ``split``, ``block_e`` (channels per tile or slice, a power of two), ``num_warps`` and ``block_m`` (streams
+    per program of the split step: 1, or a power of two from 16) override ``block_step_config``'s choice."""
     block = dict(norm_weight=norm_weight, norm_bias=norm_bias, in_proj_weight=in_proj_weight,
                  in_proj_bias=in_proj_bias, out_proj_weight=out_proj_weight, out_proj_bias=out_proj_bias,
                  conv_state=conv_state, ssm_state=ssm_state, conv_weight=conv_weight, conv_bias=conv_bias, A=A, D=D,
@@ -845,11 +1027,16 @@ def mamba_block_step_triton(
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     batch, hidden = x.shape
     dim = conv_weight.shape[0]
-    default_e, default_warps, default_split = block_step_config(hidden, dim, batch)
+    default_e, default_warps, default_split, default_m = block_step_config(hidden, dim, batch)
     if split is None:
         split = default_split
-    elif split != default_split and block_e is None:  # the other path's default tile
-        default_e, default_warps = block_step_config(hidden, dim, batch, split=split)[:2]
+    elif split != default_split and block_e is None:  # the other path's defaults
+        default_e, default_warps, _, default_m = block_step_config(hidden, dim, batch, split=split)
+    block_m = (block_m or default_m) if split else 1
+    if block_m != 1 and (block_m < 16 or block_m & (block_m - 1)):
+        raise ValueError(f"block_m (streams per program) must be 1 or a power of two from 16, got {block_m}")
+    if block_m > 1 and block_e is not None and block_e < 16:
+        raise ValueError(f"block_e must be at least 16 with block_m > 1 (matrix products), got {block_e}")
     args, meta = _block_launch(x, out, block, norm_eps, rms_norm, dt_softplus, block_e or default_e,
                                num_warps or default_warps)
     if not batch:
@@ -860,14 +1047,21 @@ def mamba_block_step_triton(
         _mamba_block_step_kernel[(batch,)](*args, **meta)
         return out
     meta.pop("ONE_TILE")
+    if block_m > 1:  # tl.dot takes no side under 16
+        meta.update({k: max(16, meta[k]) for k in ("BLOCK_H", "BLOCK_N", "BLOCK_R")}, BLOCK_M=block_m)
     n_split = triton.cdiv(dim, meta["BLOCK_E"])
     meta["BLOCK_S"] = triton.next_power_of_2(n_split)
     f32 = dict(device=x.device, dtype=torch.float32)
     xc = torch.empty(batch, dim, **f32)
     part = torch.empty(batch, n_split, meta["BLOCK_R"] + 2 * meta["BLOCK_N"], **f32)
     opart = torch.empty(batch, n_split, meta["BLOCK_H"], **f32)
-    _split_in_kernel[(batch, n_split)](*args, xc, part, opart, n_split, **meta)
-    _split_out_kernel[(batch, n_split)](*args, xc, part, opart, n_split, **meta)
+    if block_m > 1:
+        grid = (triton.cdiv(batch, block_m), n_split)
+        _rows_in_kernel[grid](*args, xc, part, opart, n_split, batch, **meta)
+        _rows_out_kernel[grid](*args, xc, part, opart, n_split, batch, **meta)
+    else:
+        _split_in_kernel[(batch, n_split)](*args, xc, part, opart, n_split, **meta)
+        _split_out_kernel[(batch, n_split)](*args, xc, part, opart, n_split, **meta)
     _split_sum_kernel[(batch,)](x, out, args[7], opart, hidden, n_split, *x.stride(), *out.stride(),
                                 HAS_OUT_BIAS=meta["HAS_OUT_BIAS"], BLOCK_H=meta["BLOCK_H"], BLOCK_S=meta["BLOCK_S"],
                                 num_warps=meta["num_warps"], PDL=pdl, **({"launch_pdl": True} if pdl else {}))
@@ -896,6 +1090,11 @@ def mamba_blocks_step_triton(x: Tensor, stack: BlockStack, block_e: int | None =
 DEPENDENT_LAUNCHES = True
 
 
+# Past 16 streams the split step takes tiles of 16 streams a program (``_rows_in_kernel``); False keeps a
+# program per stream there (the ablation rows of benchmarks/streaming.py).
+STREAM_TILES = True
+
+
 @functools.lru_cache(maxsize=None)
 def _capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
@@ -908,9 +1107,10 @@ def dependent_launches(device: torch.device) -> bool:
     return _capability(torch.cuda.current_device() if device.index is None else device.index)[0] >= 9
 
 
-def block_step_config(hidden: int, dim: int, batch: int = 1, split: bool | None = None) -> tuple[int, int, bool]:
-    """(channels per tile or slice, warps, split) of the block step for ``batch`` streams of a block of width
-    ``hidden`` with ``dim`` channels; ``split`` given, that path's tile and warps.
+def block_step_config(hidden: int, dim: int, batch: int = 1,
+                      split: bool | None = None) -> tuple[int, int, bool, int]:
+    """(channels per tile or slice, warps, split, streams per program of the split step) of the block step for
+    ``batch`` streams of a block of width ``hidden`` with ``dim`` channels; ``split`` given, that path's.
 
     One program per stream, measured on an H100 (``benchmarks/step_sweep.py``, the SC09 model's three block
     shapes, tiles of 16 to 512 channels on 2, 4 and 8 warps; 2026-11-23, before the split path and dependent
@@ -925,14 +1125,21 @@ def block_step_config(hidden: int, dim: int, batch: int = 1, split: bool | None 
     step 2-6x faster split (without dependent launches, hidden 128: 7.5 us per step against 13.3 for one
     stream, 8.0 against 13.9 for 16; hidden 256: 9.2 against 40.4, and 10.8 against 41.4), best with slices of
     16 channels on one warp (hidden 128) and 32 on four (hidden 256); at 128 channels the three launches cost
-    more than they spread (6.0 us against 4.8), and 256 streams fill the GPU with one program each.
+    more than they spread (6.0 us against 4.8).
+
+    More than 16 streams: the split step with 16 streams a program (``_rows_in_kernel``), slices of 32 channels
+    on 4 warps, every shape. With one program per stream, 256 streams took 7.7, 22.3 and 69.5 us per step of
+    the three shapes, about what re-reading every block's weights once per stream costs at the L2's bandwidth
+    (128 KB, 440 KB and 1.76 MB a stream, float32); tiles of streams read them once per 16.
     """
     block_h = triton.next_power_of_2(hidden)
+    many = STREAM_TILES and batch > 16
     if split is None:
-        split = batch <= 16 and dim >= 256
+        split = many or (batch <= 16 and dim >= 256)
+    if split and many:
+        return 32, 4, True, 16
     if split:
-        return (16, 1, True) if block_h <= 128 else (32, 4, True)
-    few_streams = batch <= 32  # one program per stream: well under the SM count
-    weights = 16384 if few_streams else 8192
-    warps = 8 if few_streams or block_h <= 64 else 4
-    return max(16, min(triton.next_power_of_2(dim), weights // block_h)), warps, False
+        return (16, 1, True, 1) if block_h <= 128 else (32, 4, True, 1)
+    weights = 16384 if batch <= 32 else 8192  # one program per stream: a few streams stay well under the SM count
+    warps = 8 if batch <= 32 or block_h <= 64 else 4
+    return max(16, min(triton.next_power_of_2(dim), weights // block_h)), warps, False, 1
