@@ -118,7 +118,8 @@ def sweep_block(block: ResidualBlock, batch: int, paths: tuple[str, ...]) -> lis
         configs += [(True, e, w, m) for m, e, w in itertools.product((16, 32), (16, 32, 64), (4, 8))
                     if m <= triton_next_pow2(batch) and e < dim]
         if "single" not in paths:  # what tiles of streams replace: a program per stream, its default tile
-            configs.append(block_step_config(hidden, dim, batch, split=False))
+            block_e, warps, _, _ = block_step_config(hidden, dim, batch, split=False)
+            configs.append((False, block_e, warps, 1))
     for split, block_e, warps, block_m in configs:
         options = dict(block_e=block_e, num_warps=warps, split=split, block_m=block_m)
         states = [t.clone() for t in args[9:11]]
