@@ -17,8 +17,8 @@ weights) and each number of concurrent streams it
 * on CUDA, with 1 and 256 streams, the same generator with each run of a stage's
   residual blocks stepped in one ``mamba_blocks_step`` launch (``STACKED_STEP = True``)
   beside the default, where every block is its own launch (the ablation of the stacked step);
-  with 1 and 16 streams, without programmatic dependent launches; past 16 streams, with a
-  program per stream instead of tiles of streams (``triton_step.STREAM_TILES = False``);
+  with 1 and 16 streams, without programmatic dependent launches; past 16 streams, with tiles
+  of streams a program instead of a program per stream (``triton_step.STREAM_TILES``, off by default);
 * the smallest preset (``tiny``) on the CPU, one stream;
 
 then prints a table and writes ``benchmarks/results/streaming_<device>.json``.
@@ -322,8 +322,9 @@ def main() -> None:
             rows.append(time_generator(model, n, args.block_samples, blocks, cuda_graph=True, stacked=True))
         if on_cuda and n in (1, 16) and triton_step.dependent_launches(device):  # the ablation: no dependent launches
             rows.append(time_generator(model, n, args.block_samples, blocks, cuda_graph=True, dependent=False))
-        if on_cuda and n > 16:  # the ablation: a program per stream
-            rows.append(time_generator(model, n, args.block_samples, blocks, cuda_graph=True, stream_tiles=False))
+        if on_cuda and n > 16:  # the ablation: tiles of streams a program, or a program per stream
+            rows.append(time_generator(model, n, args.block_samples, blocks, cuda_graph=True,
+                                       stream_tiles=not triton_step.STREAM_TILES))
         for row in rows[-4:]:
             if row["streams"] == n:
                 print(row, flush=True)

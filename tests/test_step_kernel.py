@@ -205,11 +205,14 @@ def test_triton_block_step_tiles_of_streams(case, dtype, block_e):
     assert rel_err(out, out_ref) < TOL[dtype]
 
 
-def test_block_step_config_takes_tiles_of_streams_past_16():
+def test_block_step_config_tiles_of_streams_only_when_switched_on(monkeypatch):
     triton_step = triton_step_module()
     for hidden, dim in ((64, 128), (128, 256), (256, 512)):
-        assert triton_step.block_step_config(hidden, dim, 256) == (32, 4, True, 16)
-        assert triton_step.block_step_config(hidden, dim, 16)[3] == 1  # a few streams: a program per stream
+        assert triton_step.block_step_config(hidden, dim, 256)[2:] == (False, 1)  # a program per stream
+        with monkeypatch.context() as patch:
+            patch.setattr(triton_step, "STREAM_TILES", True)
+            assert triton_step.block_step_config(hidden, dim, 256) == (32, 4, True, 16)
+            assert triton_step.block_step_config(hidden, dim, 16)[3] == 1  # a few streams: never tiles
     assert triton_step.block_step_config(64, 128, 1)[2:] == (False, 1)
     inputs = make_block_inputs(2, 16, 32)
     with pytest.raises(ValueError, match="block_m"):

@@ -33,7 +33,8 @@ arithmetic so that their latencies overlap.
 For a few streams of a wide block, ``mamba_block_step_triton`` splits the step over
 a program per stream and slice of channels instead (``_split_in_kernel``,
 ``_split_out_kernel``, ``_split_sum_kernel``: three launches, the sums over all
-channels through per-slice partial rows added in slice order). On Hopper the block
+channels through per-slice partial rows added in slice order); the same three launches can take a tile of
+streams a program (``block_m``, ``_rows_in_kernel``; opt-in). On Hopper the block
 steps go as programmatic dependent launches (``dependent_launches``): each loads
 its weights before ``gdc_wait``, overlapping the launch before it.
 """
@@ -693,6 +694,8 @@ def _split_sum_kernel(x_ptr, out_ptr, bout_ptr, opart_ptr, hidden, n_split, s_xb
 # float32, IEEE: the same arithmetic as the per-stream kernels), its SSM state a (streams, channels, N) tile.
 # Grid (cdiv(batch, BLOCK_M), n_split); the scratch rows and their layout are the split step's, and its
 # ``_split_sum_kernel`` is launch 3. BLOCK_H, BLOCK_E, BLOCK_N, BLOCK_R and BLOCK_M are at least 16 (tl.dot).
+# Opt-in (``block_m``, or ``STREAM_TILES`` for the defaults): on the H100 it was slower than a program per stream
+# at 256 streams and about as fast at 1024 (``block_step_config``'s docstring has the figures).
 
 
 @triton.jit
@@ -1090,9 +1093,10 @@ def mamba_blocks_step_triton(x: Tensor, stack: BlockStack, block_e: int | None =
 DEPENDENT_LAUNCHES = True
 
 
-# Past 16 streams the split step takes tiles of 16 streams a program (``_rows_in_kernel``); False keeps a
-# program per stream there (the ablation rows of benchmarks/streaming.py).
-STREAM_TILES = True
+# True: past 16 streams the split step takes tiles of 16 streams a program (``_rows_in_kernel``). Off by default:
+# measured slower than a program per stream at 256 streams (benchmarks/NOTES_streaming.md); benchmarks/streaming.py
+# times it as an ablation row.
+STREAM_TILES = False
 
 
 @functools.lru_cache(maxsize=None)
@@ -1127,10 +1131,11 @@ def block_step_config(hidden: int, dim: int, batch: int = 1,
     16 channels on one warp (hidden 128) and 32 on four (hidden 256); at 128 channels the three launches cost
     more than they spread (6.0 us against 4.8).
 
-    More than 16 streams: the split step with 16 streams a program (``_rows_in_kernel``), slices of 32 channels
-    on 4 warps, every shape. With one program per stream, 256 streams took 7.7, 22.3 and 69.5 us per step of
-    the three shapes, about what re-reading every block's weights once per stream costs at the L2's bandwidth
-    (128 KB, 440 KB and 1.76 MB a stream, float32); tiles of streams read them once per 16.
+    More than 16 streams with ``STREAM_TILES``: the split step with 16 streams a program (``_rows_in_kernel``),
+    slices of 32 channels on 4 warps. It reads each slice's weights once per 16 streams instead of once per
+    stream, but measured slower (2026-11-24 sweep, benchmarks/results/step_sweep_rows_nvidia_h100_80gb_hbm3.json,
+    fastest tile of streams against a program per stream, us per step of the three shapes: 256 streams 19.8 /
+    42.6 / 69.4 against 8.0 / 22.3 / 69.4; 1024 streams 36.3 / 85.2 / 263 against 27.6 / 84.8 / 298).
     """
     block_h = triton.next_power_of_2(hidden)
     many = STREAM_TILES and batch > 16
