@@ -219,6 +219,11 @@ def test_block_step_config_tiles_of_streams_only_when_switched_on(monkeypatch):
         run_block_steps(triton_step.mamba_block_step_triton, inputs, split=True, block_m=8)
     with pytest.raises(ValueError, match="block_e must be at least 16"):
         run_block_steps(triton_step.mamba_block_step_triton, inputs, split=True, block_m=16, block_e=8)
+    with pytest.raises(ValueError, match="setting of the split step"):
+        run_block_steps(triton_step.mamba_block_step_triton, inputs, split=False, block_m=16)
+    # block_m alone asks for the split step
+    out, _, _ = run_block_steps(triton_step.mamba_block_step_triton, inputs, block_m=16)
+    assert rel_err(out, run_block_steps(mamba_block_step_ref, inputs)[0]) < TOL[torch.float32]
 
 
 def test_reference_block_step_is_norm_step_and_residual():

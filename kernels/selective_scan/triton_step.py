@@ -1031,8 +1031,10 @@ def mamba_block_step_triton(
     batch, hidden = x.shape
     dim = conv_weight.shape[0]
     default_e, default_warps, default_split, default_m = block_step_config(hidden, dim, batch)
+    if split is False and (block_m or 1) > 1:
+        raise ValueError(f"block_m={block_m} streams per program is a setting of the split step; split=False")
     if split is None:
-        split = default_split
+        split = default_split or (block_m or 1) > 1
     elif split != default_split and block_e is None:  # the other path's defaults
         default_e, default_warps, _, default_m = block_step_config(hidden, dim, batch, split=split)
     block_m = (block_m or default_m) if split else 1
@@ -1129,7 +1131,7 @@ def block_step_config(hidden: int, dim: int, batch: int = 1,
     step 2-6x faster split (without dependent launches, hidden 128: 7.5 us per step against 13.3 for one
     stream, 8.0 against 13.9 for 16; hidden 256: 9.2 against 40.4, and 10.8 against 41.4), best with slices of
     16 channels on one warp (hidden 128) and 32 on four (hidden 256); at 128 channels the three launches cost
-    more than they spread (6.0 us against 4.8).
+    more than they spread (6.0 us against 4.8), and 256 streams fill the GPU with one program each.
 
     More than 16 streams with ``STREAM_TILES``: the split step with 16 streams a program (``_rows_in_kernel``),
     slices of 32 channels on 4 warps. It reads each slice's weights once per 16 streams instead of once per
