@@ -102,49 +102,32 @@ def check_against_generate(model: SaShiMiLM, samples: int, cuda_graph: bool) -> 
 
 
 @contextlib.contextmanager
+def module_switch(module, name: str, value):
+    """Within: ``module.name`` is ``value`` (None: left as it is); restored after."""
+    saved = getattr(module, name)
+    setattr(module, name, saved if value is None else value)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
+
+
 def stacked_step(enabled: bool | str):
     """Within: ``step_blocks`` stacks a stage's blocks into one launch (True), never (False), or on CUDA ("auto")."""
-    saved = blocks_module.STACKED_STEP
-    blocks_module.STACKED_STEP = enabled
-    try:
-        yield
-    finally:
-        blocks_module.STACKED_STEP = saved
-
-
-@contextlib.contextmanager
-def stream_tiles_switch(enabled: bool):
-    """Within: past 16 streams the block steps take tiles of streams a program (True) or a program per stream."""
-    saved = triton_step.STREAM_TILES
-    triton_step.STREAM_TILES = enabled
-    try:
-        yield
-    finally:
-        triton_step.STREAM_TILES = saved
-
-
-@contextlib.contextmanager
-def dependent_launch_switch(enabled: bool):
-    """Within: the block steps go as programmatic dependent launches where the GPU has them (True) or never."""
-    saved = triton_step.DEPENDENT_LAUNCHES
-    triton_step.DEPENDENT_LAUNCHES = enabled
-    try:
-        yield
-    finally:
-        triton_step.DEPENDENT_LAUNCHES = saved
+    return module_switch(blocks_module, "STACKED_STEP", enabled)
 
 
 def time_generator(model: SaShiMiLM, streams: int, block_samples: int, blocks: int, cuda_graph: bool,
                    stacked: bool | str | None = None, dependent: bool | None = None,
                    stream_tiles: bool | None = None) -> dict:
-    """Per-stream and aggregate rates of ``streams`` concurrent streams, and block latencies; ``stacked`` as
-    ``stacked_step``'s, ``dependent`` as ``dependent_launch_switch``'s and ``stream_tiles`` as
-    ``stream_tiles_switch``'s, None for the library's defaults (the generator captures its graph, and so the
-    choice, on its first block)."""
+    """Per-stream and aggregate rates of ``streams`` concurrent streams, and block latencies. ``stacked`` as
+    ``stacked_step``'s; ``dependent``: the block steps go as programmatic dependent launches where the GPU has
+    them (True) or never (``triton_step.DEPENDENT_LAUNCHES``); ``stream_tiles``: past 16 streams, tiles of streams
+    a program (True) or a program per stream (``triton_step.STREAM_TILES``); None for the library's defaults (the
+    generator captures its graph, and so the choice, on its first block)."""
     device = model.head.weight.device
-    with stacked_step(blocks_module.STACKED_STEP if stacked is None else stacked), \
-            dependent_launch_switch(triton_step.DEPENDENT_LAUNCHES if dependent is None else dependent), \
-            stream_tiles_switch(triton_step.STREAM_TILES if stream_tiles is None else stream_tiles):
+    with stacked_step(stacked), module_switch(triton_step, "DEPENDENT_LAUNCHES", dependent), \
+            module_switch(triton_step, "STREAM_TILES", stream_tiles):
         row = _time_generator(model, streams, block_samples, blocks, cuda_graph, device)
         row["dependent_launches"] = triton_step.dependent_launches(device)
         row["stream_tiles"] = device.type == "cuda" and triton_step.STREAM_TILES and streams > 16
