@@ -177,10 +177,10 @@ def main() -> None:
 
     profiles = []
     with torch.no_grad():
-        for streams in () if args.no_profile else (1, 256):
-            profiles.append(profile_period(model, streams))
+        for n in () if args.no_profile else (1, 256):
+            profiles.append(profile_period(model, n))
             p = profiles[-1]
-            print(f"\none period eagerly, {streams} streams: {p['gpu_us_per_sample']:.1f} us of GPU time and "
+            print(f"\none period eagerly, {n} streams: {p['gpu_us_per_sample']:.1f} us of GPU time and "
                   f"{p['launches_per_sample']:.1f} launches per sample", flush=True)
             for k in p["kernels"][:12]:
                 print(f"  {k['us_per_sample']:8.2f} us {k['launches_per_sample']:6.2f} x  {k['name']}")
