@@ -3,11 +3,12 @@
 ``kernel[grid](*args, **kwargs)`` binds and specializes every argument on every call. On the H100 machine's
 host that cost 15-22 us for an empty kernel of one argument, 28-39 us for one of 41 and about 60 us for the
 walk forward's 40 with its 14 constexprs, where the compiled kernel called directly took 12-16 us
-(benchmarks/NOTES_scan.md, version 11): at short sequences more than the kernels' own time. ``launch`` keys the compiled kernel on everything Triton
-specializes on (each tensor's dtype and 16-byte alignment; each integer's width, whether it is 1 and whether
-16 divides it; the keyword arguments; the current device), goes through Triton once per key (which compiles
-or loads the kernel, and launches it), and from then on calls the compiled kernel itself. The key is never
-coarser than Triton's, so a cached kernel is only reused where Triton would pick the same one.
+(benchmarks/NOTES_scan.md, version 11): at short sequences more than the kernels' own time. ``launch`` keys
+the compiled kernel on everything Triton specializes on (each tensor's dtype and 16-byte alignment; each
+integer's width, whether it is 1 and whether 16 divides it; the keyword arguments; the current device), goes
+through Triton once per key (which compiles or loads the kernel, and launches it), and from then on calls the
+compiled kernel itself. The key is never coarser than Triton's, so a cached kernel is only reused where Triton
+would pick the same one.
 
 Under the interpreter (``TRITON_INTERPRET=1``) there is nothing compiled: Triton's path, every call.
 """
