@@ -12,8 +12,8 @@ weights) and each number of concurrent streams it
   samples per second, and the p50/p99 latency of a block (a chunk of audio);
 * with one stream: the time to first audio of a stream started in a warm
   generator (its first chunk of ``--block-samples``), and plain eager stepping
-  (``SaShiMiLM.generate`` with the PyTorch reference block step, no Triton, no
-  graph) beside it;
+  (``SaShiMiLM.generate`` with the PyTorch references for the block steps, the
+  head and the sampling: no Triton, no graph) beside it;
 * on CUDA, with 1 and 256 streams, the same generator with each run of a stage's
   residual blocks stepped in one ``mamba_blocks_step`` launch (``STACKED_STEP = True``)
   beside the default, where every block is its own launch (the ablation of the stacked step);
@@ -23,8 +23,9 @@ weights) and each number of concurrent streams it
 
 then prints a table and writes ``benchmarks/results/streaming_<device>.json``.
 * on CUDA, the same network with every block stepped through mamba_ssm's
-  ``Mamba.step`` (weights copied in) inside the same CUDA-graph generator: the
-  baseline of issue 4 (needs mamba_ssm importable; ``--no-mamba-ssm`` skips it);
+  ``Mamba.step`` (weights copied in) inside the same CUDA-graph generator (whose
+  pooling, embedding, head and sampling stay ours): the baseline of issue 4 (needs
+  mamba_ssm importable; ``--no-mamba-ssm`` skips it);
 
     python benchmarks/streaming.py                                   # GPU: 1, 16, 256, 1024 streams
     python benchmarks/streaming.py --device cpu --streams 1,4 --blocks 2 --block-samples 160
@@ -43,10 +44,11 @@ from pathlib import Path
 
 import torch
 
-from mamba_audio.kernels import mamba_block_step, mamba_step
+from mamba_audio.kernels import head_sample_or_force, mamba_block_step, mamba_step
 from mamba_audio.models import LMConfig, SaShiMiLM, backbone_preset
 from mamba_audio.models import blocks as blocks_module
 from mamba_audio.models import mixer as mixer_module
+from mamba_audio.models import sampling as sampling_module
 from mamba_audio.kernels.selective_scan import triton_step
 from mamba_audio.streaming import StreamingGenerator
 
@@ -161,15 +163,17 @@ def _time_generator(model, streams, block_samples, blocks, cuda_graph, device) -
 
 @contextlib.contextmanager
 def reference_step():
-    """Blocks and mixers step through the PyTorch references (plain eager PyTorch, no Triton)."""
-    originals = mixer_module.mamba_step, mixer_module.mamba_block_step
+    """Blocks, mixers, the head and the sampler step through the PyTorch references (plain eager PyTorch, no
+    Triton)."""
+    originals = mixer_module.mamba_step, mixer_module.mamba_block_step, sampling_module.head_sample_or_force
     mixer_module.mamba_step = functools.partial(mamba_step, backend="reference")
     mixer_module.mamba_block_step = functools.partial(mamba_block_step, backend="reference")
+    sampling_module.head_sample_or_force = functools.partial(head_sample_or_force, backend="reference")
     try:
         with stacked_step(False):
             yield
     finally:
-        mixer_module.mamba_step, mixer_module.mamba_block_step = originals
+        mixer_module.mamba_step, mixer_module.mamba_block_step, sampling_module.head_sample_or_force = originals
 
 
 def make_mamba_ssm_importable(sdist: Path | None, build_root: Path) -> None:

@@ -21,7 +21,8 @@ default; complex A falls back to the reference). ``mamba_blocks_step`` steps a
 Backends of ``sample_tokens`` (one token per row from logits, temperature, top-k and
 top-p with given uniforms, see ``sampling.reference``) and of ``sample_or_force`` (the same,
 or a replayed token, with the counters moved on): "reference" and "triton" (one launch;
-the CUDA default).
+the CUDA default). ``head_sample_or_force`` also makes the logits from a hidden state (norm, linear
+head) and embeds the drawn token as the next step's input, in the same launch on "triton".
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .selective_scan import (
     selective_state_update_ref,
     seq_idx_from_cu_seqlens,
 )
-from .sampling import sample_or_force_ref, sample_tokens_ref
+from .sampling import head_sample_or_force_ref, sample_or_force_ref, sample_tokens_ref
 from .selective_scan.step_ref import BlockStack, mamba_block_step_ref, mamba_blocks_step_ref, mamba_step_ref
 
 _SCAN_BACKENDS: dict[str, Callable] = {
@@ -171,6 +172,24 @@ if importlib.util.find_spec("triton") is not None:
     _SAMPLE_OR_FORCE_BACKENDS["triton"] = _sample_or_force_triton
 
 
+_HEAD_SAMPLE_BACKENDS: dict[str, Callable] = {
+    "reference": head_sample_or_force_ref,
+}
+
+
+def _head_sample_or_force_triton(hidden, norm_weight, norm_bias, norm_eps, rms_norm, head_weight, *args, **kwargs):
+    """The Triton head, sampler and embedding in one launch, imported lazily; the reference for vocabularies
+    beyond the sampler's limit."""
+    from .sampling.triton_sample import MAX_VOCAB, head_sample_or_force_triton
+
+    fn = head_sample_or_force_triton if head_weight.shape[0] <= MAX_VOCAB else head_sample_or_force_ref
+    return fn(hidden, norm_weight, norm_bias, norm_eps, rms_norm, head_weight, *args, **kwargs)
+
+
+if importlib.util.find_spec("triton") is not None:
+    _HEAD_SAMPLE_BACKENDS["triton"] = _head_sample_or_force_triton
+
+
 def step_backends() -> list[str]:
     """Names accepted by ``mamba_step(..., backend=...)``."""
     return ["auto", *_MAMBA_STEP_BACKENDS]
@@ -280,8 +299,20 @@ def sample_or_force(logits, uniforms, temperature, top_k, top_p, counters, force
     return fn(logits, uniforms, temperature, top_k, top_p, counters, forced, forced_index, forced_count, out, record)
 
 
+def head_sample_or_force(hidden, norm_weight, norm_bias, norm_eps, rms_norm, head_weight, head_bias, embedding, extra,
+                         uniforms, temperature, top_k, top_p, counters, forced, forced_index, forced_count, out,
+                         next_input, record=None, backend: str = "auto"):
+    """``sample_or_force`` on the logits head(norm(hidden)), then the next inputs embedding[token] (+ extra) to
+    ``next_input``: the end of one autoregressive step and the start of the next. Returns the logits (B, V)
+    float32. See ``sampling.reference.head_sample_or_force_ref``. Graph-capturable; one launch on "triton"."""
+    fn = _resolve(backend, _HEAD_SAMPLE_BACKENDS, hidden)
+    return fn(hidden, norm_weight, norm_bias, norm_eps, rms_norm, head_weight, head_bias, embedding, extra, uniforms,
+              temperature, top_k, top_p, counters, forced, forced_index, forced_count, out, next_input, record)
+
+
 __all__ = [
     "BlockStack",
+    "head_sample_or_force",
     "mamba_blocks_step",
     "default_chunk_size",
     "mamba_block_step",

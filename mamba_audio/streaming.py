@@ -318,10 +318,12 @@ class StreamingGenerator(StepLoop):
         self.block_samples = block_samples
 
         batch, long = max_streams, dict(dtype=torch.long, device=self.device)
+        self.tokens = torch.full((batch,), model.tokenizer.silence_token, **long)  # each slot's latest token
+        labels = torch.zeros(batch, **long) if model.class_embedding is not None else None
         with torch.no_grad():
             self.state: StageState = model.allocate_inference_cache(batch, self.device)
-        self.tokens = torch.full((batch,), model.tokenizer.silence_token, **long)  # what each slot feeds next
-        self.labels = torch.zeros(batch, **long) if model.class_embedding is not None else None
+            self.inputs = model.embed(self.tokens, labels)  # each slot's next input: its token embedded, class added
+            self.class_rows = model.class_rows(labels)  # the class's part of it (None: unconditional)
         self.sampler = StreamSampler(batch, self.device)
         self.forced = torch.zeros(batch, self.period, **long)  # prompt tokens a slot feeds before sampling
         self.forced_count = torch.zeros(batch, **long)
@@ -410,27 +412,28 @@ class StreamingGenerator(StepLoop):
         self._load_slot(slot, fresh)
         forced = inputs[k + 1:]
         self.tokens[slot] = inputs[k]
+        self.inputs[slot] = self.model.embed(inputs[k:k + 1], labels)[0]
+        if self.class_rows is not None:
+            self.class_rows[slot] = self.model.class_rows(labels)[0]
         self.forced[slot, : forced.shape[0]] = forced
         self.forced_count[slot] = forced.shape[0]
         self.forced_index[slot] = 0
-        if self.labels is not None:
-            self.labels[slot] = label_index
         self.sampler.set_row(slot, seed, temperature, top_k, top_p)
         return self._attach(Stream(self, slot, chunk_samples, max_samples, skip=forced.shape[0]))
 
     # -- the step loop ----------------------------------------------------------------------------
     def _step_once(self, column: int, uniforms: Tensor) -> None:
-        """One sample for every slot, all on the device: model step, sampling or the next forced token."""
-        logits = self.model.step(self.tokens, self.state, self.labels)
-        self.sampler.sample_or_replay(logits, uniforms, self.forced, self.forced_index, self.forced_count,
-                                      out=self.tokens, record=self.period_outputs[:, column])
+        """One sample for every slot, all on the device: model step, sampling or the next forced token, and the
+        next inputs."""
+        self.model.step_and_sample(self.inputs, self.state, self.sampler, uniforms, self.forced, self.forced_index,
+                                   self.forced_count, self.tokens, self.class_rows, self.period_outputs[:, column])
 
     def _period_uniforms(self) -> Tensor:
         return self.sampler.uniforms_ahead(self.period, skipped=self.forced_count - self.forced_index)
 
     def _buffers(self) -> list[Tensor]:
         """Every tensor a period reads and writes, besides the model's parameters."""
-        return [*state_tensors(self.state), self.tokens, self.forced_index, self.sampler.counters,
+        return [*state_tensors(self.state), self.tokens, self.inputs, self.forced_index, self.sampler.counters,
                 self.period_outputs]
 
 

@@ -178,3 +178,75 @@ def test_replaying_kernel_refuses_what_it_cannot_take():
         wide = torch.zeros(3, 2, dtype=torch.long, device=DEVICE)
         replay(logits, *args, counters, forced, forced_index, forced_count, wide[:, 0])
 
+
+
+def head_inputs(rows, width, vocab, dtype, g, *, rms_norm, norm_bias, head_bias, extra):
+    """A hidden state and the norm, head and embedding of a small model, in ``dtype``."""
+    def rand(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g)).to(dtype).to(DEVICE)
+
+    return dict(hidden=rand(rows, width, scale=2.0), norm_weight=1 + rand(width, scale=0.1),
+                norm_bias=rand(width, scale=0.1) if norm_bias else None, norm_eps=1e-5, rms_norm=rms_norm,
+                head_weight=rand(vocab, width, scale=width ** -0.5), head_bias=rand(vocab) if head_bias else None,
+                embedding=rand(vocab, width), extra=rand(rows, width) if extra else None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("width,vocab,rms_norm,biases,extra", [
+    (64, 256, True, False, False),  # the sc09 models: RMSNorm, unconditional
+    (24, 37, False, True, True),  # LayerNorm with biases, a class row, sides not powers of two
+    (16, 300, True, True, False),  # several chunks of head rows
+], ids=["rms", "layernorm-class", "chunks"])
+def test_head_kernel_matches_the_reference(dtype, width, vocab, rms_norm, biases, extra):
+    """head_sample_or_force: the logits (float32, to summation order), tokens, counters, replay indices, record
+    and the next inputs (exactly: an embedding row plus the class row, rounded once) equal the reference's."""
+    from mamba_audio.kernels.sampling import head_sample_or_force_ref
+
+    g = torch.Generator().manual_seed(width + vocab)
+    rows = 12
+    head = head_inputs(rows, width, vocab, dtype, g, rms_norm=rms_norm, norm_bias=biases, head_bias=biases,
+                       extra=extra)
+    args = settings(rows, vocab, g)
+    counters, forced, forced_index, forced_count = replay_inputs(rows, vocab, 3, g)
+    results = []
+    for fn in (head_sample_or_force_ref, triton_module().head_sample_or_force_triton):
+        state = [t.clone() for t in (counters, forced_index)]
+        out = torch.full((rows,), -1, dtype=torch.long, device=DEVICE)
+        record = torch.full((rows, 4), -1, dtype=torch.long, device=DEVICE)
+        next_input = torch.full((rows, width), float("nan"), dtype=dtype, device=DEVICE)
+        logits = fn(**head, uniforms=args[0], temperature=args[1], top_k=args[2], top_p=args[3], counters=state[0],
+                    forced=forced, forced_index=state[1], forced_count=forced_count, out=out, next_input=next_input,
+                    record=record[:, 1])
+        results.append([t.cpu() for t in (logits, out, *state, record, next_input)])
+    (logits_ref, *rest_ref), (logits, *rest) = results
+    assert logits.dtype == torch.float32 and logits.shape == (rows, vocab)
+    torch.testing.assert_close(logits, logits_ref, rtol=1e-5, atol=1e-5)
+    for new, ref in zip(rest[:-1], rest_ref[:-1]):
+        assert torch.equal(new, ref)
+    if dtype == torch.bfloat16 and extra and DEVICE == "cpu":
+        # Triton's interpreter rounds float32 to bfloat16 toward zero (the GPU, as torch, to nearest): one unit
+        torch.testing.assert_close(rest[-1], rest_ref[-1], rtol=2**-7, atol=0)
+    else:
+        assert torch.equal(rest[-1], rest_ref[-1])
+    # the reference's next inputs: each row's token's embedding, plus its class row
+    out_ref, next_ref = rest_ref[0], rest_ref[-1]
+    expected = head["embedding"].cpu().float()[out_ref]
+    if extra:
+        expected = expected + head["extra"].cpu().float()
+    assert torch.equal(next_ref, expected.to(dtype))
+
+
+def test_head_kernel_refuses_mismatched_tensors():
+    g = torch.Generator().manual_seed(1)
+    head = head_inputs(3, 16, 8, torch.float32, g, rms_norm=True, norm_bias=False, head_bias=True, extra=False)
+    args = settings(3, 8, g)
+    counters, forced, forced_index, forced_count = replay_inputs(3, 8, 2, g)
+    out = torch.zeros(3, dtype=torch.long, device=DEVICE)
+    fn = triton_module().head_sample_or_force_triton
+    for name, bad in (("embedding", torch.zeros(9, 16)), ("head_bias", torch.zeros(7)),
+                      ("next_input", torch.zeros(3, 15))):
+        kwargs = dict(head, next_input=torch.zeros(3, 16, device=DEVICE))
+        kwargs[name] = bad.to(DEVICE)
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            fn(**kwargs, uniforms=args[0], temperature=args[1], top_k=args[2], top_p=args[3], counters=counters,
+               forced=forced, forced_index=forced_index, forced_count=forced_count, out=out)

@@ -16,6 +16,9 @@ Pure tensor code without data-dependent shapes or host syncs, so CUDA graphs can
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+from ..selective_scan.step_ref import norm_ref
 
 Tensor = torch.Tensor
 
@@ -61,3 +64,41 @@ def sample_or_force_ref(logits: Tensor, uniforms: Tensor, temperature: Tensor, t
     if record is not None:
         record.copy_(out)
     return out
+
+
+def check_head_inputs(hidden: Tensor, norm_weight: Tensor, head_weight: Tensor, head_bias: Tensor | None,
+                      embedding: Tensor, extra: Tensor | None, next_input: Tensor) -> None:
+    """Raise ValueError naming the first tensor whose shape does not fit the others (``head_sample_or_force``)."""
+    if hidden.dim() != 2:
+        raise ValueError(f"hidden must be (batch, hidden), got {tuple(hidden.shape)}")
+    batch, width = hidden.shape
+    vocab = head_weight.shape[0]
+    expected = dict(norm_weight=(norm_weight, (width,)), head_weight=(head_weight, (vocab, width)),
+                    head_bias=(head_bias, (vocab,)), embedding=(embedding, (vocab, width)),
+                    extra=(extra, (batch, width)), next_input=(next_input, (batch, width)))
+    for name, (t, shape) in expected.items():
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"{name} must be {shape} for hidden {tuple(hidden.shape)} and a vocabulary of {vocab}, "
+                             f"got {tuple(t.shape)}")
+
+
+def head_sample_or_force_ref(hidden: Tensor, norm_weight: Tensor, norm_bias: Tensor | None, norm_eps: float,
+                             rms_norm: bool, head_weight: Tensor, head_bias: Tensor | None, embedding: Tensor,
+                             extra: Tensor | None, uniforms: Tensor, temperature: Tensor, top_k: Tensor,
+                             top_p: Tensor, counters: Tensor, forced: Tensor, forced_index: Tensor,
+                             forced_count: Tensor, out: Tensor, next_input: Tensor,
+                             record: Tensor | None = None) -> Tensor:
+    """The output end of an autoregressive step and the input end of the next, for a batch of streams.
+
+    logits = head(norm(hidden)) in float32 (norm as ``norm_ref``; hidden (B, H), head_weight (V, H), optional
+    head_bias (V,)); then ``sample_or_force_ref`` (its arguments, updated in place the same way); then the
+    next inputs, ``next_input`` (B, H) <- embedding[token] (+ ``extra`` (B, H), a per-row constant such as a
+    class embedding), added in float32 and rounded once to next_input's dtype. Returns the logits (B, V)."""
+    check_head_inputs(hidden, norm_weight, head_weight, head_bias, embedding, extra, next_input)
+    normed = norm_ref(hidden.float(), norm_weight, norm_bias, norm_eps, rms_norm)
+    logits = F.linear(normed, head_weight.float(), None if head_bias is None else head_bias.float())
+    sample_or_force_ref(logits, uniforms, temperature, top_k, top_p, counters, forced, forced_index, forced_count,
+                        out, record)
+    rows = embedding[out].float()
+    next_input.copy_(rows if extra is None else rows + extra.float())
+    return logits

@@ -7,6 +7,11 @@ exponentials, a cumulative sum in index order and a count. With either filter, e
 of ``CHUNK`` logits; top-p also needs the probability mass ranked before each token, counted the same
 way from the top-k probabilities and ranks, which go through a per-row scratch row (a barrier
 between the store and the chunked reads).
+
+``head_sample_or_force_triton`` makes the logits in the same launch (a norm and a linear head over the
+row's hidden state, written out for the ranking reads) and writes the drawn token's embedding as the
+next step's input: in a step loop, the launches of the norm, the head and the embedding lookup go, and
+the launch joins the block steps' chain of dependent launches.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import MIN_TEMPERATURE
+from ..selective_scan.triton_step import _norm_row, dependent_launches, gdc_launch_dependents, gdc_wait
+from .reference import MIN_TEMPERATURE, check_head_inputs
 
 Tensor = torch.Tensor
 
@@ -24,13 +30,57 @@ CHUNK = 32
 
 
 @triton.jit
+def _head_logits(hidden_ptr, normw_ptr, normb_ptr, headw_ptr, headb_ptr, logits_ptr, row, width, vocab, eps,
+                 s_hb, s_hh, s_wv, s_wh, s_lb, s_lv, RMS_NORM: tl.constexpr, HAS_NORM_BIAS: tl.constexpr,
+                 HAS_HEAD_BIAS: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_ROWS: tl.constexpr,
+                 PDL: tl.constexpr):
+    """head(norm(hidden[row])) to logits_ptr's row, float32, HEAD_ROWS logits at a time; returns the columns
+    (BLOCK_H,) and their mask for the embedding. PDL: the first rows of the head's weights are loaded before
+    ``gdc_wait`` (which returns once the launch before, writing hidden, has finished)."""
+    offs_h = tl.arange(0, BLOCK_H)
+    mask_h = offs_h < width
+    offs_v = tl.arange(0, HEAD_ROWS)
+    w = tl.load(headw_ptr + offs_v[:, None] * s_wv + offs_h[None, :] * s_wh,
+                mask=(offs_v[:, None] < vocab) & mask_h[None, :], other=0.0)
+    if PDL:
+        gdc_wait()
+    x = tl.load(hidden_ptr + row * s_hb + offs_h * s_hh, mask=mask_h, other=0.0).to(tl.float32)
+    normed = _norm_row(x, normw_ptr, normb_ptr, offs_h, mask_h, width, eps, RMS_NORM, HAS_NORM_BIAS)
+    for v0 in range(0, vocab, HEAD_ROWS):
+        offs_v = v0 + tl.arange(0, HEAD_ROWS)
+        mask_v = offs_v < vocab
+        if v0 > 0:
+            w = tl.load(headw_ptr + offs_v[:, None] * s_wv + offs_h[None, :] * s_wh,
+                        mask=mask_v[:, None] & mask_h[None, :], other=0.0)
+        logit = tl.sum(w.to(tl.float32) * normed[None, :], axis=1)
+        if HAS_HEAD_BIAS:
+            logit += tl.load(headb_ptr + offs_v, mask=mask_v, other=0.0).to(tl.float32)
+        tl.store(logits_ptr + row * s_lb + offs_v * s_lv, logit, mask=mask_v)
+    tl.debug_barrier()  # the sampler below reads the row back, each thread other threads' logits
+    return offs_h, mask_h
+
+
+@triton.jit
 def _sample_kernel(logits_ptr, u_ptr, temp_ptr, topk_ptr, topp_ptr, out_ptr, scratch_ptr, vocab, s_lb, s_lv,
                    s_u, s_t, s_k, s_p, counters_ptr, forced_ptr, fidx_ptr, fcount_ptr, record_ptr, width, s_fb, s_fw,
-                   s_c, s_fi, s_fc, s_r, MIN_TEMP: tl.constexpr, BLOCK_V: tl.constexpr, CHUNK: tl.constexpr,
-                   FORCE: tl.constexpr = False, RECORD: tl.constexpr = False):
+                   s_c, s_fi, s_fc, s_r, hidden_ptr, normw_ptr, normb_ptr, headw_ptr, headb_ptr, emb_ptr, extra_ptr,
+                   next_ptr, n_hidden, eps, s_hb, s_hh, s_wv, s_wh, s_ev, s_eh, s_xb, s_xh, s_nb, s_nh,
+                   MIN_TEMP: tl.constexpr, BLOCK_V: tl.constexpr, CHUNK: tl.constexpr,
+                   FORCE: tl.constexpr = False, RECORD: tl.constexpr = False, HEAD: tl.constexpr = False,
+                   RMS_NORM: tl.constexpr = False, HAS_NORM_BIAS: tl.constexpr = False,
+                   HAS_HEAD_BIAS: tl.constexpr = False, HAS_EXTRA: tl.constexpr = False, BLOCK_H: tl.constexpr = 16,
+                   HEAD_ROWS: tl.constexpr = 16, PDL: tl.constexpr = False):
     """FORCE: ``reference.sample_or_force_ref``'s step (replayed tokens, counters and indices moved on); RECORD:
-    the token also goes to record_ptr."""
+    the token also goes to record_ptr. HEAD: ``reference.head_sample_or_force_ref``: the logits are made here
+    first (logits_ptr is their output), and the token's embedding row (plus extra's row) goes to next_ptr.
+    PDL (with HEAD; launched as a programmatic dependent launch): the next launch may start at once."""
     row = tl.program_id(0)
+    if PDL:
+        gdc_launch_dependents()
+    if HEAD:
+        offs_h, mask_h = _head_logits(hidden_ptr, normw_ptr, normb_ptr, headw_ptr, headb_ptr, logits_ptr, row,
+                                      n_hidden, vocab, eps, s_hb, s_hh, s_wv, s_wh, s_lb, s_lv, RMS_NORM,
+                                      HAS_NORM_BIAS, HAS_HEAD_BIAS, BLOCK_H, HEAD_ROWS, PDL)
     offs = tl.arange(0, BLOCK_V)
     valid = offs < vocab
     logits = tl.load(logits_ptr + row * s_lb + offs * s_lv, mask=valid, other=float("-inf")).to(tl.float32)
@@ -87,6 +137,11 @@ def _sample_kernel(logits_ptr, u_ptr, temp_ptr, topk_ptr, topp_ptr, out_ptr, scr
     tl.store(out_ptr + row, token)
     if RECORD:
         tl.store(record_ptr + row * s_r, token)
+    if HEAD:
+        embedded = tl.load(emb_ptr + token * s_ev + offs_h * s_eh, mask=mask_h, other=0.0).to(tl.float32)
+        if HAS_EXTRA:
+            embedded += tl.load(extra_ptr + row * s_xb + offs_h * s_xh, mask=mask_h, other=0.0).to(tl.float32)
+        tl.store(next_ptr + row * s_nb + offs_h * s_nh, embedded.to(next_ptr.dtype.element_ty), mask=mask_h)
 
 
 def sample_tokens_triton(logits: Tensor, uniforms: Tensor, temperature: Tensor, top_k: Tensor,
@@ -100,8 +155,9 @@ def sample_tokens_triton(logits: Tensor, uniforms: Tensor, temperature: Tensor, 
 
 def sample_or_force_triton(logits: Tensor, uniforms: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor,
                            counters: Tensor, forced: Tensor, forced_index: Tensor, forced_count: Tensor, out: Tensor,
-                           record: Tensor | None = None) -> Tensor:
-    """``sample_or_force_ref`` in one launch (logits (B, V), V <= ``MAX_VOCAB``)."""
+                           record: Tensor | None = None, _head: tuple | None = None) -> Tensor:
+    """``sample_or_force_ref`` in one launch (logits (B, V), V <= ``MAX_VOCAB``). ``_head``: the arguments and
+    constexprs of ``head_sample_or_force_triton``'s part (the logits are then its output)."""
     batch = logits.shape[0]
     for name, t in (("counters", counters), ("forced_index", forced_index), ("forced_count", forced_count),
                     ("out", out), ("record", record)):
@@ -111,12 +167,40 @@ def sample_or_force_triton(logits: Tensor, uniforms: Tensor, temperature: Tensor
         raise ValueError(f"forced must be ({batch}, W >= 1) long, got {tuple(forced.shape)} {forced.dtype}")
     if not out.is_contiguous():
         raise ValueError("out must be contiguous")
-    _launch(logits, uniforms, temperature, top_k, top_p, out, counters, forced, forced_index, forced_count, record)
+    _launch(logits, uniforms, temperature, top_k, top_p, out, counters, forced, forced_index, forced_count, record,
+            _head)
     return out
 
 
+def head_sample_or_force_triton(hidden: Tensor, norm_weight: Tensor, norm_bias: Tensor | None, norm_eps: float,
+                                rms_norm: bool, head_weight: Tensor, head_bias: Tensor | None, embedding: Tensor,
+                                extra: Tensor | None, uniforms: Tensor, temperature: Tensor, top_k: Tensor,
+                                top_p: Tensor, counters: Tensor, forced: Tensor, forced_index: Tensor,
+                                forced_count: Tensor, out: Tensor, next_input: Tensor,
+                                record: Tensor | None = None) -> Tensor:
+    """``head_sample_or_force_ref`` in one launch (V <= ``MAX_VOCAB``); returns the logits (B, V) float32."""
+    check_head_inputs(hidden, norm_weight, head_weight, head_bias, embedding, extra, next_input)
+    batch, width = hidden.shape
+    logits = torch.empty(batch, head_weight.shape[0], dtype=torch.float32, device=hidden.device)
+    block_h = max(16, triton.next_power_of_2(width))
+    pdl = dependent_launches(hidden.device)
+    placeholder = hidden
+    head_args = (hidden, norm_weight, norm_bias if norm_bias is not None else placeholder, head_weight,
+                 head_bias if head_bias is not None else placeholder, embedding,
+                 extra if extra is not None else placeholder, next_input, width, float(norm_eps), *hidden.stride(),
+                 *head_weight.stride(), *embedding.stride(), *(extra.stride() if extra is not None else (0, 0)),
+                 *next_input.stride())
+    head_meta = dict(HEAD=True, RMS_NORM=bool(rms_norm), HAS_NORM_BIAS=norm_bias is not None and not rms_norm,
+                     HAS_HEAD_BIAS=head_bias is not None, HAS_EXTRA=extra is not None, BLOCK_H=block_h,
+                     HEAD_ROWS=max(1, min(triton.next_power_of_2(logits.shape[1]), 8192 // block_h)), PDL=pdl,
+                     **({"launch_pdl": True} if pdl else {}))
+    sample_or_force_triton(logits, uniforms, temperature, top_k, top_p, counters, forced, forced_index, forced_count,
+                           out, record, _head=(head_args, head_meta))
+    return logits
+
+
 def _launch(logits, uniforms, temperature, top_k, top_p, out, counters=None, forced=None, forced_index=None,
-            forced_count=None, record=None) -> None:
+            forced_count=None, record=None, head=None) -> None:
     batch, vocab = logits.shape
     if vocab > MAX_VOCAB:
         raise ValueError(f"the Triton sampler takes at most {MAX_VOCAB} logits per row, got {vocab}")
@@ -133,7 +217,8 @@ def _launch(logits, uniforms, temperature, top_k, top_p, out, counters=None, for
                    forced.shape[1], *forced.stride(), counters.stride(0), forced_index.stride(0),
                    forced_count.stride(0), record.stride(0) if record is not None else 0)
                   if force else (placeholder,) * 5 + (1,) + (0,) * 6)
+    head_args, head_meta = head if head is not None else ((placeholder,) * 8 + (1, 0.0) + (0,) * 10, {})
     _sample_kernel[(batch,)](logits, uniforms, temperature, top_k, top_p, out, scratch, vocab, *logits.stride(),
                              uniforms.stride(0), temperature.stride(0), top_k.stride(0), top_p.stride(0), *force_args,
-                             MIN_TEMP=MIN_TEMPERATURE, BLOCK_V=block_v, CHUNK=CHUNK, FORCE=force,
-                             RECORD=force and record is not None, num_warps=4)
+                             *head_args, MIN_TEMP=MIN_TEMPERATURE, BLOCK_V=block_v, CHUNK=CHUNK, FORCE=force,
+                             RECORD=force and record is not None, num_warps=4, **head_meta)

@@ -133,6 +133,14 @@ def mamba_step_ref(
     return y.to(x.dtype)
 
 
+def norm_ref(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float, rms_norm: bool) -> Tensor:
+    """The affine RMS norm (``rms_norm``, weight only) or layer norm over the last axis of float32 ``x``, in
+    float32: the block steps' and the sampling head's."""
+    if rms_norm:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+    return F.layer_norm(x, (x.shape[-1],), weight.float(), None if bias is None else bias.float(), eps)
+
+
 def mamba_block_step_ref(
     x: Tensor,
     norm_weight: Tensor,
@@ -172,11 +180,7 @@ def mamba_block_step_ref(
                          f"(hidden, channels)=({hidden}, {dim}); got {tuple(in_proj_weight.shape)} and "
                          f"{tuple(out_proj_weight.shape)}")
     residual = x.float()
-    if rms_norm:
-        normed = residual * torch.rsqrt(residual.pow(2).mean(-1, keepdim=True) + norm_eps) * norm_weight.float()
-    else:
-        normed = F.layer_norm(residual, (hidden,), norm_weight.float(),
-                              None if norm_bias is None else norm_bias.float(), norm_eps)
+    normed = norm_ref(residual, norm_weight, norm_bias, norm_eps, rms_norm)
     xz = F.linear(normed, in_proj_weight.float(), None if in_proj_bias is None else in_proj_bias.float())
     u, z = xz.chunk(2, dim=-1)
     y = mamba_step_ref(u, z, conv_state, ssm_state, conv_weight, conv_bias, A, D, dt_bias, x_proj_weight,

@@ -97,6 +97,29 @@ class SaShiMiLM(PretrainedMixin, nn.Module):
         """token (B,) -> logits (B, V) for the next token; updates ``state`` in place."""
         return self.head(self.norm(self.backbone.step(self._embed(token, labels), state)))
 
+    def embed(self, tokens: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The backbone's inputs for token ids (B,) or (B, L) (class-conditional: plus the label's embedding)."""
+        self._check_labels(labels, tokens.shape[0])
+        return self._embed(tokens, labels)
+
+    def class_rows(self, labels: Tensor | None) -> Tensor | None:
+        """What the class of each row adds to its inputs, (B, H) for labels (B,); None for an unconditional model."""
+        return None if self.class_embedding is None else self.class_embedding(labels)
+
+    def step_and_sample(self, inputs: Tensor, state, sampler: StreamSampler, uniforms: Tensor, forced: Tensor,
+                        forced_index: Tensor, forced_count: Tensor, out: Tensor, class_rows: Tensor | None = None,
+                        record: Tensor | None = None) -> Tensor:
+        """One sample of a batch of streams from their embedded inputs (B, H), which become the next sample's.
+
+        The backbone steps ``inputs``; the token is drawn from head(norm(.)) as ``sampler.sample_or_replay``
+        does (or replayed from ``forced``) into ``out`` (and ``record``); then ``inputs`` <- its embedding
+        plus ``class_rows`` (``class_rows(labels)``). On CUDA the head, the sampling and the embedding are one
+        launch after the block steps; the step loops and ``generate`` both come here, so they draw the same
+        tokens. Returns the logits (B, V) float32."""
+        hidden = self.backbone.step(inputs, state)
+        return sampler.head_sample_or_replay(hidden, self.norm, self.head, self.embedding.weight, class_rows,
+                                             uniforms, forced, forced_index, forced_count, out, inputs, record)
+
     @torch.no_grad()
     def generate(
         self,
@@ -147,7 +170,11 @@ class SaShiMiLM(PretrainedMixin, nn.Module):
                 self.step(inputs[:, t], state, labels)
             token = prompt[:, -1]
         out = torch.empty(batch_size, num_samples, dtype=torch.long, device=device)
+        inputs, class_rows = self._embed(token, labels), self.class_rows(labels)
+        token = token.clone()  # the sampled tokens' buffer
+        nothing_forced = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        index, count = torch.zeros(batch_size, dtype=torch.long, device=device), nothing_forced[:, 0]
         for t in tqdm(range(num_samples), desc="generating", unit="sample", disable=not progress):
-            token = sampler.sample(self.step(token, state, labels))
-            out[:, t] = token
+            self.step_and_sample(inputs, state, sampler, sampler.uniforms(), nothing_forced, index, count, token,
+                                 class_rows, record=out[:, t])
         return out

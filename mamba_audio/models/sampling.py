@@ -11,8 +11,11 @@ graph can capture (no host synchronisation per sample).
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
-from mamba_audio.kernels import sample_or_force, sample_tokens  # the rule (kernels/sampling/reference.py), its kernel
+from mamba_audio.kernels import head_sample_or_force, sample_or_force, sample_tokens  # kernels/sampling
+
+from .mixer import block_step_rms_norm
 
 Tensor = torch.Tensor
 
@@ -100,6 +103,10 @@ class StreamSampler:
         self.top_k[row] = NO_TOP_K if top_k is None else int(top_k)
         self.top_p[row] = 1.0 if top_p is None else float(top_p)
 
+    def uniforms(self) -> Tensor:
+        """The uniforms (B,) of the rows' next draws."""
+        return counter_uniforms(self.key_lo, self.key_hi, self.counters)
+
     def uniforms_ahead(self, steps: int, skipped: Tensor) -> Tensor:
         """The uniforms (B, steps) of the next ``steps`` calls of ``sample``, when each row's first ``skipped``
         (B,) calls do not advance its counter: one batch of hashing instead of one per sample."""
@@ -110,7 +117,7 @@ class StreamSampler:
         """logits (B, V) -> tokens (B,); then the counters of the rows where ``advance`` (B,) bool (default all)
         move on. ``uniforms`` (B,), from ``uniforms_ahead``, saves drawing them here."""
         if uniforms is None:
-            uniforms = counter_uniforms(self.key_lo, self.key_hi, self.counters)
+            uniforms = self.uniforms()
         tokens = sample_tokens(logits, uniforms, self.temperature, self.top_k, self.top_p)
         self.counters.add_(1 if advance is None else advance.long())
         return tokens
@@ -122,3 +129,15 @@ class StreamSampler:
         of the counter; the tokens to ``out`` (B,) and ``record``. One launch on CUDA (``sample_or_force``)."""
         return sample_or_force(logits, uniforms, self.temperature, self.top_k, self.top_p, self.counters, forced,
                                forced_index, forced_count, out, record)
+
+    def head_sample_or_replay(self, hidden: Tensor, norm: nn.Module, head: nn.Linear, embedding: Tensor,
+                              extra: Tensor | None, uniforms: Tensor, forced: Tensor, forced_index: Tensor,
+                              forced_count: Tensor, out: Tensor, next_input: Tensor,
+                              record: Tensor | None = None) -> Tensor:
+        """``sample_or_replay`` on the logits ``head(norm(hidden))`` (hidden (B, H); norm an affine LayerNorm or
+        RMSNorm), then the next step's inputs ``embedding[token] (+ extra)`` (B, H) to ``next_input``. One launch
+        on CUDA (``head_sample_or_force``); returns the logits (B, V) float32."""
+        return head_sample_or_force(hidden, norm.weight, getattr(norm, "bias", None), norm.eps,
+                                    block_step_rms_norm(norm), head.weight, head.bias, embedding, extra, uniforms,
+                                    self.temperature, self.top_k, self.top_p, self.counters, forced, forced_index,
+                                    forced_count, out, next_input, record)
