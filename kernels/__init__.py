@@ -17,6 +17,7 @@ inside a whole pre-norm residual block: norm, in_proj, step, out_proj, residual)
 "reference" (PyTorch, the CPU default) and "triton" (one launch per step, the CUDA
 default; complex A falls back to the reference). ``mamba_blocks_step`` steps a
 ``BlockStack`` of consecutive blocks of one shape in turn, in one launch on "triton".
+``add_keep`` (rows added, one of them kept: a stage's pooling boundary) is one launch on "triton".
 
 Backends of ``sample_tokens`` (one token per row from logits, temperature, top-k and
 top-p with given uniforms, see ``sampling.reference``) and of ``sample_or_force`` (the same,
@@ -40,7 +41,13 @@ from .selective_scan import (
     seq_idx_from_cu_seqlens,
 )
 from .sampling import head_sample_or_force_ref, sample_or_force_ref, sample_tokens_ref
-from .selective_scan.step_ref import BlockStack, mamba_block_step_ref, mamba_blocks_step_ref, mamba_step_ref
+from .selective_scan.step_ref import (
+    BlockStack,
+    add_keep_ref,
+    mamba_block_step_ref,
+    mamba_blocks_step_ref,
+    mamba_step_ref,
+)
 
 _SCAN_BACKENDS: dict[str, Callable] = {
     "reference": selective_scan_ref,
@@ -136,6 +143,22 @@ def _mamba_blocks_step_triton(x, stack):
 
 if importlib.util.find_spec("triton") is not None:
     _BLOCKS_STEP_BACKENDS["triton"] = _mamba_blocks_step_triton
+
+
+_ADD_KEEP_BACKENDS: dict[str, Callable] = {
+    "reference": add_keep_ref,
+}
+
+
+def _add_keep_triton(x, other, keep):
+    """The Triton add-and-keep, imported lazily."""
+    from .selective_scan.triton_step import add_keep_triton
+
+    return add_keep_triton(x, other, keep)
+
+
+if importlib.util.find_spec("triton") is not None:
+    _ADD_KEEP_BACKENDS["triton"] = _add_keep_triton
 
 
 _SAMPLE_BACKENDS: dict[str, Callable] = {
@@ -283,6 +306,14 @@ def mamba_blocks_step(x, stack: BlockStack, backend: str = "auto"):
     return fn(x, stack)
 
 
+def add_keep(x, other, keep, backend: str = "auto"):
+    """x + other for rows (B, H), x copied into ``keep`` (B, H) on the way (a stage's pooling boundary in a step
+    loop: ``selective_scan.step_ref.add_keep_ref``). One launch on "triton", in the block steps' chain of
+    dependent launches."""
+    fn = _resolve(backend, _ADD_KEEP_BACKENDS, x)
+    return fn(x, other, keep)
+
+
 def sample_tokens(logits, uniforms, temperature, top_k, top_p, backend: str = "auto"):
     """logits (B, V) -> tokens (B,) long, one uniform in (0, 1) per row, per-row temperature (0: greedy),
     top_k and top_p; see ``sampling.reference`` for the rule. Graph-capturable: no host syncs."""
@@ -312,6 +343,7 @@ def head_sample_or_force(hidden, norm_weight, norm_bias, norm_eps, rms_norm, hea
 
 __all__ = [
     "BlockStack",
+    "add_keep",
     "head_sample_or_force",
     "mamba_blocks_step",
     "default_chunk_size",

@@ -453,3 +453,30 @@ def test_block_stack_rejects_blocks_that_differ():
     with pytest.raises(ValueError, match="block 1's conv_weight is"):
         BlockStack([blocks[0], dict(blocks[1], conv_weight=blocks[1]["conv_weight"].t().contiguous().t())], 1e-5,
                    False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_add_keep_kernel_matches_the_reference(dtype):
+    """add_keep on a stage's pooling buffers: other and keep are a column (slot) of (B, p, H) buffers; the sum
+    is rounded once to the dtype, as torch's, and the rest of the buffers is left alone."""
+    from mamba_audio.kernels.selective_scan.step_ref import add_keep_ref
+
+    g = torch.Generator().manual_seed(3)
+    batch, pool, width = 5, 4, 24
+    x = torch.randn(batch, width, generator=g).to(dtype).to(DEVICE)
+    pool_out = torch.randn(batch, pool, width, generator=g).to(dtype).to(DEVICE)
+    results = []
+    for fn in (add_keep_ref, triton_step_module().add_keep_triton):
+        pool_in = torch.full((batch, pool, width), float("nan"), dtype=dtype, device=DEVICE)
+        out = fn(x, pool_out[:, 2], pool_in[:, 2])
+        results.append((out.cpu(), pool_in.cpu()))
+    (out_ref, kept_ref), (out, kept) = results
+    assert out.dtype == dtype and out.shape == (batch, width)
+    assert torch.equal(kept_ref[:, 2], x.cpu()) and kept_ref[:, [0, 1, 3]].isnan().all()
+    assert torch.equal(kept.cpu().nan_to_num(7.0), kept_ref.nan_to_num(7.0))
+    if dtype == torch.bfloat16 and DEVICE == "cpu":  # the interpreter rounds to bfloat16 toward zero: one unit
+        torch.testing.assert_close(out, out_ref, rtol=2**-7, atol=0)
+    else:
+        assert torch.equal(out, out_ref)
+    with pytest.raises(ValueError, match="one shape"):
+        triton_step_module().add_keep_triton(x, pool_out[:, 2, :-1], pool_out[:, 1])

@@ -258,3 +258,18 @@ def mamba_blocks_step_ref(x: Tensor, stack: BlockStack) -> Tensor:
         x = mamba_block_step_ref(x, norm_eps=stack.norm_eps, rms_norm=stack.rms_norm, dt_softplus=stack.dt_softplus,
                                  **block)
     return x
+
+
+def check_add_keep(x: Tensor, other: Tensor, keep: Tensor) -> None:
+    """Raise ValueError unless x, other and keep are (B, H) of one shape."""
+    if x.dim() != 2 or other.shape != x.shape or keep.shape != x.shape:
+        raise ValueError(f"x, other and keep must be (batch, hidden) of one shape, got {tuple(x.shape)}, "
+                         f"{tuple(other.shape)} and {tuple(keep.shape)}")
+
+
+def add_keep_ref(x: Tensor, other: Tensor, keep: Tensor) -> Tensor:
+    """x + other (B, H), with x copied into ``keep`` (B, H) on the way: at a SaShiMi stage's pooling boundary, the
+    up-pooled rows added and the row kept for the next down-pooling."""
+    check_add_keep(x, other, keep)
+    keep.copy_(x)
+    return x + other

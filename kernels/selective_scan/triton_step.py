@@ -62,7 +62,7 @@ except ImportError:
     def gdc_wait():
         pass
 
-from .step_ref import BLOCK_TENSORS, BlockStack, check_step_inputs
+from .step_ref import BLOCK_TENSORS, BlockStack, check_add_keep, check_step_inputs
 from .triton_scan import _softplus
 
 Tensor = torch.Tensor
@@ -1104,6 +1104,34 @@ STREAM_TILES = False
 @functools.lru_cache(maxsize=None)
 def _capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
+
+
+@triton.jit
+def _add_keep_kernel(x_ptr, other_ptr, out_ptr, keep_ptr, width, s_xb, s_xh, s_ob, s_oh, s_nb, s_nh, s_kb, s_kh,
+                     BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    """out = x + other and keep = x for one row (``step_ref.add_keep_ref``); PDL as the block steps'."""
+    row = tl.program_id(0)
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
+    offs = tl.arange(0, BLOCK)
+    mask = offs < width
+    x = tl.load(x_ptr + row * s_xb + offs * s_xh, mask=mask, other=0.0)
+    other = tl.load(other_ptr + row * s_ob + offs * s_oh, mask=mask, other=0.0)
+    tl.store(keep_ptr + row * s_kb + offs * s_kh, x.to(keep_ptr.dtype.element_ty), mask=mask)
+    total = x.to(tl.float32) + other.to(tl.float32)
+    tl.store(out_ptr + row * s_nb + offs * s_nh, total.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def add_keep_triton(x: Tensor, other: Tensor, keep: Tensor) -> Tensor:
+    """``step_ref.add_keep_ref`` in one launch: x + other (B, H), and x copied into ``keep`` (B, H)."""
+    check_add_keep(x, other, keep)
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    pdl = dependent_launches(x.device)
+    _add_keep_kernel[(x.shape[0],)](x, other, out, keep, x.shape[1], *x.stride(), *other.stride(), *out.stride(),
+                                    *keep.stride(), BLOCK=max(16, triton.next_power_of_2(x.shape[1])), PDL=pdl,
+                                    num_warps=1, **({"launch_pdl": True} if pdl else {}))
+    return out
 
 
 def dependent_launches(device: torch.device) -> bool:

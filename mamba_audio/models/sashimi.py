@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mamba_audio.kernels import add_keep
+
 from .blocks import BidirectionalBlock, BlockState, ResidualBlock, step_blocks
 from .config import BackboneConfig
 
@@ -187,8 +189,8 @@ class Stage(nn.Module):
             state.position += 1
             return x
         slot = state.position % self.pool
-        up = x + state.pool_out[:, slot]  # read now: pool_out is overwritten below when the group completes
-        state.pool_in[:, slot] = x
+        # x + the up-pooled row (read now: pool_out is overwritten below when the group completes); x kept for pooling
+        up = add_keep(x, state.pool_out[:, slot], keep=state.pool_in[:, slot])
         if slot == self.pool - 1:  # a full group: one inner step, whose output serves the next group
             pooled = self.down_pool.linear(state.pool_in.flatten(1))
             # in place, so the state's tensors keep their storage (a captured CUDA graph reads them there)
