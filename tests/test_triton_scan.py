@@ -326,6 +326,132 @@ def test_backward_switches(switches):
     check_against_ref(inputs, torch.float32, forward="sequential", seq_idx=seq_idx, bwd_BD=4, switches=switches)
 
 
+@pytest.fixture
+def gpu_sized_splits(monkeypatch):
+    """Launch parameters as on a GPU of 8 multiprocessors: the backward splits the channels of a short sequence
+    (on the CPU, counted as one multiprocessor, it hardly ever does)."""
+    monkeypatch.setattr(triton_scan, "_sm_count", lambda device: 8)
+
+
+# the backward's gradient sums: dB, dC over channel splits for B and C of each dtype, grouped or not; dD and
+# d delta_bias absent; the gradient of a 16-bit initial state (a cast in the same launch)
+SPLITS = [
+    pytest.param(2, torch.float32, {}, torch.float32, "sequential", id="grouped-fp32"),
+    pytest.param(2, torch.bfloat16, dict(has_D=False, has_bias=False), torch.bfloat16, "chunk-parallel",
+                 id="grouped-bf16-no-D-no-bias-h0-bf16"),
+    pytest.param(2, torch.float16, dict(has_z=False), torch.float16, "walk-segments", id="grouped-fp16-h0-fp16"),
+    pytest.param(None, torch.bfloat16, dict(has_D=False), torch.float32, "sequential", id="bf16-no-D"),
+]
+
+
+@pytest.mark.usefixtures("gpu_sized_splits")
+@pytest.mark.parametrize("groups, bc_dtype, options, h0_dtype, forward", SPLITS)
+def test_backward_channel_splits_and_gradient_dtypes(groups, bc_dtype, options, h0_dtype, forward):
+    assert triton_scan.choose_config(1, 8, 37, 4, groups or 1, sm_count=8, T=CHUNK, bwd_BD=1)["bwd_n_split"] > 1
+    inputs = make_inputs(1, 8, 37, 4, groups, seed=17, **options)
+    inputs.update(B=inputs["B"].to(bc_dtype), C=inputs["C"].to(bc_dtype),
+                  initial_state=inputs["initial_state"].to(h0_dtype))
+    lowest = max((bc_dtype, h0_dtype), key=TOL.get)
+    check_against_ref(inputs, lowest, forward=forward, bwd_BD=1)
+    check_against_ref(inputs, lowest, forward=forward, bwd_BD=1, want_final=False)
+
+
+def nan_filled(make):
+    def filled(*args, **kwargs):
+        x = make(*args, **kwargs)
+        return x.fill_(float("nan")) if x.is_floating_point() else x
+    return filled
+
+
+@pytest.mark.usefixtures("gpu_sized_splits")
+@pytest.mark.parametrize("forward, length, given_ends", [
+    *[(forward, 37, given) for forward in FORWARDS for given in (False, True)],
+    ("chunk-parallel", 9, False),  # one chunk
+])
+def test_every_buffer_is_written_before_it_is_read(forward, length, given_ends, monkeypatch):
+    """The same bits again where every buffer the scan allocates starts as NaN: nothing is read that no kernel
+    wrote (the zero state entering the first chunk and the zero adjoint leaving the last, without an initial
+    state and a final state's gradient, come from the carry pass and the sequential forward; the gradient sums
+    read only partials), so results are also the same run to run."""
+    inputs = make_inputs(1, 4, length, 4, 2, has_h0=given_ends, seed=19)
+    first = run_both(inputs, True, given_ends, forward, bwd_BD=1)[0]
+    monkeypatch.setattr(torch, "empty", nan_filled(torch.empty))
+    monkeypatch.setattr(torch, "empty_like", nan_filled(torch.empty_like))
+    monkeypatch.setattr(torch.Tensor, "new_empty", nan_filled(torch.Tensor.new_empty))
+    second = run_both(inputs, True, given_ends, forward, bwd_BD=1)[0]
+    assert torch.equal(first[0], second[0])
+    assert given_ends == (first[1] is not None) and (not given_ends or torch.equal(first[1], second[1]))
+    assert first[2].keys() == second[2].keys()
+    for name in first[2]:
+        assert torch.equal(first[2][name], second[2][name]), name
+
+
+def test_gradient_sums_over_many_partials():
+    """``_grad_sums_kernel`` where a sum takes several trips of rows (70 partials, 32 a trip; 5 splits in a trip
+    of 8) and no block width divides the gradient's: float32 sums as exact as float32 allows, the casts as
+    PyTorch's (16 bits: the rounding of one cast), nothing written past the end."""
+    g = torch.Generator().manual_seed(23)
+    n_split, n_bc, n_parts, dim, n_state, n_h0 = 5, 1000, 70, 23, 5, 300
+    rows_widths = [(n_split, n_bc), (n_split, n_bc), (n_parts, dim * n_state), (n_parts, dim), (n_parts, dim),
+                   (1, n_h0)]
+    dtypes = [torch.float16, torch.float32, torch.float32, torch.bfloat16, torch.float32, torch.float16]
+    parts = [torch.randn(r * w, generator=g).to(DEVICE) for r, w in rows_widths]
+    outs = [torch.full((w + 7,), float("nan"), dtype=dt, device=DEVICE) for (_, w), dt in zip(rows_widths, dtypes)]
+    tile, split_rb, part_rb = 256, 8, 32
+    cdiv = triton.cdiv  # a program for each block of each gradient
+    blocks = 2 * cdiv(n_bc, tile // split_rb) + cdiv(dim * n_state, tile // part_rb) + 2 * cdiv(dim, tile // part_rb)
+    blocks += cdiv(n_h0, tile)
+    triton_scan.launch(triton_scan._grad_sums_kernel, (blocks,), *parts, *outs, n_split, n_bc, n_parts, dim, n_state,
+                       n_h0, SUM_B=True, SUM_C=True, HAS_D=True, HAS_BIAS=True, CAST_H0=True, SPLIT_RB=split_rb,
+                       PART_RB=part_rb, TILE=tile, num_warps=4)
+    for (r, w), part, out, tol in zip(rows_widths, parts, outs, [1e-3, 1e-6, 1e-6, 8e-3, 1e-6, 1e-3]):
+        assert out[w:].isnan().all()
+        exact = part.view(r, w).double().sum(0)
+        assert rel_err(out[:w], exact) <= tol, (r, w, out.dtype)
+    assert torch.equal(outs[-1][:n_h0], parts[-1].to(torch.float16))
+
+
+@pytest.mark.usefixtures("gpu_sized_splits")
+def test_training_call_dispatches_only_allocations(monkeypatch):
+    """A training forward and backward (the sequential forward; D, z, delta_bias; no initial or final state)
+    dispatches no PyTorch operation besides allocating its outputs and scratch: each costs 8-22 us of host time
+    on the H100 machine, where at short sequences the GPU waits on the host."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.counting, self.ops = True, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if self.counting:
+                self.ops.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    launches, mode, launch = [], Count(), triton_scan.launch
+
+    def uncounted(kernel, grid, *args, **kwargs):  # the interpreter's own copies are not the call's
+        launches.append(getattr(kernel, "__name__", None) or kernel.fn.__name__)
+        mode.counting = False
+        launch(kernel, grid, *args, **kwargs)
+        mode.counting = True
+
+    monkeypatch.setattr(triton_scan, "launch", uncounted)
+    inputs = make_inputs(1, 8, 37, 4, has_h0=False, seed=29)
+    leaves = {k: v.requires_grad_() for k, v in inputs.items() if v is not None}
+    dy = torch.randn(inputs["u"].shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    config = dict(T=CHUNK, bwd_BD=1, **FORWARDS["sequential"])
+    with mode:
+        y = triton_scan.selective_scan_triton(**leaves, delta_softplus=True, config=config)
+        forward_ops, mode.ops = mode.ops, []
+        torch.autograd.grad(y, list(leaves.values()), dy)
+    assert sorted(forward_ops) == ["empty"] * 2  # y and the states
+    # adjoints, chunk summaries (2), du, d delta, dz, dB, dC, dA, dD, d delta_bias, the partials (one and a split)
+    assert sorted(mode.ops) == ["empty"] * 11 + ["empty_like", "split_with_sizes"], mode.ops
+    assert launches == ["_scan_fwd_kernel", "_chunk_summary_kernel", "_carry_kernel", "_scan_bwd_kernel",
+                        "_grad_sums_kernel"]
+
+
 def test_packed_sequences_are_independent():
     """A packed row gives each sequence exactly what it gets alone (with a zero start)."""
     inputs = make_inputs(1, 3, 30, 4, has_h0=False, seed=4)
@@ -443,11 +569,12 @@ def test_walk_compiles_for_sm90_with_whole_rows_per_thread(act, summary, save):
 @pytest.mark.parametrize("groups, length, tw", [(None, 37, 8), (2, 41, 4), (None, 3, 8)], ids=["L37", "grouped-L41", "L3"])
 def test_pack_bc_lays_out_each_trip_as_one_block(groups, length, tw):
     inputs = make_inputs(2, 4, length, 5, groups, dtype=torch.bfloat16, seed=8)
-    Bg, Cg = triton_scan._grouped(inputs["B"]), triton_scan._grouped(inputs["C"])
-    Bg = Bg[..., :1].expand_as(Bg) if groups else Bg  # a broadcast L axis too (time-invariant B)
-    packed = triton_scan._pack_bc(Bg, Cg, tw)
+    B, C = inputs["B"], inputs["C"]
+    B = B[..., :1].expand_as(B) if groups else B  # a broadcast L axis too (time-invariant B)
+    packed = triton_scan._pack_bc(B, C, tw)  # ungrouped (B, N, L): one group
     n_sub = -(-length // tw)
-    for i, X in enumerate((Bg, Cg)):
+    for i, X in enumerate((B, C)):
+        X = X if groups else X.unsqueeze(1)
         padded = torch.nn.functional.pad(X.float(), (0, n_sub * tw - length)).unflatten(-1, (n_sub, tw))
         assert torch.equal(packed[:, :, :, i], padded.permute(0, 1, 3, 2, 4))  # (B, G, trips, N, TW)
 

@@ -38,7 +38,8 @@ backward (the adjoint g_t = dL/dh_t runs backwards: g_t = dy_t C_t + a_{t+1} g_{
   1. ``_chunk_summary_kernel`` (reverse): each chunk's adjoint at its start from a zero end;
   2. ``_carry_kernel`` (reverse): the adjoint entering every chunk from the right;
   3. ``_scan_bwd_kernel``: per chunk, recompute h (from the entering states saved
-     by the forward, B x (K+1) x D x N floats) and g, and form every gradient.
+     by the forward, B x (K+1) x D x N floats) and g, and form every gradient;
+  4. ``_grad_sums_kernel``: the sums of its partials (below), each gradient in its dtype.
 
 The tiled kernels (backward, packed forward) hold (channels x steps) tiles, one state n at a
 time, as in mamba_ssm's CUDA kernel: y accumulates in registers and each thread scans several
@@ -48,6 +49,10 @@ B*D*L*N. Sums over a split's channels (dB, dC) happen in order inside one progra
 (partials per split, summed after); sums over batch
 and chunks (dA, dD, d delta_bias) go through per-program partial buffers summed
 in a fixed order, so results are deterministic run to run.
+At short sequences the GPU waits on the host, where each PyTorch operation costs 8-22 us
+(H100 machine): the zero state entering the first chunk and the zero adjoint leaving the
+last are written by the carry pass or the sequential forward where one runs, the backward's
+float32 scratch is one allocation, and its partials are summed in one launch.
 """
 
 from __future__ import annotations
@@ -300,12 +305,14 @@ def _chunk_summary_kernel(
 
 @triton.jit
 def _carry_kernel(decay_ptr, local_ptr, states_ptr, n_chunks, rows,
-                  REVERSE: tl.constexpr, ROWS: tl.constexpr, CB: tl.constexpr):
+                  REVERSE: tl.constexpr, ZERO_START: tl.constexpr, ROWS: tl.constexpr, CB: tl.constexpr):
     """Carry states across chunks: s_{k+1} = decay_k s_k + local_k (forward) or
     r_k = decay_k r_{k+1} + local_k (reverse), for every (d, n) row of one batch.
 
     decay/local: (B, K, rows); states: (B, K+1, rows) with states[:, 0] (forward) or
-    states[:, K] (reverse) given; the other K entries are written.
+    states[:, K] (reverse) given; the other K entries are written. ZERO_START: the given
+    entry is zero, and written here for the kernels that read it later (zeroing it
+    on the host cost two PyTorch operations a call).
     """
     pid_r = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -315,9 +322,14 @@ def _carry_kernel(decay_ptr, local_ptr, states_ptr, n_chunks, rows,
     sum_base = pid_b * n_chunks * rows
     st_base = pid_b * (n_chunks + 1) * rows
     if REVERSE:
-        carry = tl.load(states_ptr + st_base + n_chunks * rows + r, mask=r_mask, other=0.0)
+        start_ptrs = states_ptr + st_base + n_chunks * rows + r
     else:
-        carry = tl.load(states_ptr + st_base + r, mask=r_mask, other=0.0)
+        start_ptrs = states_ptr + st_base + r
+    if ZERO_START:
+        carry = tl.zeros((ROWS,), dtype=tl.float32)
+        tl.store(start_ptrs, carry, mask=r_mask)
+    else:
+        carry = tl.load(start_ptrs, mask=r_mask, other=0.0)
     for kb in range(0, n_chunks, CB):
         j = kb + col
         if REVERSE:
@@ -397,12 +409,15 @@ def _scan_fwd_kernel(
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l, s_seq_b, s_seq_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_SEQ: tl.constexpr, SEQUENTIAL: tl.constexpr, SINGLE_CHUNK: tl.constexpr, BD: tl.constexpr, NS: tl.constexpr, T: tl.constexpr,
+    HAS_SEQ: tl.constexpr, SEQUENTIAL: tl.constexpr, SINGLE_CHUNK: tl.constexpr, ZERO_H0: tl.constexpr,
+    BD: tl.constexpr, NS: tl.constexpr, T: tl.constexpr,
 ):
     """y for batch b and the channels of one split; states is (B, K+1, D, N) float32.
 
     SEQUENTIAL: one block of BD channels walks all chunks in order, its state
-    passing from chunk to chunk through states (one exponential per element).
+    passing from chunk to chunk through states (one exponential per element);
+    with ZERO_H0 (no initial state) it first writes the zero state entering
+    chunk 0 there, which the backward starts from too.
     Otherwise: chunk k = program_id(0) only, from states[b, k] as the carry pass
     left it, over all channel blocks of the split; with a single chunk it also
     writes the final state.
@@ -416,6 +431,10 @@ def _scan_fwd_kernel(
     if SEQUENTIAL:
         d = d_lo + tl.arange(0, BD)
         d_mask = d < d_hi
+        if ZERO_H0:
+            for n in tl.static_range(NS):
+                tl.store(st_b + d * NS + n, tl.zeros((BD,), dtype=tl.float32), mask=d_mask)
+            tl.debug_barrier()  # read by other threads in chunk 0
         for k in range(0, n_chunks):
             t = k * T + tl.arange(0, T)
             h_in = st_b + k * dim * NS + d * NS
@@ -766,6 +785,53 @@ def _scan_bwd_kernel(
         tl.store(ddt_ptr + offs_dl, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
 
 
+@triton.jit
+def _sum_rows(part_ptr, out_ptr, R, W, blk, RB: tl.constexpr, WB: tl.constexpr):
+    """out[j] = sum over r < R of part[r W + j] for the WB columns j of block blk (none outside [0, W)), in out's
+    dtype: RB rows a trip, trips in order, so every run sums in the same order. Returns blk less this gradient's
+    blocks: the block of the next one."""
+    if (blk >= 0) & (blk * WB < W):
+        j = blk * WB + tl.arange(0, WB)
+        j_mask = j < W
+        acc = tl.zeros((WB,), dtype=tl.float32)
+        for r0 in range(0, R, RB):
+            r = r0 + tl.arange(0, RB).to(tl.int64)
+            x = tl.load(part_ptr + r[:, None] * W + j[None, :], mask=(r < R)[:, None] & j_mask[None, :], other=0.0)
+            acc += tl.sum(x, axis=0)
+        tl.store(out_ptr + j, acc.to(out_ptr.dtype.element_ty), mask=j_mask)
+    return blk - tl.cdiv(W, WB)
+
+
+@triton.jit
+def _grad_sums_kernel(
+    dB_part_ptr, dC_part_ptr, dA_part_ptr, dD_part_ptr, dbias_part_ptr, dh0_part_ptr,
+    dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+    n_split, n_bc, n_parts, dim, n_state, n_h0,
+    SUM_B: tl.constexpr, SUM_C: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, CAST_H0: tl.constexpr,
+    SPLIT_RB: tl.constexpr, PART_RB: tl.constexpr, TILE: tl.constexpr,
+):
+    """The gradients ``_scan_bwd_kernel`` leaves as float32 partials, each summed and written in its final dtype,
+    in one launch (a sum and a cast per gradient in PyTorch cost more host time than the kernels at short
+    sequences): dB, dC (n_bc elements each) over the n_split channel splits (SUM_B, SUM_C; without, the backward
+    wrote them itself), dA (dim x n_state), dD, d delta_bias (dim) over the n_parts (batch, chunk) partials, and
+    with CAST_H0 dh0 (n_h0) cast. Each program sums one block of TILE partials of one gradient: the blocks of dB,
+    then of dC, dA, dD, d delta_bias and dh0, of those present. (Program i taking block i of every gradient left
+    the programs with dA, dD and d delta_bias blocks summing them one after another: 22 us at (16, 512, 1024, 16)
+    on the H100, 5.5 us this way, where PyTorch's sums and casts took 35.)"""
+    blk = tl.program_id(0)
+    if SUM_B:
+        blk = _sum_rows(dB_part_ptr, dB_ptr, n_split, n_bc, blk, SPLIT_RB, TILE // SPLIT_RB)
+    if SUM_C:
+        blk = _sum_rows(dC_part_ptr, dC_ptr, n_split, n_bc, blk, SPLIT_RB, TILE // SPLIT_RB)
+    blk = _sum_rows(dA_part_ptr, dA_ptr, n_parts, dim * n_state, blk, PART_RB, TILE // PART_RB)
+    if HAS_D:
+        blk = _sum_rows(dD_part_ptr, dD_ptr, n_parts, dim, blk, PART_RB, TILE // PART_RB)
+    if HAS_BIAS:
+        blk = _sum_rows(dbias_part_ptr, dbias_ptr, n_parts, dim, blk, PART_RB, TILE // PART_RB)
+    if CAST_H0:
+        _sum_rows(dh0_part_ptr, dh0_ptr, 1, n_h0, blk, 1, TILE)
+
+
 # ----------------------------------------------------------------------------- launch parameters
 
 
@@ -917,9 +983,15 @@ def _strides3(x: Tensor):
     return x.stride(0), x.stride(1), x.stride(2)
 
 
-def _grouped(X: Tensor) -> Tensor:
-    """(B, N, L) -> (B, 1, N, L) view; grouped (B, G, N, L) unchanged."""
-    return X.unsqueeze(1) if X.dim() == 3 else X
+def _groups(X: Tensor) -> int:
+    """Groups of B or C: (B, N, L) is one group."""
+    return 1 if X.dim() == 3 else X.shape[1]
+
+
+def _grouped_strides(X: Tensor) -> tuple:
+    """(batch, group, N, L) strides of B or C, (B, N, L) as one group: read through these rather than an
+    unsqueezed view, which costs a PyTorch operation of host time a call."""
+    return (X.stride(0), 0, X.stride(1), X.stride(2)) if X.dim() == 3 else X.stride()
 
 
 def _seq_args(seq_idx):
@@ -930,20 +1002,21 @@ def _seq_args(seq_idx):
 
 
 def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, seq_idx, cfg):
+    """y and the states entering every chunk, (B, K+1, D, N) float32, from h0 (any float dtype) or zero."""
     batch, dim, length = u.shape
     n_state = A.shape[1]
-    Bg, Cg = _grouped(B), _grouped(C)
-    groups = Bg.shape[1]
+    groups = _groups(B)
     T, K, BD, DS, n_split = cfg["T"], cfg["n_chunks"], cfg["BD"], cfg["DS"], cfg["n_split"]
     dev = u.device
+    walk = cfg["walk"] and seq_idx is None
     states = torch.empty(batch, K + 1, dim, n_state, device=dev, dtype=torch.float32)
-    if h0 is None:
-        states[:, 0].zero_()
-    else:
+    if h0 is not None:
         states[:, 0].copy_(h0)
+    elif walk or K == 1:  # otherwise the carry pass or the sequential forward writes the zero state
+        states[:, 0].zero_()
     y = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
-    if cfg["walk"] and seq_idx is None:
-        _walk(u, delta, A, Bg, Cg, D, z, delta_bias, softplus, y, states, cfg)
+    if walk:
+        _walk(u, delta, A, B, C, D, z, delta_bias, softplus, y, states, h0 is None, cfg)
         return y, states
     dummy = u  # pointer for absent optional tensors (never read)
     grid = (K, batch, groups * n_split)
@@ -959,50 +1032,51 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, seq_idx, cfg):
         decay = torch.empty(batch, K, dim, n_state, device=dev, dtype=torch.float32)
         local = torch.empty_like(decay)
         launch(_chunk_summary_kernel, grid,
-            u, delta, A, Bg, dummy, dummy, delta_bias if delta_bias is not None else dummy, seq_ptr,
+            u, delta, A, B, dummy, dummy, delta_bias if delta_bias is not None else dummy, seq_ptr,
             decay, local,
             length, dim // groups, n_split, DS, K, dim,
             *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
-            *Bg.stride(), 0, 0, 0, 0, 0, 0, *seq_strides,
+            *_grouped_strides(B), 0, 0, 0, 0, 0, 0, *seq_strides,
             REVERSE=False, HAS_Z=False, HAS_BIAS=flags["HAS_BIAS"], SOFTPLUS=flags["SOFTPLUS"],
             HAS_SEQ=flags["HAS_SEQ"], BD=BD, NS=n_state, T=T, num_warps=cfg["num_warps"],
         )
-        _carry(decay, local, states, reverse=False)
+        _carry(decay, local, states, reverse=False, zero_start=h0 is None)
     if not cfg["sequential"]:
         grid_seq, split_args = grid, (dim // groups, n_split, DS)
     launch(_scan_fwd_kernel, grid_seq,
-        u, delta, A, Bg, Cg, D if D is not None else dummy, z if z is not None else dummy,
+        u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
         delta_bias if delta_bias is not None else dummy, seq_ptr, states, y,
         length, *split_args, K, dim,
         *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
-        *Bg.stride(), *Cg.stride(), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides3(y), *seq_strides,
-        HAS_D=D is not None, SEQUENTIAL=cfg["sequential"], SINGLE_CHUNK=K == 1, BD=BD, NS=n_state, T=T,
-        num_warps=cfg["num_warps"], **flags,
+        *_grouped_strides(B), *_grouped_strides(C), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides3(y),
+        *seq_strides,
+        HAS_D=D is not None, SEQUENTIAL=cfg["sequential"], SINGLE_CHUNK=K == 1,
+        ZERO_H0=cfg["sequential"] and h0 is None, BD=BD, NS=n_state, T=T, num_warps=cfg["num_warps"], **flags,
     )
     return y, states
 
 
-def _pack_bc(Bg: Tensor, Cg: Tensor, TW: int) -> Tensor:
-    """B and C (B, G, N, L) as one float32 (B, G, L/TW, 2, N, TW) tensor, zero past L: a walk trip's B and C rows
-    are one block, read with 16-byte loads at constant offsets from one address and prefetched in one go.
-    One launch (the walk's host time counts at short sequences)."""
-    batch, groups, n_state, length = Bg.shape
+def _pack_bc(B: Tensor, C: Tensor, TW: int) -> Tensor:
+    """B and C ((B, N, L) or (B, G, N, L)) as one float32 (B, G, L/TW, 2, N, TW) tensor, zero past L: a walk trip's
+    B and C rows are one block, read with 16-byte loads at constant offsets from one address and prefetched in one
+    go. One launch (the walk's host time counts at short sequences)."""
+    batch, groups, (n_state, length) = B.shape[0], _groups(B), B.shape[-2:]
     n_sub = -(-length // TW)
-    bc = torch.empty(batch, groups, n_sub, 2, n_state, TW, device=Bg.device, dtype=torch.float32)
+    bc = torch.empty(batch, groups, n_sub, 2, n_state, TW, device=B.device, dtype=torch.float32)
     SB = 32
     launch(_pack_bc_kernel, (triton.cdiv(n_sub, SB), batch * groups),
-        Bg, Cg, bc, length, n_sub, groups, *Bg.stride(), *Cg.stride(),
+        B, C, bc, length, n_sub, groups, *_grouped_strides(B), *_grouped_strides(C),
         NS=n_state, NP=_pow2(n_state), TW=TW, SB=SB, num_warps=4)
     return bc
 
 
-def _walk(u, delta, A, Bg, Cg, D, z, delta_bias, softplus, y, states, cfg) -> None:
+def _walk(u, delta, A, B, C, D, z, delta_bias, softplus, y, states, zero_h0, cfg) -> None:
     """The forward by ``_scan_walk_kernel``: y, and into states (B, K+1, D, N) the final state and, for training,
-    the per-chunk states after states[:, 0]."""
+    the per-chunk states after states[:, 0] (zero with zero_h0)."""
     batch, dim, length = u.shape
-    groups, n_state = Bg.shape[1], A.shape[1]
+    groups, n_state = _groups(B), A.shape[1]
     TW = 16 // max(x.element_size() for x in (u, delta, z) if x is not None)
-    bc = _pack_bc(Bg, Cg, TW)
+    bc = _pack_bc(B, C, TW)
     BD, seg_len, n_seg, K = cfg["walk_BD"], cfg["walk_seg"], cfg["walk_segments"], cfg["n_chunks"]
     per_group = dim // groups
     n_split = -(-per_group // BD)
@@ -1032,24 +1106,32 @@ def _walk(u, delta, A, Bg, Cg, D, z, delta_bias, softplus, y, states, cfg) -> No
     decay = torch.empty_like(local)
     walk_pass(n_fine - 1, fine_len, dummy, local, decay, True)
     h_in = states.new_empty(batch, n_fine, dim, n_state)
-    h_in[:, 0] = states[:, 0]
-    _carry(decay, local, h_in, reverse=False)
+    if not zero_h0:
+        h_in[:, 0] = states[:, 0]
+    _carry(decay, local, h_in, reverse=False, zero_start=zero_h0)
     walk_pass(n_seg, seg_len, h_in, states, dummy, False, s_h_in_j=refine * dim * n_state)
 
 
-def _carry(decay: Tensor, local: Tensor, states: Tensor, reverse: bool) -> None:
+def _carry(decay: Tensor, local: Tensor, states: Tensor, reverse: bool, zero_start: bool) -> None:
     batch, K, dim, n_state = decay.shape
     rows = dim * n_state
     ROWS, CB = min(64, _pow2(rows)), min(64, _pow2(K))
     launch(_carry_kernel, (triton.cdiv(rows, ROWS), batch),
-        decay, local, states, K, rows, REVERSE=reverse, ROWS=ROWS, CB=CB, num_warps=4)
+        decay, local, states, K, rows, REVERSE=reverse, ZERO_START=zero_start, ROWS=ROWS, CB=CB, num_warps=4)
 
 
-def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, seq_idx, states, cfg):
+def _f32_buffers(device: torch.device, *sizes: int) -> tuple:
+    """Flat float32 buffers of these sizes cut from one allocation: two PyTorch operations rather than one per
+    buffer. Each starts 128-byte aligned (Triton specializes kernels on 16-byte alignment)."""
+    padded = [-(-n // 32) * 32 for n in sizes]
+    return torch.empty(sum(padded), device=device, dtype=torch.float32).split(padded)
+
+
+def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, seq_idx, states, h0_dtype, cfg):
+    """Every gradient in its input's dtype; dh0 in h0_dtype, None without an initial state."""
     batch, dim, length = u.shape
     n_state = A.shape[1]
-    Bg, Cg = _grouped(B), _grouped(C)
-    groups = Bg.shape[1]
+    groups = _groups(B)
     T, K, BD, DS, n_split = cfg["T"], cfg["n_chunks"], cfg["BD"], cfg["DS"], cfg["n_split"]
     bBD, bDS, b_split = cfg["bwd_BD"], cfg["bwd_DS"], cfg["bwd_n_split"]
     dev = u.device
@@ -1063,58 +1145,69 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, seq_i
     seq_ptr = dummy if seq_ptr is None else seq_ptr
 
     adj = torch.empty(batch, K + 1, dim, n_state, device=dev, dtype=f32)
-    if dfinal is None:
-        adj[:, K].zero_()
-    else:
+    if dfinal is not None:
         adj[:, K].copy_(dfinal)
+    elif K == 1:  # otherwise the reverse carry writes the zero adjoint leaving the last chunk
+        adj[:, K].zero_()
     if K > 1:
         decay = torch.empty(batch, K, dim, n_state, device=dev, dtype=f32)
         local = torch.empty_like(decay)
         launch(_chunk_summary_kernel, grid,
-            u, delta, A, Cg, z if z is not None else dummy, dout,
+            u, delta, A, C, z if z is not None else dummy, dout,
             delta_bias if delta_bias is not None else dummy, seq_ptr, decay, local,
             length, dim // groups, n_split, DS, K, dim,
             *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
-            *Cg.stride(), *z_strides, *_strides3(dout), *seq_strides,
+            *_grouped_strides(C), *z_strides, *_strides3(dout), *seq_strides,
             REVERSE=True, BD=BD, NS=n_state, T=T, num_warps=cfg["num_warps"], **flags,
         )
-        _carry(decay, local, adj, reverse=True)
+        _carry(decay, local, adj, reverse=True, zero_start=dfinal is None)
         del decay, local  # freed before the gradients are allocated: the allocator reuses them
 
     du = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
     ddelta = torch.empty(batch, dim, length, device=dev, dtype=delta.dtype)
     dz = torch.empty(batch, dim, length, device=dev, dtype=z.dtype) if z is not None else None
-    dB_part = torch.empty(b_split, batch, groups, n_state, length, device=dev, dtype=f32)
-    dC_part = torch.empty_like(dB_part)
-    dA_part = torch.empty(batch, K, dim, n_state, device=dev, dtype=f32)
-    dD_part = torch.empty(batch, K, dim, device=dev, dtype=f32) if D is not None else None
-    dbias_part = torch.empty(batch, K, dim, device=dev, dtype=f32) if delta_bias is not None else None
-    dh0 = torch.empty(batch, dim, n_state, device=dev, dtype=f32)
+    dB = torch.empty(B.shape, device=dev, dtype=B.dtype)
+    dC = torch.empty(C.shape, device=dev, dtype=C.dtype)
+    dA = torch.empty(dim, n_state, device=dev, dtype=f32)
+    dD = torch.empty(dim, device=dev, dtype=D.dtype) if D is not None else None
+    dbias = torch.empty(dim, device=dev, dtype=delta_bias.dtype) if delta_bias is not None else None
+    dh0 = torch.empty(batch, dim, n_state, device=dev, dtype=h0_dtype) if h0_dtype is not None else None
+    # float32 partials for _grad_sums_kernel; the backward kernel writes dB, dC itself from one split in float32,
+    # and dh0 in float32 (without an initial state, into a partial nothing reads)
+    sum_B, sum_C = b_split > 1 or B.dtype != f32, b_split > 1 or C.dtype != f32
+    cast_h0 = h0_dtype is not None and h0_dtype != f32
+    n_bc, n_parts, n_h0 = batch * groups * n_state * length, batch * K, batch * dim * n_state
+    dB_part, dC_part, dA_part, dD_part, dbias_part, dh0_part = _f32_buffers(
+        dev, b_split * n_bc if sum_B else 0, b_split * n_bc if sum_C else 0, n_parts * dim * n_state,
+        n_parts * dim if D is not None else 0, n_parts * dim if delta_bias is not None else 0,
+        n_h0 if h0_dtype != f32 else 0)
     flip, flip_pack = _flip_args(cfg, u.is_cuda)
     launch(_scan_bwd_kernel, (K, batch, groups * b_split),
-        u, delta, A, Bg, Cg, D if D is not None else dummy, z if z is not None else dummy,
+        u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
         delta_bias if delta_bias is not None else dummy, seq_ptr, states, adj, dout,
-        du, ddelta, dz if dz is not None else du, dB_part, dC_part, dA_part,
-        dD_part if dD_part is not None else dA_part, dbias_part if dbias_part is not None else dA_part, dh0,
+        du, ddelta, dz if dz is not None else du, dB_part if sum_B else dB, dC_part if sum_C else dC, dA_part,
+        dD_part, dbias_part, dh0 if h0_dtype == f32 else dh0_part,
         length, dim // groups, b_split, bDS, K, dim, groups,
         *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
-        *Bg.stride(), *Cg.stride(), *z_strides, *_strides3(dout), *seq_strides,
+        *_grouped_strides(B), *_grouped_strides(C), *z_strides, *_strides3(dout), *seq_strides,
         HAS_D=D is not None, BD=bBD, NS=n_state, T=T, UNROLL=cfg["unroll"], SCAN2=cfg["bwd_scan2"],
         RELOAD=cfg["bwd_reload"], EARLY_DBC=cfg["bwd_early_dbc"], FLIP=flip, FLIP_PACK=flip_pack,
         num_warps=cfg["bwd_num_warps"],
         maxnreg=cfg["bwd_maxnreg"], **flags,
     )
-    dB = dB_part.sum(0) if b_split > 1 else dB_part[0]
-    dC = dC_part.sum(0) if b_split > 1 else dC_part[0]
-    grads = dict(
-        du=du, ddelta=ddelta, dz=dz,
-        dA=dA_part.sum((0, 1)),
-        dB=dB.reshape(B.shape).to(B.dtype), dC=dC.reshape(C.shape).to(C.dtype),
-        dD=dD_part.sum((0, 1)).to(D.dtype) if D is not None else None,
-        dbias=dbias_part.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None else None,
-        dh0=dh0,
+    # rows of partials a trip: up to 32 splits, up to 128 (batch, chunk) partials
+    split_rb, part_rb, tile = min(32, _pow2(b_split)), min(128, _pow2(n_parts)), 4096
+    blocks = ((sum_B + sum_C) * triton.cdiv(n_bc, tile // split_rb) + triton.cdiv(dim * n_state, tile // part_rb)
+              + ((D is not None) + (delta_bias is not None)) * triton.cdiv(dim, tile // part_rb)
+              + cast_h0 * triton.cdiv(n_h0, tile))
+    launch(_grad_sums_kernel, (blocks,),
+        dB_part, dC_part, dA_part, dD_part, dbias_part, dh0_part,
+        dB, dC, dA, dD if dD is not None else dA, dbias if dbias is not None else dA, dh0 if cast_h0 else dA,
+        b_split, n_bc, n_parts, dim, n_state, n_h0,
+        SUM_B=sum_B, SUM_C=sum_C, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, CAST_H0=cast_h0,
+        SPLIT_RB=split_rb, PART_RB=part_rb, TILE=tile, num_warps=4,
     )
-    return grads
+    return dict(du=du, ddelta=ddelta, dz=dz, dA=dA, dB=dB, dC=dC, dD=dD, dbias=dbias, dh0=dh0)
 
 
 def _sm_count(device: torch.device) -> int:
@@ -1144,8 +1237,7 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, 
         _check_overrides(config)
     cfg = _config(batch, dim, length, A.shape[1], groups, _sm_count(u.device), training,
                   tuple(sorted(config.items())) if config else ())
-    h0 = None if initial_state is None else initial_state.float()
-    y, states = _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, seq_idx, cfg)
+    y, states = _forward(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, seq_idx, cfg)
     return y, states, cfg
 
 
@@ -1171,13 +1263,10 @@ class SelectiveScanTriton(torch.autograd.Function):
     def backward(ctx, dout, dfinal=None):
         u, delta, A, B, C, D, z, delta_bias, seq_idx, states = ctx.saved_tensors
         dout = unit_stride_along_l(dout) if dout is not None else torch.zeros_like(u)
-        grads = _backward(dout, None if dfinal is None else dfinal.float(), u, delta, A, B, C, D, z, delta_bias,
-                          ctx.delta_softplus, seq_idx, states, ctx.cfg)
-        dh0 = None
-        if ctx.initial_state_dtype is not None:
-            dh0 = grads["dh0"].to(ctx.initial_state_dtype)
-        return (grads["du"], grads["ddelta"], grads["dA"].to(A.dtype), grads["dB"], grads["dC"], grads["dD"],
-                grads["dz"], grads["dbias"], None, dh0, None, None, None)
+        grads = _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, seq_idx, states,
+                          ctx.initial_state_dtype, ctx.cfg)
+        return (grads["du"], grads["ddelta"], grads["dA"], grads["dB"], grads["dC"], grads["dD"], grads["dz"],
+                grads["dbias"], None, grads["dh0"], None, None, None)
 
 
 def selective_scan_triton(
