@@ -111,8 +111,8 @@ class SaShiMiLM(PretrainedMixin, nn.Module):
                         record: Tensor | None = None) -> Tensor:
         """One sample of a batch of streams from their embedded inputs (B, H), which become the next sample's.
 
-        The backbone steps ``inputs``; the token is drawn from head(norm(.)) as ``sampler.sample_or_replay``
-        does (or replayed from ``forced``) into ``out`` (and ``record``); then ``inputs`` <- its embedding
+        The backbone steps ``inputs``; the token is drawn from head(norm(.)) or replayed from ``forced``
+        (``sampler.head_sample_or_replay``) into ``out`` (and ``record``); then ``inputs`` <- its embedding
         plus ``class_rows`` (``class_rows(labels)``). On CUDA the head, the sampling and the embedding are one
         launch after the block steps; the step loops and ``generate`` both come here, so they draw the same
         tokens. Returns the logits (B, V) float32."""

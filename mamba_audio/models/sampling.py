@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from mamba_audio.kernels import head_sample_or_force, sample_or_force, sample_tokens  # kernels/sampling
+from mamba_audio.kernels import head_sample_or_force, sample_tokens  # kernels/sampling
 
 from .mixer import block_step_rms_norm
 
@@ -122,21 +122,16 @@ class StreamSampler:
         self.counters.add_(1 if advance is None else advance.long())
         return tokens
 
-    def sample_or_replay(self, logits: Tensor, uniforms: Tensor, forced: Tensor, forced_index: Tensor,
-                         forced_count: Tensor, out: Tensor, record: Tensor | None = None) -> Tensor:
-        """``sample`` for the rows that have replayed all their given tokens (``forced_index >= forced_count``),
-        the next given token ``forced[i, forced_index[i]]`` for the others, whose ``forced_index`` moves on instead
-        of the counter; the tokens to ``out`` (B,) and ``record``. One launch on CUDA (``sample_or_force``)."""
-        return sample_or_force(logits, uniforms, self.temperature, self.top_k, self.top_p, self.counters, forced,
-                               forced_index, forced_count, out, record)
-
     def head_sample_or_replay(self, hidden: Tensor, norm: nn.Module, head: nn.Linear, embedding: Tensor,
                               extra: Tensor | None, uniforms: Tensor, forced: Tensor, forced_index: Tensor,
                               forced_count: Tensor, out: Tensor, next_input: Tensor,
                               record: Tensor | None = None) -> Tensor:
-        """``sample_or_replay`` on the logits ``head(norm(hidden))`` (hidden (B, H); norm an affine LayerNorm or
-        RMSNorm), then the next step's inputs ``embedding[token] (+ extra)`` (B, H) to ``next_input``. One launch
-        on CUDA (``head_sample_or_force``); returns the logits (B, V) float32."""
+        """A token per row from the logits ``head(norm(hidden))`` (hidden (B, H); norm an affine LayerNorm or
+        RMSNorm): ``sample`` for the rows that have replayed all their given tokens (``forced_index >=
+        forced_count``), the next given token ``forced[i, forced_index[i]]`` for the others, whose ``forced_index``
+        moves on instead of the counter; the tokens to ``out`` (B,) and ``record``; then the next step's inputs
+        ``embedding[token] (+ extra)`` (B, H) to ``next_input``. One launch on CUDA (``head_sample_or_force``);
+        returns the logits (B, V) float32."""
         return head_sample_or_force(hidden, norm.weight, getattr(norm, "bias", None), norm.eps,
                                     block_step_rms_norm(norm), head.weight, head.bias, embedding, extra, uniforms,
                                     self.temperature, self.top_k, self.top_p, self.counters, forced, forced_index,
