@@ -411,6 +411,43 @@ def test_gradient_sums_over_many_partials():
     assert torch.equal(outs[-1][:n_h0], parts[-1].to(torch.float16))
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("zero_start", [False, True])
+def test_carry_tiles_agree_with_the_recurrence(reverse, zero_start):
+    """The carry pass in the narrow tiles it takes where 64 rows a program would leave the GPU idle (8 rows x 512
+    chunks: two runs of chunks, the last ragged, rows past the end masked) and in the default 64 x 64, against the
+    recurrence stepped in float64."""
+    batch, K, rows = 2, 700, 20
+    g = torch.Generator().manual_seed(41)
+    decay = torch.rand(batch, K, rows, generator=g) * 0.6 + 0.4
+    local = torch.randn(batch, K, rows, generator=g)
+    given = torch.zeros(batch, rows) if zero_start else torch.randn(batch, rows, generator=g)
+    expect = torch.empty(batch, K + 1, rows, dtype=torch.float64)
+    order = range(K - 1, -1, -1) if reverse else range(K)
+    at = K if reverse else 0
+    expect[:, at] = given
+    for k in order:
+        expect[:, k if reverse else k + 1] = decay[:, k] * expect[:, k + 1 if reverse else k] + local[:, k]
+    for tile in ((8, 512), (64, 64)):
+        states = torch.full((batch, K + 1, rows), float("nan"))
+        if not zero_start:
+            states[:, at] = given
+        states = states.to(DEVICE)
+        triton_scan.launch(triton_scan._carry_kernel, (triton.cdiv(rows, tile[0]), batch), decay.to(DEVICE),
+                           local.to(DEVICE), states, K, rows, REVERSE=reverse, ZERO_START=zero_start,
+                           ROWS=tile[0], CB=tile[1], num_warps=4)
+        assert rel_err(states.cpu(), expect) < 1e-6, tile
+
+
+def test_carry_tile_rule():
+    """64 rows a program where that gives a program a multiprocessor, else down to 8, with 4096 entries a tile."""
+    assert triton_scan._carry_tile(1, 2048, 2048, 132) == (8, 512)  # one long sequence: 32 programs of 64 rows
+    assert triton_scan._carry_tile(8, 1024, 2048, 132) == (64, 64)  # 256 programs already
+    assert triton_scan._carry_tile(16, 8, 8192, 132) == (64, 8)  # fewer chunks than a tile's run
+    assert triton_scan._carry_tile(1, 2048, 2048, 1) == (64, 64)  # the interpreter: the fewest programs
+    assert triton_scan._carry_tile(1, 5, 12, 132) == (8, 8)
+
+
 @pytest.mark.usefixtures("gpu_sized_splits")
 def test_training_call_dispatches_only_allocations(monkeypatch):
     """A training forward and backward (the sequential forward; D, z, delta_bias; no initial or final state)

@@ -1012,7 +1012,9 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, softplus, h0, seq_idx, cfg):
     states = torch.empty(batch, K + 1, dim, n_state, device=dev, dtype=torch.float32)
     if h0 is not None:
         states[:, 0].copy_(h0)
-    elif walk or K == 1:  # otherwise the carry pass or the sequential forward writes the zero state
+    elif K == 1 or (walk and (cfg["walk_segments"] == 1 or cfg["walk_save"])):
+        # read by the forward, or kept for the backward; otherwise the carry pass or the sequential forward writes
+        # the zero state, and a walk of several segments without gradients never reads it
         states[:, 0].zero_()
     y = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
     if walk:
@@ -1112,10 +1114,21 @@ def _walk(u, delta, A, B, C, D, z, delta_bias, softplus, y, states, zero_h0, cfg
     walk_pass(n_seg, seg_len, h_in, states, dummy, False, s_h_in_j=refine * dim * n_state)
 
 
+def _carry_tile(batch: int, K: int, rows: int, sm_count: int) -> tuple:
+    """(ROWS, CB) for ``_carry_kernel``: tiles of 4096 (row, chunk) entries, 64 rows a program unless that leaves
+    fewer programs than multiprocessors, then as few as 8 (and longer runs of chunks). H100 (session 15,
+    benchmarks/NOTES_scan.md version 15): one sequence of 2048 chunks over 2048 rows, 82 -> 30 us; at 256 programs
+    or more 64 rows were as fast as any tile, or within 2 us."""
+    ROWS = min(64, _pow2(rows))
+    while ROWS > 8 and batch * triton.cdiv(rows, ROWS) < sm_count:
+        ROWS //= 2
+    return ROWS, min(4096 // ROWS, _pow2(K))
+
+
 def _carry(decay: Tensor, local: Tensor, states: Tensor, reverse: bool, zero_start: bool) -> None:
     batch, K, dim, n_state = decay.shape
     rows = dim * n_state
-    ROWS, CB = min(64, _pow2(rows)), min(64, _pow2(K))
+    ROWS, CB = _carry_tile(batch, K, rows, _sm_count(decay.device))
     launch(_carry_kernel, (triton.cdiv(rows, ROWS), batch),
         decay, local, states, K, rows, REVERSE=reverse, ZERO_START=zero_start, ROWS=ROWS, CB=CB, num_warps=4)
 
