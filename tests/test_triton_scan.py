@@ -544,7 +544,7 @@ def test_walk_segments_rule(shape, segments, walk):
     batch, dim, length = shape
     for training in (False, True):
         cfg = triton_scan.choose_config(batch, dim, length, 16, 1, sm_count=132, training=training)
-        assert cfg["walk"] == walk and cfg["walk_BD"] == 64
+        assert cfg["walk"] == walk and cfg["walk_BD"] == 32
         assert cfg["walk_segments"] == segments
         assert cfg["walk_seg"] % cfg["T"] == 0 and cfg["walk_segments"] * cfg["walk_seg"] >= length
         assert (cfg["walk_segments"] - 1) * cfg["walk_seg"] < length

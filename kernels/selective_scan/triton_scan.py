@@ -886,7 +886,8 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
              (forward and chunk summaries); bwd_DS, bwd_n_split the same for the backward
     walk     the forward as ``_scan_walk_kernel`` (never with packed sequences; by default where there is one
              segment or each is 1024 steps or more, see below): a thread
-             per channel, its states in registers; walk_BD channels per program (BD/32 warps), the sequence cut
+             per channel, its states in registers; walk_BD channels per program (BD/32 warps; 32 by default: one
+             warp a program was 1-2% faster than two at all four shapes the walk takes, version 16), the sequence cut
              into walk_segments segments of walk_seg steps (whole chunks), each segment's entering state from
              a summary pass and the carry when there are several. Segments: one where batch x channels give
              512 warps, else the fewest giving 1024 (H100 measurements, benchmarks/NOTES_scan.md version 10);
@@ -939,7 +940,7 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
         cfg["sequential"] = bool(overrides["sequential"]) and K > 1
     cfg["DS"], cfg["n_split"] = _split(batch, groups, K, per_group, cfg["BD"], sm_count)
     cfg["bwd_DS"], cfg["bwd_n_split"] = _split(batch, groups, K, per_group, cfg["bwd_BD"], sm_count)
-    cfg["walk_BD"] = overrides.get("walk_BD") or min(64, _pow2(per_group))
+    cfg["walk_BD"] = overrides.get("walk_BD") or min(32, _pow2(per_group))
     cfg["walk_maxnreg"] = overrides.get("walk_maxnreg")
     cfg["walk_save"] = training  # the per-chunk states, for the backward
     warps = batch * groups * -(-per_group // cfg["walk_BD"]) * max(1, cfg["walk_BD"] // 32)
