@@ -1115,11 +1115,12 @@ def _walk(u, delta, A, B, C, D, z, delta_bias, softplus, y, states, zero_h0, cfg
     walk_pass(n_seg, seg_len, h_in, states, dummy, False, s_h_in_j=refine * dim * n_state)
 
 
+@functools.lru_cache(maxsize=1024)
 def _carry_tile(batch: int, K: int, rows: int, sm_count: int) -> tuple:
     """(ROWS, CB) for ``_carry_kernel``: tiles of 4096 (row, chunk) entries, 64 rows a program unless that leaves
     fewer programs than multiprocessors, then as few as 8 (and longer runs of chunks). H100 (session 15,
     benchmarks/NOTES_scan.md version 15): one sequence of 2048 chunks over 2048 rows, 82 -> 30 us; at 256 programs
-    or more 64 rows were as fast as any tile, or within 2 us."""
+    or more 64 rows were as fast as any tile, or within 2 us. Cached: it runs at every carry, on the host path."""
     ROWS = min(64, _pow2(rows))
     while ROWS > 8 and batch * triton.cdiv(rows, ROWS) < sm_count:
         ROWS //= 2
