@@ -315,6 +315,7 @@ SWITCHES = [
     pytest.param(dict(bwd_scan2=True, bwd_flip=False), id="scan2-reverse-scan"),
     pytest.param(dict(bwd_early_dbc=False), id="late-dBC"),
     pytest.param(dict(bwd_scan2=True, bwd_maxnreg=128), id="scan2-flip"),
+    pytest.param(dict(bwd_split=3), id="split-override"),  # 3 channels: 2 splits of a 2-channel tile
 ]
 
 
@@ -387,12 +388,12 @@ def test_every_buffer_is_written_before_it_is_read(forward, length, given_ends, 
 
 
 def test_gradient_sums_over_many_partials():
-    """``_grad_sums_kernel`` where a sum takes several trips of rows (70 partials, 32 a trip; 5 splits in a trip
-    of 8) and no block width divides the gradient's: float32 sums as exact as float32 allows, the casts as
+    """``_grad_sums_kernel`` where a sum takes several trips of rows (70 partials, 75 for dA, 32 a trip; 5 splits
+    in a trip of 8) and no block width divides the gradient's: float32 sums as exact as float32 allows, the casts as
     PyTorch's (16 bits: the rounding of one cast), nothing written past the end."""
     g = torch.Generator().manual_seed(23)
-    n_split, n_bc, n_parts, dim, n_state, n_h0 = 5, 1000, 70, 23, 5, 300
-    rows_widths = [(n_split, n_bc), (n_split, n_bc), (n_parts, dim * n_state), (n_parts, dim), (n_parts, dim),
+    n_split, n_bc, n_parts, n_parts_A, dim, n_state, n_h0 = 5, 1000, 70, 75, 23, 5, 300
+    rows_widths = [(n_split, n_bc), (n_split, n_bc), (n_parts_A, dim * n_state), (n_parts, dim), (n_parts, dim),
                    (1, n_h0)]
     dtypes = [torch.float16, torch.float32, torch.float32, torch.bfloat16, torch.float32, torch.float16]
     parts = [torch.randn(r * w, generator=g).to(DEVICE) for r, w in rows_widths]
@@ -401,8 +402,8 @@ def test_gradient_sums_over_many_partials():
     cdiv = triton.cdiv  # a program for each block of each gradient
     blocks = 2 * cdiv(n_bc, tile // split_rb) + cdiv(dim * n_state, tile // part_rb) + 2 * cdiv(dim, tile // part_rb)
     blocks += cdiv(n_h0, tile)
-    triton_scan.launch(triton_scan._grad_sums_kernel, (blocks,), *parts, *outs, n_split, n_bc, n_parts, dim, n_state,
-                       n_h0, SUM_B=True, SUM_C=True, HAS_D=True, HAS_BIAS=True, CAST_H0=True, SPLIT_RB=split_rb,
+    triton_scan.launch(triton_scan._grad_sums_kernel, (blocks,), *parts, *outs, n_split, n_bc, n_parts, n_parts_A,
+                       dim, n_state, n_h0, SUM_B=True, SUM_C=True, HAS_D=True, HAS_BIAS=True, CAST_H0=True, SPLIT_RB=split_rb,
                        PART_RB=part_rb, TILE=tile, num_warps=4)
     for (r, w), part, out, tol in zip(rows_widths, parts, outs, [1e-3, 1e-6, 1e-6, 8e-3, 1e-6, 1e-3]):
         assert out[w:].isnan().all()
@@ -639,3 +640,13 @@ def test_config_errors_name_the_key():
         triton_scan.selective_scan_triton(**inputs, config=dict(T=[128]))
     with pytest.raises(ValueError, match="unknown scan config keys"):
         triton_scan.choose_config(1, 3, 20, 4, 1, bwd_bd=2)
+
+
+def test_backward_split_override():
+    """``bwd_split`` asks for that many channel splits of the backward, in whole tiles of its channels."""
+    cfg = triton_scan.choose_config(16, 512, 1024, 16, 1)
+    assert (cfg["bwd_n_split"], cfg["bwd_DS"]) == (8, 64)  # the rule: about four programs a multiprocessor
+    cfg = triton_scan.choose_config(16, 512, 1024, 16, 1, bwd_split=4)
+    assert (cfg["bwd_n_split"], cfg["bwd_DS"]) == (4, 128)
+    cfg = triton_scan.choose_config(1, 6, 100, 4, 1, bwd_split=4)  # 2-channel tiles: 3 splits of 2 channels
+    assert (cfg["bwd_n_split"], cfg["bwd_DS"]) == (3, 2)

@@ -623,22 +623,25 @@ def _pack_bc_kernel(B_ptr, C_ptr, out_ptr, L, n_sub, n_groups, s_B_b, s_B_g, s_B
 @triton.jit
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, states_ptr, adj_ptr, dout_ptr,
-    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
     L, n_per_group, n_split, DS, n_chunks, dim, n_groups,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     s_z_b, s_z_d, s_z_l, s_o_b, s_o_d, s_o_l, s_seq_b, s_seq_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_SEQ: tl.constexpr, BD: tl.constexpr, NS: tl.constexpr, T: tl.constexpr, UNROLL: tl.constexpr,
-    SCAN2: tl.constexpr, RELOAD: tl.constexpr, EARLY_DBC: tl.constexpr, FLIP: tl.constexpr, FLIP_PACK: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_H0: tl.constexpr, BD: tl.constexpr, NS: tl.constexpr, T: tl.constexpr,
+    UNROLL: tl.constexpr, SCAN2: tl.constexpr, RELOAD: tl.constexpr, EARLY_DBC: tl.constexpr, FLIP: tl.constexpr,
+    FLIP_PACK: tl.constexpr,
 ):
     """All gradients of chunk k, batch b, the channels of one split.
 
     states[b, k] is h entering the chunk, adj[b, k+1] the adjoint of h leaving it.
     du, d delta, dz: (B, D, L) contiguous, input dtypes. dB, dC partials:
     (n_split, B, G, N, L) float32, written by the split's first channel block, then
-    accumulated over its other channel blocks in order. dA partials (B, K, D, N); dD, d delta_bias (B, K, D).
-    The first chunk also writes the gradient of the initial state, a_0 g_0, to dh0 (B, D, N).
+    accumulated over its other channel blocks in order. dA partials: over adj itself, each (d, n) of adj[b, k+1]
+    once this program has read it (no other program reads that row), and zeros over adj[b, 0] (which nothing
+    reads), so that adj (B, K+1, D, N) is the partials' rows; dD, d delta_bias (B, K, D).
+    With HAS_H0 the first chunk also writes the gradient of the initial state, a_0 g_0, to dh0 (B, D, N).
 
     Switches (the same results; which is fastest is measured per shape, benchmarks/scan.py --sweep):
     SCAN2      the adjoint's reverse scan carries 2 values (a_{t+1}, v) instead of 3: a_{t+1} comes
@@ -749,16 +752,19 @@ def _scan_bwd_kernel(
                 w = gt * (h - x)  # g_t a_t h_{t-1}
                 ddt += w * A[:, None] + (gt * u) * Bn
                 du += (gt * dt) * Bn
-                tl.store(dA_ptr + (part_base + d) * NS + n, tl.sum(w * dt, axis=1), mask=d_mask)
+                # over g_end, read above by this program alone (its sum depends on g_end: stored after the load)
+                tl.store(adj_ptr + st_base + dim * NS + d * NS + n, tl.sum(w * dt, axis=1), mask=d_mask)
                 # dB, dC: sums over this split's channels, accumulated in order in its own partial rows
                 if not EARLY_DBC:
                     dB_prev = tl.load(dB_ptr + row, mask=t_mask & (d0 > d_lo), other=0.0)
                     dC_prev = tl.load(dC_ptr + row, mask=t_mask & (d0 > d_lo), other=0.0)
                 tl.store(dB_ptr + row, dB_prev + tl.sum(gt * dtu, axis=0), mask=t_mask)
                 tl.store(dC_ptr + row, dC_prev + tl.sum(h * dy, axis=0), mask=t_mask)
-                if pid_k == 0:  # a_0 g_0, stored by the threads holding step 0
-                    tl.store(dh0_ptr + ((pid_b * dim + d) * NS + n)[:, None] + t_loc[None, :] * 0, a * gt,
-                             mask=d_mask[:, None] & first)
+                if pid_k == 0:
+                    tl.store(adj_ptr + st_base + d * NS + n, tl.zeros((BD,), tl.float32), mask=d_mask)
+                    if HAS_H0:  # a_0 g_0, stored by the threads holding step 0
+                        tl.store(dh0_ptr + ((pid_b * dim + d) * NS + n)[:, None] + t_loc[None, :] * 0, a * gt,
+                                 mask=d_mask[:, None] & first)
         if RELOAD:  # read again what only the epilogue needs (cache hits, most of them)
             _, raw = _load_delta(dt_ptr, s_dt_b, s_dt_d, s_dt_l, bias_ptr, pid_b, d, t, m2, d_mask, HAS_BIAS,
                                  False)
@@ -806,14 +812,15 @@ def _sum_rows(part_ptr, out_ptr, R, W, blk, RB: tl.constexpr, WB: tl.constexpr):
 def _grad_sums_kernel(
     dB_part_ptr, dC_part_ptr, dA_part_ptr, dD_part_ptr, dbias_part_ptr, dh0_part_ptr,
     dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-    n_split, n_bc, n_parts, dim, n_state, n_h0,
+    n_split, n_bc, n_parts, n_parts_A, dim, n_state, n_h0,
     SUM_B: tl.constexpr, SUM_C: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, CAST_H0: tl.constexpr,
     SPLIT_RB: tl.constexpr, PART_RB: tl.constexpr, TILE: tl.constexpr,
 ):
     """The gradients ``_scan_bwd_kernel`` leaves as float32 partials, each summed and written in its final dtype,
     in one launch (a sum and a cast per gradient in PyTorch cost more host time than the kernels at short
     sequences): dB, dC (n_bc elements each) over the n_split channel splits (SUM_B, SUM_C; without, the backward
-    wrote them itself), dA (dim x n_state), dD, d delta_bias (dim) over the n_parts (batch, chunk) partials, and
+    wrote them itself), dA (dim x n_state) over its n_parts_A rows, dD, d delta_bias (dim) over the n_parts
+    (batch, chunk) partials, and
     with CAST_H0 dh0 (n_h0) cast. Each program sums one block of TILE partials of one gradient: the blocks of dB,
     then of dC, dA, dD, d delta_bias and dh0, of those present. (Program i taking block i of every gradient left
     the programs with dA, dD and d delta_bias blocks summing them one after another: 22 us at (16, 512, 1024, 16)
@@ -823,7 +830,7 @@ def _grad_sums_kernel(
         blk = _sum_rows(dB_part_ptr, dB_ptr, n_split, n_bc, blk, SPLIT_RB, TILE // SPLIT_RB)
     if SUM_C:
         blk = _sum_rows(dC_part_ptr, dC_ptr, n_split, n_bc, blk, SPLIT_RB, TILE // SPLIT_RB)
-    blk = _sum_rows(dA_part_ptr, dA_ptr, n_parts, dim * n_state, blk, PART_RB, TILE // PART_RB)
+    blk = _sum_rows(dA_part_ptr, dA_ptr, n_parts_A, dim * n_state, blk, PART_RB, TILE // PART_RB)
     if HAS_D:
         blk = _sum_rows(dD_part_ptr, dD_ptr, n_parts, dim, blk, PART_RB, TILE // PART_RB)
     if HAS_BIAS:
@@ -852,7 +859,8 @@ def _split(batch: int, groups: int, n_chunks: int, per_group: int, BD: int, sm_c
 
 _TILE_KEYS = ("T", "BD", "num_warps", "bwd_BD", "bwd_num_warps", "unroll", "bwd_scan2", "bwd_reload",
               "bwd_early_dbc", "bwd_flip", "bwd_maxnreg")
-_CONFIG_KEYS = _TILE_KEYS + ("sequential", "walk", "walk_BD", "walk_maxnreg", "walk_segments", "walk_refine")
+_CONFIG_KEYS = _TILE_KEYS + ("sequential", "walk", "walk_BD", "walk_maxnreg", "walk_segments", "walk_refine",
+                              "bwd_split")
 
 
 def _check_overrides(overrides: dict) -> None:
@@ -883,7 +891,9 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
              when batch x channels alone fill the GPU; otherwise chunk summaries,
              a carry pass and a second scan (two per element)
     DS, n_split  channels per program and programs per group in the chunk-parallel kernels
-             (forward and chunk summaries); bwd_DS, bwd_n_split the same for the backward
+             (forward and chunk summaries); bwd_DS, bwd_n_split the same for the backward (the override
+             bwd_split asks for that many splits, as near as whole tiles of bwd_BD channels allow: each split
+             keeps float32 partial rows of dB and dC, 2 x B x G x N x L floats, for the whole backward)
     walk     the forward as ``_scan_walk_kernel`` (never with packed sequences; by default where there is one
              segment or each is 1024 steps or more, see below): a thread
              per channel, its states in registers; walk_BD channels per program (BD/32 warps; 32 by default: one
@@ -940,6 +950,10 @@ def choose_config(batch: int, dim: int, length: int, n_state: int, groups: int, 
         cfg["sequential"] = bool(overrides["sequential"]) and K > 1
     cfg["DS"], cfg["n_split"] = _split(batch, groups, K, per_group, cfg["BD"], sm_count)
     cfg["bwd_DS"], cfg["bwd_n_split"] = _split(batch, groups, K, per_group, cfg["bwd_BD"], sm_count)
+    if overrides.get("bwd_split"):
+        DS = -(-per_group // max(1, overrides["bwd_split"]))
+        cfg["bwd_DS"] = -(-DS // cfg["bwd_BD"]) * cfg["bwd_BD"]
+        cfg["bwd_n_split"] = -(-per_group // cfg["bwd_DS"])
     cfg["walk_BD"] = overrides.get("walk_BD") or min(32, _pow2(per_group))
     cfg["walk_maxnreg"] = overrides.get("walk_maxnreg")
     cfg["walk_save"] = training  # the per-chunk states, for the backward
@@ -1188,24 +1202,25 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, seq_i
     dbias = torch.empty(dim, device=dev, dtype=delta_bias.dtype) if delta_bias is not None else None
     dh0 = torch.empty(batch, dim, n_state, device=dev, dtype=h0_dtype) if h0_dtype is not None else None
     # float32 partials for _grad_sums_kernel; the backward kernel writes dB, dC itself from one split in float32,
-    # and dh0 in float32 (without an initial state, into a partial nothing reads)
+    # and dh0 in float32; its dA partials go over adj, row by row as it has read them
     sum_B, sum_C = b_split > 1 or B.dtype != f32, b_split > 1 or C.dtype != f32
     cast_h0 = h0_dtype is not None and h0_dtype != f32
     n_bc, n_parts, n_h0 = batch * groups * n_state * length, batch * K, batch * dim * n_state
-    dB_part, dC_part, dA_part, dD_part, dbias_part, dh0_part = _f32_buffers(
-        dev, b_split * n_bc if sum_B else 0, b_split * n_bc if sum_C else 0, n_parts * dim * n_state,
+    dB_part, dC_part, dD_part, dbias_part, dh0_part = _f32_buffers(
+        dev, b_split * n_bc if sum_B else 0, b_split * n_bc if sum_C else 0,
         n_parts * dim if D is not None else 0, n_parts * dim if delta_bias is not None else 0,
-        n_h0 if h0_dtype != f32 else 0)
+        n_h0 if cast_h0 else 0)
     flip, flip_pack = _flip_args(cfg, u.is_cuda)
     launch(_scan_bwd_kernel, (K, batch, groups * b_split),
         u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
         delta_bias if delta_bias is not None else dummy, seq_ptr, states, adj, dout,
-        du, ddelta, dz if dz is not None else du, dB_part if sum_B else dB, dC_part if sum_C else dC, dA_part,
-        dD_part, dbias_part, dh0 if h0_dtype == f32 else dh0_part,
+        du, ddelta, dz if dz is not None else du, dB_part if sum_B else dB, dC_part if sum_C else dC,
+        dD_part, dbias_part, dh0_part if cast_h0 else (dh0 if dh0 is not None else dummy),
         length, dim // groups, b_split, bDS, K, dim, groups,
         *_strides3(u), *_strides3(delta), A.stride(0), A.stride(1),
         *_grouped_strides(B), *_grouped_strides(C), *z_strides, *_strides3(dout), *seq_strides,
-        HAS_D=D is not None, BD=bBD, NS=n_state, T=T, UNROLL=cfg["unroll"], SCAN2=cfg["bwd_scan2"],
+        HAS_D=D is not None, HAS_H0=h0_dtype is not None, BD=bBD, NS=n_state, T=T, UNROLL=cfg["unroll"],
+        SCAN2=cfg["bwd_scan2"],
         RELOAD=cfg["bwd_reload"], EARLY_DBC=cfg["bwd_early_dbc"], FLIP=flip, FLIP_PACK=flip_pack,
         num_warps=cfg["bwd_num_warps"],
         maxnreg=cfg["bwd_maxnreg"], **flags,
@@ -1216,9 +1231,9 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, seq_i
               + ((D is not None) + (delta_bias is not None)) * triton.cdiv(dim, tile // part_rb)
               + cast_h0 * triton.cdiv(n_h0, tile))
     launch(_grad_sums_kernel, (blocks,),
-        dB_part, dC_part, dA_part, dD_part, dbias_part, dh0_part,
+        dB_part, dC_part, adj, dD_part, dbias_part, dh0_part,
         dB, dC, dA, dD if dD is not None else dA, dbias if dbias is not None else dA, dh0 if cast_h0 else dA,
-        b_split, n_bc, n_parts, dim, n_state, n_h0,
+        b_split, n_bc, n_parts, batch * (K + 1), dim, n_state, n_h0,
         SUM_B=sum_B, SUM_C=sum_C, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, CAST_H0=cast_h0,
         SPLIT_RB=split_rb, PART_RB=part_rb, TILE=tile, num_warps=4,
     )
