@@ -417,7 +417,7 @@ def test_gradient_sums_over_many_partials():
 def test_carry_tiles_agree_with_the_recurrence(reverse, zero_start):
     """The carry pass in the narrow tiles it takes where 64 rows a program would leave the GPU idle (8 rows x 512
     chunks: two runs of chunks, the last ragged, rows past the end masked) and in the default 64 x 64, against the
-    recurrence stepped in float64."""
+    recurrence stepped in float64; reversed, also with zeros written over r_0 (ZERO_R0, as the backward asks)."""
     batch, K, rows = 2, 700, 20
     g = torch.Generator().manual_seed(41)
     decay = torch.rand(batch, K, rows, generator=g) * 0.6 + 0.4
@@ -429,15 +429,19 @@ def test_carry_tiles_agree_with_the_recurrence(reverse, zero_start):
     expect[:, at] = given
     for k in order:
         expect[:, k if reverse else k + 1] = decay[:, k] * expect[:, k + 1 if reverse else k] + local[:, k]
-    for tile in ((8, 512), (64, 64)):
+    for tile, zero_r0 in [((8, 512), False), ((64, 64), False)] + [((8, 512), True)] * reverse:
         states = torch.full((batch, K + 1, rows), float("nan"))
         if not zero_start:
             states[:, at] = given
         states = states.to(DEVICE)
         triton_scan.launch(triton_scan._carry_kernel, (triton.cdiv(rows, tile[0]), batch), decay.to(DEVICE),
                            local.to(DEVICE), states, K, rows, REVERSE=reverse, ZERO_START=zero_start,
-                           ROWS=tile[0], CB=tile[1], num_warps=4)
-        assert rel_err(states.cpu(), expect) < 1e-6, tile
+                           ROWS=tile[0], CB=tile[1], ZERO_R0=zero_r0, num_warps=4)
+        if zero_r0:
+            assert states[:, 0].eq(0).all()
+            assert rel_err(states[:, 1:].cpu(), expect[:, 1:]) < 1e-6, tile
+        else:
+            assert rel_err(states.cpu(), expect) < 1e-6, tile
 
 
 def test_carry_tile_rule():

@@ -305,14 +305,16 @@ def _chunk_summary_kernel(
 
 @triton.jit
 def _carry_kernel(decay_ptr, local_ptr, states_ptr, n_chunks, rows,
-                  REVERSE: tl.constexpr, ZERO_START: tl.constexpr, ROWS: tl.constexpr, CB: tl.constexpr):
+                  REVERSE: tl.constexpr, ZERO_START: tl.constexpr, ROWS: tl.constexpr, CB: tl.constexpr,
+                  ZERO_R0: tl.constexpr = False):
     """Carry states across chunks: s_{k+1} = decay_k s_k + local_k (forward) or
     r_k = decay_k r_{k+1} + local_k (reverse), for every (d, n) row of one batch.
 
     decay/local: (B, K, rows); states: (B, K+1, rows) with states[:, 0] (forward) or
     states[:, K] (reverse) given; the other K entries are written. ZERO_START: the given
     entry is zero, and written here for the kernels that read it later (zeroing it
-    on the host cost two PyTorch operations a call).
+    on the host cost two PyTorch operations a call). ZERO_R0 (reverse): zeros instead of r_0,
+    which the backward never reads (its dA partials take that row).
     """
     pid_r = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -344,6 +346,8 @@ def _carry_kernel(decay_ptr, local_ptr, states_ptr, n_chunks, rows,
         _, s = tl.associative_scan((dec, loc), axis=1, combine_fn=_linear_combine)
         if REVERSE:
             out_k = k
+            if ZERO_R0:
+                s = tl.where(k[None, :] == 0, 0.0, s)
         else:
             out_k = k + 1
         tl.store(states_ptr + st_base + out_k[None, :] * rows + r[:, None], s, mask=m)
@@ -639,8 +643,10 @@ def _scan_bwd_kernel(
     du, d delta, dz: (B, D, L) contiguous, input dtypes. dB, dC partials:
     (n_split, B, G, N, L) float32, written by the split's first channel block, then
     accumulated over its other channel blocks in order. dA partials: over adj itself, each (d, n) of adj[b, k+1]
-    once this program has read it (no other program reads that row), and zeros over adj[b, 0] (which nothing
-    reads), so that adj (B, K+1, D, N) is the partials' rows; dD, d delta_bias (B, K, D).
+    once this program has read it (no other program reads that row); adj[b, 0], which no program reads, holds
+    zeros (the reverse carry writes them), so that adj (B, K+1, D, N) is the partials' rows (a separate buffer
+    cost B K D N floats; zeroing adj[b, 0] here, in the state loop, cost 2-7% of the kernel's time on the H100
+    at four of the benchmark's six shapes). dD, d delta_bias (B, K, D).
     With HAS_H0 the first chunk also writes the gradient of the initial state, a_0 g_0, to dh0 (B, D, N).
 
     Switches (the same results; which is fastest is measured per shape, benchmarks/scan.py --sweep):
@@ -760,9 +766,8 @@ def _scan_bwd_kernel(
                     dC_prev = tl.load(dC_ptr + row, mask=t_mask & (d0 > d_lo), other=0.0)
                 tl.store(dB_ptr + row, dB_prev + tl.sum(gt * dtu, axis=0), mask=t_mask)
                 tl.store(dC_ptr + row, dC_prev + tl.sum(h * dy, axis=0), mask=t_mask)
-                if pid_k == 0:
-                    tl.store(adj_ptr + st_base + d * NS + n, tl.zeros((BD,), tl.float32), mask=d_mask)
-                    if HAS_H0:  # a_0 g_0, stored by the threads holding step 0
+                if HAS_H0:
+                    if pid_k == 0:  # a_0 g_0, stored by the threads holding step 0
                         tl.store(dh0_ptr + ((pid_b * dim + d) * NS + n)[:, None] + t_loc[None, :] * 0, a * gt,
                                  mask=d_mask[:, None] & first)
         if RELOAD:  # read again what only the epilogue needs (cache hits, most of them)
@@ -1141,12 +1146,13 @@ def _carry_tile(batch: int, K: int, rows: int, sm_count: int) -> tuple:
     return ROWS, min(4096 // ROWS, _pow2(K))
 
 
-def _carry(decay: Tensor, local: Tensor, states: Tensor, reverse: bool, zero_start: bool) -> None:
+def _carry(decay: Tensor, local: Tensor, states: Tensor, reverse: bool, zero_start: bool, zero_r0: bool = False) -> None:
     batch, K, dim, n_state = decay.shape
     rows = dim * n_state
     ROWS, CB = _carry_tile(batch, K, rows, _sm_count(decay.device))
     launch(_carry_kernel, (triton.cdiv(rows, ROWS), batch),
-        decay, local, states, K, rows, REVERSE=reverse, ZERO_START=zero_start, ROWS=ROWS, CB=CB, num_warps=4)
+        decay, local, states, K, rows, REVERSE=reverse, ZERO_START=zero_start, ROWS=ROWS, CB=CB, ZERO_R0=zero_r0,
+        num_warps=4)
 
 
 def _f32_buffers(device: torch.device, *sizes: int) -> tuple:
@@ -1173,11 +1179,13 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, seq_i
     seq_ptr, seq_strides = _seq_args(seq_idx)
     seq_ptr = dummy if seq_ptr is None else seq_ptr
 
+    # adj[:, 0] is zero (the backward's dA partials take the rows of adj, and nothing reads that one): written by
+    # the reverse carry, or here where there is one chunk
     adj = torch.empty(batch, K + 1, dim, n_state, device=dev, dtype=f32)
+    if K == 1:
+        adj.zero_()
     if dfinal is not None:
         adj[:, K].copy_(dfinal)
-    elif K == 1:  # otherwise the reverse carry writes the zero adjoint leaving the last chunk
-        adj[:, K].zero_()
     if K > 1:
         decay = torch.empty(batch, K, dim, n_state, device=dev, dtype=f32)
         local = torch.empty_like(decay)
@@ -1189,7 +1197,8 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, seq_i
             *_grouped_strides(C), *z_strides, *_strides3(dout), *seq_strides,
             REVERSE=True, BD=BD, NS=n_state, T=T, num_warps=cfg["num_warps"], **flags,
         )
-        _carry(decay, local, adj, reverse=True, zero_start=dfinal is None)
+        # and the zero adjoint leaving the last chunk, without a final state's gradient
+        _carry(decay, local, adj, reverse=True, zero_start=dfinal is None, zero_r0=True)
         del decay, local  # freed before the gradients are allocated: the allocator reuses them
 
     du = torch.empty(batch, dim, length, device=dev, dtype=u.dtype)
