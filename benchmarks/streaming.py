@@ -19,6 +19,8 @@ weights) and each number of concurrent streams it
   beside the default, where every block is its own launch (the ablation of the stacked step);
   with 1 and 16 streams, without programmatic dependent launches; past 16 streams, with tiles
   of streams a program instead of a program per stream (``triton_step.STREAM_TILES``, off by default);
+* on CUDA, with 1, 16 and 256 streams, with every pooled stage's inner step in line on one CUDA stream
+  (``sashimi.OVERLAP_INNER_STEP = False``) instead of beside the stage's up blocks on a second one;
 * the smallest preset (``tiny``) on the CPU, one stream;
 
 then prints a table and writes ``benchmarks/results/streaming_<device>.json``.
@@ -48,6 +50,7 @@ from mamba_audio.kernels import head_sample_or_force, mamba_block_step, mamba_st
 from mamba_audio.models import LMConfig, SaShiMiLM, backbone_preset
 from mamba_audio.models import blocks as blocks_module
 from mamba_audio.models import mixer as mixer_module
+from mamba_audio.models import sashimi as sashimi_module
 from mamba_audio.models import sampling as sampling_module
 from mamba_audio.kernels.selective_scan import triton_step
 from mamba_audio.streaming import StreamingGenerator
@@ -73,7 +76,8 @@ def percentile(values: list[float], q: float) -> float:
 def check_against_generate(model: SaShiMiLM, samples: int, cuda_graph: bool) -> dict:
     """Before timing: two streams (one with a prompt that is not a whole number of pooling periods) against
     ``generate`` with the same seeds, and on CUDA the graph against the eager generator and the stacked
-    block step (``STACKED_STEP = True``) against the default.
+    block step (``STACKED_STEP = True``) and the inner steps in line (``OVERLAP_INNER_STEP = False``) against
+    the default.
 
     The generator must equal itself with and without its graph exactly (same kernels, same batch).
     Against ``generate`` (batch of 1, the prompt prefilled whole) logits differ in the last bits on a
@@ -100,6 +104,10 @@ def check_against_generate(model: SaShiMiLM, samples: int, cuda_graph: bool) -> 
             stacked = streamed(True)
         agree = [int((o != e).nonzero()[0, 0]) if (o != e).any() else samples for o, e in zip(ours, stacked)]
         result["tokens_agreeing_with_stacked_step_before_first_difference"] = agree
+        with module_switch(sashimi_module, "OVERLAP_INNER_STEP", not sashimi_module.OVERLAP_INNER_STEP):
+            other = streamed(True)
+        # the same kernels on the same inputs, only on two streams or one: equal, or the streams raced
+        result["inner_step_overlap_equals_in_line"] = all(torch.equal(o, e) for o, e in zip(ours, other))
     return result
 
 
@@ -121,18 +129,21 @@ def stacked_step(enabled: bool | str):
 
 def time_generator(model: SaShiMiLM, streams: int, block_samples: int, blocks: int, cuda_graph: bool,
                    stacked: bool | str | None = None, dependent: bool | None = None,
-                   stream_tiles: bool | None = None) -> dict:
+                   stream_tiles: bool | None = None, overlap: bool | None = None) -> dict:
     """Per-stream and aggregate rates of ``streams`` concurrent streams, and block latencies. ``stacked`` as
     ``stacked_step``'s; ``dependent``: the block steps go as programmatic dependent launches where the GPU has
     them (True) or never (``triton_step.DEPENDENT_LAUNCHES``); ``stream_tiles``: past 16 streams, tiles of streams
-    a program (True) or a program per stream (``triton_step.STREAM_TILES``); None for the library's defaults (the
+    a program (True) or a program per stream (``triton_step.STREAM_TILES``); ``overlap``: the pooled stages'
+    inner steps on a second CUDA stream (``sashimi.OVERLAP_INNER_STEP``); None for the library's defaults (the
     generator captures its graph, and so the choice, on its first block)."""
     device = model.head.weight.device
     with stacked_step(stacked), module_switch(triton_step, "DEPENDENT_LAUNCHES", dependent), \
-            module_switch(triton_step, "STREAM_TILES", stream_tiles):
+            module_switch(triton_step, "STREAM_TILES", stream_tiles), \
+            module_switch(sashimi_module, "OVERLAP_INNER_STEP", overlap):
         row = _time_generator(model, streams, block_samples, blocks, cuda_graph, device)
         row["dependent_launches"] = triton_step.dependent_launches(device)
         row["stream_tiles"] = device.type == "cuda" and triton_step.STREAM_TILES and streams > 16
+        row["inner_step_overlap"] = device.type == "cuda" and sashimi_module.OVERLAP_INNER_STEP
         return row
 
 
@@ -312,7 +323,10 @@ def main() -> None:
         if on_cuda and n > 16:  # the ablation: tiles of streams a program, or a program per stream
             rows.append(time_generator(model, n, args.block_samples, blocks, cuda_graph=True,
                                        stream_tiles=not triton_step.STREAM_TILES))
-        for row in rows[-4:]:
+        if on_cuda and n in (1, 16, 256):  # the ablation: the inner steps in line, or beside the up blocks
+            rows.append(time_generator(model, n, args.block_samples, blocks, cuda_graph=True,
+                                       overlap=not sashimi_module.OVERLAP_INNER_STEP))
+        for row in rows[-5:]:
             if row["streams"] == n:
                 print(row, flush=True)
     baseline = None
@@ -326,7 +340,8 @@ def main() -> None:
 
     ours = [r for r in rows if r["cuda_graph"] == on_cuda and r["stacked_blocks"] == blocks_module.stacks_blocks(device)
             and r["dependent_launches"] == triton_step.dependent_launches(device)
-            and r["stream_tiles"] == (on_cuda and triton_step.STREAM_TILES and r["streams"] > 16)]
+            and r["stream_tiles"] == (on_cuda and triton_step.STREAM_TILES and r["streams"] > 16)
+            and r["inner_step_overlap"] == (on_cuda and sashimi_module.OVERLAP_INNER_STEP)]
     single = next(r for r in ours if r["streams"] == 1) if any(r["streams"] == 1 for r in ours) else None
     realtime = [r["streams"] for r in ours if r["slowest_stream_realtime_factor"] >= 1]
     result = dict(
@@ -348,11 +363,11 @@ def main() -> None:
         rows=rows,
     )
 
-    print(f"\n{'streams':>8} {'graph':>6} {'stack':>6} {'PDL':>6} {'tiles':>6} {'samples/s/stream':>17} {'RTF':>8} "
-          f"{'aggregate/s':>12} {'chunk p50 ms':>13} {'p99 ms':>9}")
+    print(f"\n{'streams':>8} {'graph':>6} {'stack':>6} {'PDL':>6} {'tiles':>6} {'fork':>6} {'samples/s/stream':>17} "
+          f"{'RTF':>8} {'aggregate/s':>12} {'chunk p50 ms':>13} {'p99 ms':>9}")
     for r in rows:
         print(f"{r['streams']:>8} {str(r['cuda_graph']):>6} {str(r['stacked_blocks']):>6} "
-              f"{str(r['dependent_launches']):>6} {str(r['stream_tiles']):>6} "
+              f"{str(r['dependent_launches']):>6} {str(r['stream_tiles']):>6} {str(r['inner_step_overlap']):>6} "
               f"{r['per_stream_samples_per_s']:>17.1f} "
               f"{r['slowest_stream_realtime_factor']:>8.4f} {r['aggregate_samples_per_s']:>12.1f} "
               f"{r['chunk_latency_ms']['p50']:>13.1f} {r['chunk_latency_ms']['p99']:>9.1f}")

@@ -1,5 +1,6 @@
 """SaShiMi-Mamba models: causality, streaming exactness, presets, checkpoints, sampling."""
 
+import contextlib
 import json
 
 import pytest
@@ -61,6 +62,66 @@ def test_stepping_equals_parallel_forward(name, length):
         state = model.allocate_inference_cache(3)
         stepped = torch.stack([model.step(tokens[:, t], state) for t in range(length)], dim=1)
     assert (stepped - parallel).abs().max().item() < 1e-4
+
+
+def test_inner_steps_fork_to_a_second_stream_and_join_within_the_step(monkeypatch):
+    """What ``OVERLAP_INNER_STEP`` sends to the second CUDA stream, checked on the CPU with a stand-in that records
+    instead of switching streams: every block of a pooled stage's inner stages is stepped inside the fork, the
+    stage's own up blocks outside it (beside it), the join comes before ``step`` returns, and the results are
+    those of the steps in line."""
+    from mamba_audio.models import sashimi
+
+    model = tiny_lm()
+    stages, stage = {}, model.backbone.stage
+    while True:
+        stages[id(stage.down_blocks)] = stage.level
+        if stage.is_center:
+            break
+        stages[id(stage.up_blocks)] = stage.level
+        stage = stage.inner
+    log, depth = [], [0]  # depth: forks entered and not yet left (an inner stage forks again)
+
+    class Recorder:
+        def __init__(self, device, level):
+            self.level = level
+
+        @contextlib.contextmanager
+        def side(self):
+            log.append(("fork", self.level, depth[0]))
+            depth[0] += 1
+            yield
+            depth[0] -= 1
+
+        def join(self):
+            log.append(("join", self.level, depth[0]))
+
+    step_blocks = sashimi.step_blocks
+
+    def recorded(blocks, states, x, stacks, tag):
+        log.append((tag, stages[id(blocks)], depth[0]))
+        return step_blocks(blocks, states, x, stacks, tag)
+
+    tokens = torch.randint(0, 256, (2, 40))
+    with torch.no_grad():
+        state = model.allocate_inference_cache(2)
+        in_line = torch.stack([model.step(tokens[:, t], state) for t in range(40)], dim=1)
+        monkeypatch.setattr(sashimi, "step_blocks", recorded)
+        monkeypatch.setattr(sashimi, "_overlap", lambda device, level: Recorder(device, level))
+        state_forked = model.allocate_inference_cache(2)
+        forked = torch.stack([model.step(tokens[:, t], state_forked) for t in range(40)], dim=1)
+    assert torch.equal(forked, in_line)
+    assert all(torch.equal(a, b) for a, b in zip(state_tensors(state_forked), state_tensors(state)))
+    # inside a fork of level l: only deeper stages' blocks; outside every fork: only the outer stage's
+    assert all(level == 0 for tag, level, d in log if tag in ("down", "up") and d == 0)
+    assert all(level > 0 for tag, level, d in log if tag in ("down", "up") and d > 0)
+    forks = [i for i, e in enumerate(log) if e[0] == "fork"]
+    assert len(forks) == 40 // 4 + 40 // 16  # every 4th step of the outer stage and of the middle one
+    for i in forks:
+        _, level, d = log[i]
+        join = log.index(("join", level, d), i)
+        # between fork and join: the inner stage's blocks, then this stage's up blocks (beside them)
+        between = log[i + 1: join]
+        assert ("up", level, d) == between[-1] and all(e[1] > level for e in between[:-1])
 
 
 def test_stepping_follows_parameter_updates():
