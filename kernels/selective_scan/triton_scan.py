@@ -645,8 +645,8 @@ def _scan_bwd_kernel(
     accumulated over its other channel blocks in order. dA partials: over adj itself, each (d, n) of adj[b, k+1]
     once this program has read it (no other program reads that row); adj[b, 0], which no program reads, holds
     zeros (the reverse carry writes them), so that adj (B, K+1, D, N) is the partials' rows (a separate buffer
-    cost B K D N floats; zeroing adj[b, 0] here, in the state loop, cost 2-7% of the kernel's time on the H100
-    at four of the benchmark's six shapes). dD, d delta_bias (B, K, D).
+    cost B K D N floats; zeroing adj[b, 0] here, in the state loop, made the kernel 4-18% slower on the H100 at
+    the benchmark's shapes). dD, d delta_bias (B, K, D).
     With HAS_H0 the first chunk also writes the gradient of the initial state, a_0 g_0, to dh0 (B, D, N).
 
     Switches (the same results; which is fastest is measured per shape, benchmarks/scan.py --sweep):
@@ -1146,7 +1146,8 @@ def _carry_tile(batch: int, K: int, rows: int, sm_count: int) -> tuple:
     return ROWS, min(4096 // ROWS, _pow2(K))
 
 
-def _carry(decay: Tensor, local: Tensor, states: Tensor, reverse: bool, zero_start: bool, zero_r0: bool = False) -> None:
+def _carry(decay: Tensor, local: Tensor, states: Tensor, reverse: bool, zero_start: bool,
+           zero_r0: bool = False) -> None:
     batch, K, dim, n_state = decay.shape
     rows = dim * n_state
     ROWS, CB = _carry_tile(batch, K, rows, _sm_count(decay.device))
