@@ -230,17 +230,14 @@ class Stage(nn.Module):
         # x + the up-pooled row (read now: pool_out is overwritten below when the group completes); x kept for pooling
         up = add_keep(x, state.pool_out[:, slot], keep=state.pool_in[:, slot])
         state.position += 1
-        if slot < self.pool - 1:
-            return step_blocks(self.up_blocks, state.up, up, state.stacks, "up")
-        # a full group: one inner step, whose output serves the next group
-        overlap = _overlap(x.device, self.level)
-        if overlap is None:
-            self._step_inner(state)
-            return step_blocks(self.up_blocks, state.up, up, state.stacks, "up")
-        with overlap.side():
-            self._step_inner(state)
+        overlap = None
+        if slot == self.pool - 1:  # a full group: one inner step, whose output serves the next group
+            overlap = _overlap(x.device, self.level)
+            with contextlib.nullcontext() if overlap is None else overlap.side():
+                self._step_inner(state)
         x = step_blocks(self.up_blocks, state.up, up, state.stacks, "up")
-        overlap.join()
+        if overlap is not None:
+            overlap.join()
         return x
 
     def _step_inner(self, state: StageState) -> None:
