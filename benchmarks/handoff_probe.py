@@ -34,7 +34,7 @@ from mamba_audio.kernels.selective_scan.triton_scan import _softplus
 from mamba_audio.kernels.selective_scan.triton_step import _offset, mamba_block_step_triton, mamba_blocks_step_triton
 
 from results_io import file_label, save_result  # benchmarks/results_io.py
-from step_sweep import block_args  # benchmarks/step_sweep.py
+from step_sweep import block_args, graph_time_us  # benchmarks/step_sweep.py
 from streaming import build_model  # benchmarks/streaming.py
 
 # thread 0 spins on an acquire load until the flag reaches the target; every other thread skips to the barrier after
@@ -193,27 +193,6 @@ def ring(stack, dicts, eps, x0, n_steps, nop, thread0, warps):
     return buf[n - 1]
 
 
-def graph_us(fn, captures=64, replays=20) -> float:
-    """Microseconds per call of fn, captured ``captures`` times in one CUDA graph."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(captures):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(replays):
-        graph.replay()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / (captures * replays) * 1e6
-
-
 def wall_us(fn) -> float:
     fn()
     torch.cuda.synchronize()
@@ -253,7 +232,7 @@ def main() -> None:
     for _ in range(checked):
         expected = chain_step(expected, dicts, eps)
     expected_states = [[block[name].clone() for block in dicts] for name in ("conv_state", "ssm_state")]
-    chain = graph_us(lambda: chain_step(x0, dicts, eps)) / len(dicts)
+    chain = graph_time_us(lambda: chain_step(x0, dicts, eps)) / len(dicts)
     result["chain_us_per_block"] = chain
     print(f"  a launch per block (today's path), CUDA graph: {chain:6.2f}")
     for nop, thread0, warps in ((True, False, 4), (True, True, 4), (True, False, 1), (True, True, 1),
@@ -293,9 +272,9 @@ def main() -> None:
         dicts8, stack8, eps8 = stage_blocks(list(blocks))
         x = torch.randn(1, blocks[0].mixer.d_model, device=device)
         rows = [dict(blocks=label, path="a launch per block",
-                     us_per_block=graph_us(lambda: chain_step(x, dicts8, eps8)) / len(dicts8))]
+                     us_per_block=graph_time_us(lambda: chain_step(x, dicts8, eps8)) / len(dicts8))]
         for warps in (8, 16):
-            rows.append(dict(blocks=label, path="stacked", warps=warps, us_per_block=graph_us(
+            rows.append(dict(blocks=label, path="stacked", warps=warps, us_per_block=graph_time_us(
                 lambda: mamba_blocks_step_triton(x, stack8, num_warps=warps)) / len(dicts8)))
         for row in rows:
             print(f"  {label:15s} {row['path']:20s} warps {row.get('warps', '-')!s:3s}: {row['us_per_block']:6.2f}")
