@@ -65,8 +65,8 @@ def _wait(flag_ptr, target, THREAD0: tl.constexpr):
 
 
 @triton.jit
-def _ring_kernel(buf_ptr, flag_ptr, normw_ptr, normb_ptr, win_ptr, wout_ptr, conv_ptr, ssm_ptr, convw_ptr, convb_ptr, A_ptr,
-                 D_ptr, dtb_ptr, xproj_ptr, dtproj_ptr, offsets_ptr, n_steps, n_blocks, eps,
+def _ring_kernel(buf_ptr, flag_ptr, normw_ptr, normb_ptr, win_ptr, wout_ptr, conv_ptr, ssm_ptr, convw_ptr, convb_ptr,
+                 A_ptr, D_ptr, dtb_ptr, xproj_ptr, dtproj_ptr, offsets_ptr, n_steps, n_blocks, eps,
                  N_TENSORS: tl.constexpr, OM: tl.constexpr, H: tl.constexpr, E: tl.constexpr, N: tl.constexpr,
                  R: tl.constexpr, FLAG_STRIDE: tl.constexpr, NOP: tl.constexpr, THREAD0: tl.constexpr):
     """Program k steps block k for n_steps samples: waits until block k - 1 has finished the sample (block 0: until
@@ -169,8 +169,8 @@ def stage_blocks(blocks) -> tuple[list[dict], BlockStack, float]:
 
 def chain_step(x, dicts, eps):
     for block in dicts:
-        x = mamba_block_step_triton(x, block["norm_weight"], block["norm_bias"], eps, False, block["in_proj_weight"], None,
-                                    block["out_proj_weight"], None, block["conv_state"], block["ssm_state"],
+        x = mamba_block_step_triton(x, block["norm_weight"], block["norm_bias"], eps, False, block["in_proj_weight"],
+                                    None, block["out_proj_weight"], None, block["conv_state"], block["ssm_state"],
                                     block["conv_weight"], block["conv_bias"], block["A"], block["D"], block["dt_bias"],
                                     block["x_proj_weight"], block["dt_proj_weight"], dt_softplus=True)
     return x
@@ -186,14 +186,15 @@ def ring(stack, dicts, eps, x0, n_steps, nop, thread0, warps):
     flags = torch.zeros(n * flag_stride, dtype=torch.int32, device=x0.device)
     first = dicts[0]
     _ring_kernel[(n,)](buf, flags, *(first[name] for name in (
-        "norm_weight", "norm_bias", "in_proj_weight", "out_proj_weight", "conv_state", "ssm_state", "conv_weight", "conv_bias",
-        "A", "D", "dt_bias", "x_proj_weight", "dt_proj_weight")), stack.offsets, n_steps, n, eps,
+        "norm_weight", "norm_bias", "in_proj_weight", "out_proj_weight", "conv_state", "ssm_state", "conv_weight",
+        "conv_bias", "A", "D", "dt_bias", "x_proj_weight", "dt_proj_weight")), stack.offsets, n_steps, n, eps,
         N_TENSORS=len(BLOCK_TENSORS), OM=stack.offset_multiple, H=hidden, E=dim, N=n_state,
         R=first["dt_proj_weight"].shape[1], FLAG_STRIDE=flag_stride, NOP=nop, THREAD0=thread0, num_warps=warps)
     return buf[n - 1]
 
 
 def wall_us(fn) -> float:
+    """Microseconds of one call of fn (after an untimed one), from launch to synchronisation."""
     fn()
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -264,8 +265,9 @@ def main() -> None:
         for warps, tile in ((8, 8192), (16, 8192), (32, 8192)):
             us = wall_us(lambda: _stream_kernel[(1,)](x, out, n, reps, TILE=tile, num_warps=warps))
             gbps = n * 4 * reps / us / 1e3
-            result["stream"].append(dict(KiB=kib, warps=warps, tile=tile, GBps=gbps, us_per_120KB=120e3 / gbps / 1e3))
-            print(f"  {kib:5d} KiB, {warps:2d} warps, tiles of {tile}: {gbps:6.1f} GB/s ({120 / gbps:.2f} us per 120 KB)")
+            result["stream"].append(dict(KiB=kib, warps=warps, tile=tile, GBps=gbps, us_per_120KB=120 / gbps))
+            print(f"  {kib:5d} KiB, {warps:2d} warps, tiles of {tile}: {gbps:6.1f} GB/s "
+                  f"({120 / gbps:.2f} us per 120 KB)")
 
     print("8 blocks: a launch per block against one stacked launch, us per block")
     for label, blocks in (("outer 64x128", stage.down_blocks), ("middle 128x256", stage.inner.down_blocks)):
