@@ -142,6 +142,12 @@ def _stream_kernel(x_ptr, out_ptr, n, reps, TILE: tl.constexpr):
     tl.store(out_ptr + tl.arange(0, TILE), acc)
 
 
+def sc09_outer_blocks(device: torch.device) -> tuple[list, torch.nn.Module]:
+    """The SC09 6.1M model's 16 outer residual blocks (down then up; float32, random weights) and its stage."""
+    stage = build_model("sc09-6m", device, torch.float32).backbone.stage
+    return list(stage.down_blocks) + list(stage.up_blocks), stage
+
+
 def stage_blocks(blocks) -> tuple[list[dict], BlockStack, float]:
     """The blocks' tensors (float32, states filled at random) as step_ref.BLOCK_TENSORS mappings whose every tensor
     is one slice of a stacked tensor, and their BlockStack."""
@@ -211,9 +217,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("handoff_probe.py measures GPU hand-offs; no CUDA device here")
     device = torch.device("cuda")
-    model = build_model("sc09-6m", device, torch.float32)
-    stage = model.backbone.stage
-    outer = list(stage.down_blocks) + list(stage.up_blocks)
+    outer, stage = sc09_outer_blocks(device)
     dicts, stack, eps = stage_blocks(outer)
     saved = {name: [block[name].clone() for block in dicts] for name in ("conv_state", "ssm_state")}
 

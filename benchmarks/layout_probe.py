@@ -29,9 +29,9 @@ from mamba_audio.kernels.selective_scan.triton_scan import _softplus
 from mamba_audio.kernels.selective_scan.triton_step import (block_step_config, dependent_launches,
                                                            gdc_launch_dependents, gdc_wait, mamba_block_step_triton)
 
+from handoff_probe import sc09_outer_blocks  # benchmarks/handoff_probe.py
 from results_io import file_label, save_result  # benchmarks/results_io.py
 from step_sweep import block_args, graph_time_us  # benchmarks/step_sweep.py
-from streaming import build_model  # benchmarks/streaming.py
 
 K = 16  # columns of every tile's last axis: the state size, and a group of the packed per-channel matrix
 GROUPS = ("A", "x_proj dt rows", "x_proj B rows", "x_proj C rows", "dt_proj", "conv weight shifted")
@@ -204,9 +204,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("layout_probe.py times GPU kernels; no CUDA device here")
     device = torch.device("cuda")
-    model = build_model("sc09-6m", device, torch.float32)
-    stage = model.backbone.stage
-    outer = list(stage.down_blocks) + list(stage.up_blocks)
+    outer, _ = sc09_outer_blocks(device)
     result = dict(device=torch.cuda.get_device_name(), command="python " + shlex.join(sys.argv),
                   torch=torch.__version__, triton=triton.__version__, preset="sc09-6m",
                   block=dict(hidden=outer[0].mixer.d_model, channels=outer[0].mixer.d_inner), rows=[])
