@@ -60,7 +60,8 @@ def _one_layout_block_kernel(
     CHUNKS_FIRST: tl.constexpr,
 ):
     """One block step of stream program_id(0), every tensor a (BLOCK_C, BLOCK_E, BLOCK_K) tile or a broadcast
-    slice of one: hidden unit c * BLOCK_K + k, channel e. States updated in place; out = x + block(x)."""
+    slice of one: hidden unit c * BLOCK_K + k, channel e. The SSM state size is BLOCK_K (its tile is read and
+    written unmasked along k). States updated in place; out = x + block(x)."""
     row = tl.program_id(0)
     if PDL:
         gdc_launch_dependents()
@@ -130,8 +131,9 @@ def pack(block: dict) -> dict:
     (E, len(GROUPS) * K), the per-channel vectors (E, 8) and out_proj transposed (E, H), all float32."""
     dim, width = block["conv_weight"].shape
     n_state, rank = block["A"].shape[1], block["dt_proj_weight"].shape[1]
-    if n_state > K or rank > K or width > K or block["x_proj_weight"] is None:
-        raise ValueError(f"the probe takes a selective SSM with state, rank and conv width up to {K}")
+    if n_state != K or rank > K or width > K or block["x_proj_weight"] is None:  # the state tile is read unmasked
+        raise ValueError(f"the probe takes a selective SSM of state size {K}, rank and conv width up to {K}; got "
+                         f"state size {n_state}, rank {rank}, conv width {width}")
     f32 = dict(device=block["A"].device, dtype=torch.float32)
     groups = torch.zeros(dim, len(GROUPS), K, **f32)
     x_proj = block["x_proj_weight"].float()
