@@ -148,28 +148,35 @@ def sc09_outer_blocks(device: torch.device) -> tuple[list, torch.nn.Module]:
     return list(stage.down_blocks) + list(stage.up_blocks), stage
 
 
-def stage_blocks(blocks) -> tuple[list[dict], BlockStack, float]:
-    """The blocks' tensors (float32, states filled at random) as step_ref.BLOCK_TENSORS mappings whose every tensor
-    is one slice of a stacked tensor, and their BlockStack."""
-    per_block = [block_args(block, 1) for block in blocks]
-    names = ("norm_weight", "norm_bias", None, None, "in_proj_weight", "in_proj_bias", "out_proj_weight",
+def block_dicts(blocks, batch: int = 1) -> tuple[list[dict], float, bool]:
+    """The blocks' tensors for ``batch`` streams (float32, states filled at random) as step_ref.BLOCK_TENSORS
+    mappings, with the first block's norm eps and whether its norm is an RMSNorm."""
+    names = ("norm_weight", "norm_bias", "norm_eps", "rms_norm", "in_proj_weight", "in_proj_bias", "out_proj_weight",
              "out_proj_bias", "conv_state", "ssm_state", "conv_weight", "conv_bias", "A", "D", "dt_bias")
-    dicts = []
-    for args, ssm in per_block:
-        block = {name: value for name, value in zip(names, args[1:]) if name is not None}
-        block.update(ssm, B=None, C=None)
-        dicts.append(block)
+    dicts, norms = [], []
+    for block in blocks:
+        args, ssm = block_args(block, batch)
+        entry = dict(zip(names, args[1:]), **ssm, B=None, C=None)
+        norms.append((entry.pop("norm_eps"), entry.pop("rms_norm")))
+        dicts.append({name: value.detach().float().contiguous() if value is not None else None
+                      for name, value in entry.items()})
+    return dicts, *norms[0]
+
+
+def stage_blocks(blocks) -> tuple[list[dict], BlockStack, float]:
+    """The blocks' tensors for one stream (``block_dicts``) whose every tensor is one slice of a stacked tensor,
+    and their BlockStack."""
+    dicts, eps, rms_norm = block_dicts(blocks)
     first = dicts[0]
-    if per_block[0][0][4] or first["norm_bias"] is None or first["in_proj_bias"] is not None \
+    if rms_norm or first["norm_bias"] is None or first["in_proj_bias"] is not None \
             or first["out_proj_bias"] is not None or first["conv_bias"] is None or first["conv_weight"].shape[1] != 4:
         raise ValueError("the ring kernel takes the SC09 blocks' shape: layer norm, no projection biases, a conv of "
                          "width 4 with bias")
     for name, value in first.items():
         if value is not None:  # one stacked tensor per name, so that the offsets are small and aligned
-            stacked = torch.stack([block[name].detach().float().contiguous() for block in dicts])
+            stacked = torch.stack([block[name] for block in dicts])
             for i, block in enumerate(dicts):
                 block[name] = stacked[i]
-    eps = per_block[0][0][3]
     return dicts, BlockStack(dicts, eps, rms_norm=False, dt_softplus=True), eps
 
 

@@ -29,9 +29,9 @@ from mamba_audio.kernels.selective_scan.triton_scan import _softplus
 from mamba_audio.kernels.selective_scan.triton_step import (block_step_config, dependent_launches,
                                                            gdc_launch_dependents, gdc_wait, mamba_block_step_triton)
 
-from handoff_probe import sc09_outer_blocks  # benchmarks/handoff_probe.py
+from handoff_probe import block_dicts, sc09_outer_blocks  # benchmarks/handoff_probe.py
 from results_io import file_label, save_result  # benchmarks/results_io.py
-from step_sweep import block_args, graph_time_us  # benchmarks/step_sweep.py
+from step_sweep import graph_time_us  # benchmarks/step_sweep.py
 
 K = 16  # columns of every tile's last axis: the state size, and a group of the packed per-channel matrix
 GROUPS = ("A", "x_proj dt rows", "x_proj B rows", "x_proj C rows", "dt_proj", "conv weight shifted")
@@ -176,22 +176,6 @@ def one_layout_step(x, block, packed, eps, rms_norm, num_warps=8, chunks_first=F
         CHUNKS_FIRST=chunks_first,
         num_warps=num_warps, **({"launch_pdl": True} if pdl else {}))
     return out
-
-
-def block_dicts(blocks, batch: int) -> tuple[list[dict], float, bool]:
-    """The blocks' tensors for ``batch`` streams with random states, as step_ref.BLOCK_TENSORS mappings."""
-    names = ("norm_weight", "norm_bias", "norm_eps", "rms_norm", "in_proj_weight", "in_proj_bias", "out_proj_weight",
-             "out_proj_bias", "conv_state", "ssm_state", "conv_weight", "conv_bias", "A", "D", "dt_bias")
-    dicts = []
-    for block in blocks:
-        args, ssm = block_args(block, batch)
-        entry = dict(zip(names, args[1:]), **ssm, B=None, C=None)
-        entry = {k: (v.detach().float().contiguous() if isinstance(v, torch.Tensor) else v) for k, v in entry.items()}
-        dicts.append(entry)
-    eps, rms_norm = dicts[0].pop("norm_eps"), dicts[0].pop("rms_norm")
-    for entry in dicts[1:]:
-        entry.pop("norm_eps"), entry.pop("rms_norm")
-    return dicts, eps, rms_norm
 
 
 def copy_states(dicts: list[dict]) -> list[dict]:
