@@ -182,10 +182,7 @@ def stage_blocks(blocks) -> tuple[list[dict], BlockStack, float]:
 
 def chain_step(x, dicts, eps):
     for block in dicts:
-        x = mamba_block_step_triton(x, block["norm_weight"], block["norm_bias"], eps, False, block["in_proj_weight"],
-                                    None, block["out_proj_weight"], None, block["conv_state"], block["ssm_state"],
-                                    block["conv_weight"], block["conv_bias"], block["A"], block["D"], block["dt_bias"],
-                                    block["x_proj_weight"], block["dt_proj_weight"], dt_softplus=True)
+        x = mamba_block_step_triton(x, norm_eps=eps, rms_norm=False, dt_softplus=True, **block)
     return x
 
 
