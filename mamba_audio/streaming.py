@@ -31,6 +31,7 @@ one copy of its tokens to the host, and no host synchronisation per sample.
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 from collections import deque
 from dataclasses import dataclass
@@ -44,6 +45,25 @@ from mamba_audio.models.sashimi import StageState, state_positions, state_tensor
 Tensor = torch.Tensor
 
 DEFAULT_CHUNK_SECONDS = 0.02
+
+
+@contextlib.contextmanager
+def collection_held_off():
+    """Within: no automatic cyclic garbage collection, and what was garbage on entry is collected first.
+
+    A CUDA-graph capture needs it. A dead generator still holds its graph until a collection frees it (its streams
+    and it refer to each other); a collection that runs inside another generator's capture destroys that graph
+    there, which CUDA does not permit while a stream is capturing, and the capture fails
+    (cudaErrorStreamCaptureInvalidated, at whatever launch comes next). Collection is process-wide, so this holds
+    it off for every thread for as long as the capture takes (one period's launches)."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass
@@ -252,7 +272,7 @@ class StepLoop:
                     self._run_period()
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with collection_held_off(), torch.cuda.graph(graph):
                 self._run_period()
         self._graph = graph
 

@@ -6,10 +6,13 @@ two periods, so streams join and leave many times within a hundred samples.
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
 from mamba_audio import StreamingGenerator
+from mamba_audio.streaming import collection_held_off
 from mamba_audio.models import BackboneConfig, ClassifierConfig, LMConfig, MixerConfig, SaShiMiClassifier, SaShiMiLM
 from mamba_audio.models.sampling import (
     StreamSampler,
@@ -150,6 +153,51 @@ def test_warm_up_periods_leave_no_trace(model):
         for _ in range(2):
             generator._run_period()
     assert torch.equal(stream_tokens(stream), expected)
+
+
+class _Cycle:
+    """Garbage only a collection frees (it refers to itself), as a dead generator and its streams are."""
+
+    def __init__(self, freed: list, tag: str):
+        self.freed, self.tag, self.me = freed, tag, self
+
+    def __del__(self):
+        self.freed.append(self.tag)
+
+
+def _allocate_tracked_objects():
+    for _ in range(200):
+        [[] for _ in range(10)]
+
+
+def test_no_automatic_collection_while_a_graph_is_captured():
+    """What the CUDA-graph capture relies on (``StepLoop._capture``): garbage from before is collected on entry and
+    no collection runs within, where freeing a dead generator's graph would fail the capture."""
+    threshold = gc.get_threshold()
+    gc.set_threshold(1)  # a collection at nearly every allocation of a tracked object
+    try:
+        freed = []
+        gc.disable()  # disabled by the caller: collected on entry all the same, and left disabled
+        _Cycle(freed, "before")
+        with collection_held_off():
+            assert freed == ["before"]
+        assert not gc.isenabled()
+
+        gc.enable()
+        with collection_held_off():
+            _Cycle(freed, "within")
+            _allocate_tracked_objects()
+            assert freed == ["before"]
+        assert gc.isenabled()
+        _allocate_tracked_objects()  # the same allocations outside collect it
+        assert freed == ["before", "within"]
+
+        with pytest.raises(RuntimeError, match="inside"), collection_held_off():
+            raise RuntimeError("inside")
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+        gc.set_threshold(*threshold)
 
 
 def test_bad_input_gets_clear_errors(model):
