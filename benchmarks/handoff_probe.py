@@ -167,6 +167,10 @@ def stage_blocks(blocks) -> tuple[list[dict], BlockStack, float]:
     """The blocks' tensors for one stream (``block_dicts``) whose every tensor is one slice of a stacked tensor,
     and their BlockStack."""
     dicts, eps, rms_norm = block_dicts(blocks)
+    for block, entry in zip(blocks, dicts):  # the ring kernel applies the layer norm's bias itself (the model's
+        # step folds it into in_proj's bias, block_step_tensors): the blocks' own tensors
+        entry["norm_bias"] = block.norm.bias.detach().float().contiguous() if block.norm.bias is not None else None
+        entry["in_proj_bias"] = block.mixer.in_proj.bias
     first = dicts[0]
     if rms_norm or first["norm_bias"] is None or first["in_proj_bias"] is not None \
             or first["out_proj_bias"] is not None or first["conv_bias"] is None or first["conv_weight"].shape[1] != 4:

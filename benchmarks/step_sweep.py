@@ -32,6 +32,7 @@ from mamba_audio.kernels.sampling import sample_tokens_ref
 from mamba_audio.kernels.sampling.triton_sample import sample_tokens_triton
 from mamba_audio.kernels.selective_scan.triton_step import block_step_config, mamba_block_step_triton
 from mamba_audio.models.blocks import ResidualBlock
+from mamba_audio.models.mixer import block_step_rms_norm
 from mamba_audio.models.sampling import sampling_tensors
 from mamba_audio.streaming import StreamingGenerator
 
@@ -87,17 +88,19 @@ def profile_period(model, streams: int) -> dict:
 
 
 def block_args(block: ResidualBlock, batch: int):
-    """The positional arguments of ``mamba_block_step`` for ``block`` with fresh random states."""
+    """The positional arguments of ``mamba_block_step`` for ``block`` with fresh random states, as the model's step
+    passes them (``MambaMixer.block_step_tensors``), and the SSM's keyword tensors."""
     mixer, norm = block.mixer, block.norm
     state = mixer.allocate_inference_cache(batch)
     torch.nn.init.normal_(state.conv)
     torch.nn.init.normal_(state.ssm)
-    A, D, dt_bias = mixer._step_constants()
-    layer_norm = isinstance(norm, torch.nn.LayerNorm)
+    with torch.no_grad():
+        tensors = mixer.block_step_tensors(norm, state)
     x = torch.randn(batch, mixer.d_model, device=state.conv.device)
-    return (x, norm.weight, norm.bias if layer_norm else None, norm.eps, not layer_norm, mixer.in_proj.weight,
-            mixer.in_proj.bias, mixer.out_proj.weight, mixer.out_proj.bias, state.conv, state.ssm,
-            mixer.conv1d.weight[:, 0, :], mixer.conv1d.bias, A, D, dt_bias), mixer._step_ssm()
+    positional = [tensors.pop(name) for name in ("norm_weight", "norm_bias", "in_proj_weight", "in_proj_bias",
+                                                  "out_proj_weight", "out_proj_bias", "conv_state", "ssm_state",
+                                                  "conv_weight", "conv_bias", "A", "D", "dt_bias")]
+    return (x, *positional[:2], norm.eps, block_step_rms_norm(norm), *positional[2:]), tensors
 
 
 def sweep_block(block: ResidualBlock, batch: int, paths: tuple[str, ...]) -> list[dict]:

