@@ -40,8 +40,8 @@ Tensor = torch.Tensor
 # the stage's up blocks run on the current one. Neither reads what the other writes: the inner step reads the
 # pooling buffer (complete before the fork) and writes the up-pooled rows of the next group (read from the next
 # step on); the up blocks read the row already made and their own states. The streams join before ``step``
-# returns, so a step leaves nothing running. One stream of the SC09 model: 11,292 -> 12,684 samples/s on an H100
-# (the latest run, session 17's; benchmarks/NOTES_streaming.md).
+# returns, so a step leaves nothing running. One stream of the SC09 model: 12,062 -> 13,214 samples/s on an H100
+# (the latest run, session 20's; benchmarks/NOTES_streaming.md).
 OVERLAP_INNER_STEP = True
 _SIDE_STREAMS: dict = {}
 
