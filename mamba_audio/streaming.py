@@ -49,14 +49,15 @@ DEFAULT_CHUNK_SECONDS = 0.02
 
 @contextlib.contextmanager
 def collection_held_off():
-    """Within: no automatic cyclic garbage collection, and what was garbage on entry is collected first.
+    """Within: no automatic cyclic garbage collection.
 
     A CUDA-graph capture needs it. A dead generator still holds its graph until a collection frees it (its streams
     and it refer to each other); a collection that runs inside another generator's capture destroys that graph
     there, which CUDA does not permit while a stream is capturing, and the capture fails
     (cudaErrorStreamCaptureInvalidated, at whatever launch comes next). Collection is process-wide, so this holds
-    it off for every thread for as long as the capture takes (one period's launches)."""
-    gc.collect()
+    it off for every thread for as long as the capture takes (one period's launches). Nothing is collected on
+    entry: a full collection costs tens of milliseconds with torch loaded, and what is dead waits for the next
+    automatic one, after the capture."""
     enabled = gc.isenabled()
     gc.disable()
     try:
