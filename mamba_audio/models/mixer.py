@@ -68,8 +68,7 @@ class MambaMixer(nn.Module):
         else:  # S4D-Real: A_n = -(n + 1)
             self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1))
         self.D = nn.Parameter(torch.ones(E))
-        self._step_cache: tuple | None = None  # see _step_constants
-        self._in_bias_cache: tuple | None = None  # see _block_step_in_bias
+        self._step_caches: dict[str, tuple] = {}  # see _per_parameter_version
 
     # -- parameters of the SSM ------------------------------------------------------------------
     def A(self) -> Tensor:
@@ -77,34 +76,31 @@ class MambaMixer(nn.Module):
         real = -torch.exp(self.A_log.float())
         return torch.complex(real, self.A_imag.float()) if self.is_complex else real
 
-    def _step_constants(self) -> tuple[Tensor, Tensor, Tensor]:
-        """A, D and dt_bias in float32 for ``step``. Outside autograd they are computed once per version of
-        the parameters (an in-place update or a move makes a new one), so a step, or a CUDA graph of steps,
-        launches nothing for them."""
+    def _per_parameter_version(self, name: str, params: tuple, compute):
+        """``compute()``, computed once per version of ``params`` outside autograd (an in-place update or a move
+        makes a new one), so that a step, or a CUDA graph of steps, launches nothing for it; under autograd every
+        call computes it."""
         if torch.is_grad_enabled():
-            return self.A(), self.D.float(), self.dt_bias.float()
-        params = (self.A_log, self.D, self.dt_bias) + ((self.A_imag,) if self.is_complex else ())
+            return compute()
         key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
-        if self._step_cache is None or self._step_cache[0] != key:
-            self._step_cache = (key, (self.A(), self.D.float(), self.dt_bias.float()))
-        return self._step_cache[1]
+        cached = self._step_caches.get(name)
+        if cached is None or cached[0] != key:
+            cached = self._step_caches[name] = (key, compute())
+        return cached[1]
+
+    def _step_constants(self) -> tuple[Tensor, Tensor, Tensor]:
+        """A, D and dt_bias in float32 for ``step``, per version of the parameters."""
+        params = (self.A_log, self.D, self.dt_bias) + ((self.A_imag,) if self.is_complex else ())
+        return self._per_parameter_version("constants", params,
+                                           lambda: (self.A(), self.D.float(), self.dt_bias.float()))
 
     def _block_step_in_bias(self, norm_bias: Tensor) -> Tensor:
         """in_proj's bias with a layer norm's bias folded in, float32 (2E,): in_proj(n + b) = in_proj_weight n +
-        (in_proj_weight b + in_proj_bias). Cached per version of the parameters outside autograd, as
-        ``_step_constants``."""
-        params = (norm_bias, self.in_proj.weight) + ((self.in_proj.bias,) if self.in_proj.bias is not None else ())
-
-        def fold() -> Tensor:
-            bias = self.in_proj.bias.float() if self.in_proj.bias is not None else None
-            return F.linear(norm_bias.float(), self.in_proj.weight.float(), bias)
-
-        if torch.is_grad_enabled():
-            return fold()
-        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
-        if self._in_bias_cache is None or self._in_bias_cache[0] != key:
-            self._in_bias_cache = (key, fold())
-        return self._in_bias_cache[1]
+        (in_proj_weight b + in_proj_bias); per version of the parameters."""
+        in_bias = self.in_proj.bias
+        params = (norm_bias, self.in_proj.weight) + ((in_bias,) if in_bias is not None else ())
+        return self._per_parameter_version("in_proj_bias", params, lambda: F.linear(
+            norm_bias.float(), self.in_proj.weight.float(), in_bias.float() if in_bias is not None else None))
 
     def _as_state_values(self, x: Tensor) -> Tensor:
         """Trailing (real, imag) pairs to complex; real values unchanged."""
