@@ -265,14 +265,21 @@ def mamba_step_triton(
 
 
 @triton.jit
+def _centred_row(residual, mask_h, hidden, eps, RMS_NORM: tl.constexpr):
+    """One row (BLOCK_H,) float32 centred for its norm (an RMS norm leaves it as it is), and 1 / its RMS."""
+    if RMS_NORM:
+        centred = residual
+    else:
+        centred = tl.where(mask_h, residual - tl.sum(residual, axis=0) / hidden, 0.0)
+    return centred, tl.rsqrt(tl.sum(centred * centred, axis=0) / hidden + eps)
+
+
+@triton.jit
 def _norm_row(residual, normw_ptr, normb_ptr, offs_h, mask_h, hidden, eps, RMS_NORM: tl.constexpr,
               HAS_NORM_BIAS: tl.constexpr):
     """RMS or layer norm of one row (BLOCK_H,) float32, affine; zero beyond ``hidden``."""
-    if RMS_NORM:
-        normed = residual * tl.rsqrt(tl.sum(residual * residual, axis=0) / hidden + eps)
-    else:
-        centred = tl.where(mask_h, residual - tl.sum(residual, axis=0) / hidden, 0.0)
-        normed = centred * tl.rsqrt(tl.sum(centred * centred, axis=0) / hidden + eps)
+    centred, rstd = _centred_row(residual, mask_h, hidden, eps, RMS_NORM)
+    normed = centred * rstd
     normed *= tl.load(normw_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
     if HAS_NORM_BIAS:
         normed += tl.load(normb_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
@@ -351,11 +358,7 @@ def _one_tile_block(
             u += tl.load(bin_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
             z += tl.load(bin_ptr + dim + offs_e, mask=mask_e, other=0.0).to(tl.float32)
     else:  # in_proj(w c rstd) = rstd in_proj(w c): the variance's sum and in_proj's run side by side (7% faster)
-        if RMS_NORM:
-            centred = residual
-        else:
-            centred = tl.where(mask_h, residual - tl.sum(residual, axis=0) / hidden, 0.0)
-        rstd = tl.rsqrt(tl.sum(centred * centred, axis=0) / hidden + eps)
+        centred, rstd = _centred_row(residual, mask_h, hidden, eps, RMS_NORM)
         weighted = centred * norm_w
         u = tl.sum(w_in.to(tl.float32) * weighted[None, :], axis=1) * rstd
         z = tl.sum(w_z.to(tl.float32) * weighted[None, :], axis=1) * rstd
